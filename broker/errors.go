@@ -1,0 +1,31 @@
+package broker
+
+import (
+	"errors"
+	"fmt"
+)
+
+// Sentinel errors of the broker. Errors from GetToken wrap one of these, a
+// *FieldError, or a *maskinporten.Error; test them with errors.Is and
+// errors.As.
+var (
+	// ErrScopeNotAllowed: a requested scope is not configured for the
+	// client. The error names the scope.
+	ErrScopeNotAllowed = errors.New("scope not allowed")
+	// ErrMinValidityTooLong: the requested min_validity is longer than
+	// the tokens Maskinporten issues for this key live.
+	ErrMinValidityTooLong = errors.New("min_validity longer than the token lifetime")
+)
+
+// FieldError says that a request field is invalid. Its message starts with
+// the field's name as the API spells it.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Reason }
+
+func fieldError(field, format string, args ...any) error {
+	return &FieldError{Field: field, Reason: fmt.Sprintf(format, args...)}
+}

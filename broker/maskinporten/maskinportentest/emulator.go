@@ -1,0 +1,641 @@
+// Package maskinportentest is an emulator of Maskinporten's token endpoint
+// for tests and for the broker's dev mode. It enforces what Digdir documents
+// for JWT bearer grants, strictly:
+//
+//   - the grant is a compact JWS with alg RS256, RS384 or RS512 and a kid
+//     registered on the client named by iss, and its signature verifies;
+//   - it carries only documented claims; aud is the issuer, a single string;
+//   - iat is within 10 s of the emulator's clock, exp - iat is at most 120 s,
+//     and the grant has not expired;
+//   - a jti is never accepted twice (MP-012);
+//   - every scope is registered on the client (MP-200);
+//   - authorization_details holds exactly one element of type
+//     urn:altinn:systemuser with only known fields (MP-301, MP-302), and a
+//     system user is approved for the client, the org and the external
+//     reference, which defaults to the org number (MP-303).
+//
+// It issues RS256-signed access tokens shaped like Maskinporten's system
+// user tokens, counts requests and tokens, and lets tests break it through
+// Hook.
+package maskinportentest
+
+import (
+	"crypto/rand"
+	"crypto/rsa"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"mime"
+	"net/http"
+	"net/http/httptest"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/lestrrat-go/jwx/v2/jwa"
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/orgno"
+)
+
+// Limits the emulator enforces, from Digdir's documentation.
+const (
+	ClockSkew        = 10 * time.Second
+	MaxGrantLifetime = 120 * time.Second
+)
+
+// Client is a Maskinporten client registered in the emulator.
+type Client struct {
+	// ID is the client_id.
+	ID string
+	// Org is the organisation number of the client's owner (the vendor).
+	Org string
+	// SystemID is the id of the vendor's system in Altinn's system
+	// register, the system the client belongs to.
+	SystemID string
+	// Scopes registered on the client.
+	Scopes []string
+	// Keys are the public keys registered on the client, each with a kid.
+	Keys []jwk.Key
+}
+
+// Config configures an Emulator.
+type Config struct {
+	// Issuer is the emulator's issuer identifier, which grants must name as
+	// aud. NewServer sets it to the server's URL with a trailing slash.
+	Issuer string
+	// SigningKey signs issued access tokens; nil generates a fresh key.
+	SigningKey *rsa.PrivateKey
+	// TokenTTL is the lifetime of issued tokens; 0 means 120 s.
+	TokenTTL time.Duration
+	// Now returns the emulator's time; nil means time.Now.
+	Now func() time.Time
+}
+
+// Emulator is an http.Handler emulating Maskinporten. Its methods are safe
+// for concurrent use.
+type Emulator struct {
+	now        func() time.Time
+	signingKey *rsa.PrivateKey
+	signingKID string
+
+	mu          sync.Mutex
+	issuer      string
+	ttl         time.Duration
+	clients     map[string]*Client
+	systemUsers map[systemUserKey]string
+	seenJTI     map[string]time.Time
+	assertions  []string
+	record      bool
+
+	hook     atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
+	requests atomic.Int64
+	issued   atomic.Int64
+}
+
+type systemUserKey struct{ clientID, org, externalRef string }
+
+// New returns an emulator with no clients.
+func New(cfg Config) (*Emulator, error) {
+	e := &Emulator{
+		now:         cfg.Now,
+		signingKey:  cfg.SigningKey,
+		signingKID:  "maskinportentest-" + uuid.NewString()[:8],
+		issuer:      cfg.Issuer,
+		ttl:         cfg.TokenTTL,
+		clients:     map[string]*Client{},
+		systemUsers: map[systemUserKey]string{},
+		seenJTI:     map[string]time.Time{},
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.ttl == 0 {
+		e.ttl = 120 * time.Second
+	}
+	if e.signingKey == nil {
+		k, err := rsa.GenerateKey(rand.Reader, 2048)
+		if err != nil {
+			return nil, fmt.Errorf("maskinportentest: %w", err)
+		}
+		e.signingKey = k
+	}
+	return e, nil
+}
+
+// NewServer starts an emulator under httptest and stops it when the test
+// ends. The emulator's issuer is the server's URL with a trailing slash.
+func NewServer(tb testing.TB, cfg Config) (*Emulator, *httptest.Server) {
+	tb.Helper()
+	e, err := New(cfg)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	srv := httptest.NewServer(e)
+	tb.Cleanup(srv.Close)
+	e.SetIssuer(srv.URL + "/")
+	return e, srv
+}
+
+// SetIssuer sets the issuer identifier.
+func (e *Emulator) SetIssuer(issuer string) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.issuer = issuer
+}
+
+// Issuer returns the issuer identifier.
+func (e *Emulator) Issuer() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.issuer
+}
+
+// SetTokenTTL changes the lifetime of tokens issued from now on.
+func (e *Emulator) SetTokenTTL(d time.Duration) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.ttl = d
+}
+
+// AddClient registers c. Keys must carry a kid.
+func (e *Emulator) AddClient(c Client) error {
+	if c.ID == "" || !orgno.Valid(c.Org) {
+		return errors.New("maskinportentest: client needs an ID and a valid Org")
+	}
+	for _, k := range c.Keys {
+		if k.KeyID() == "" {
+			return errors.New("maskinportentest: client key without kid")
+		}
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	cc := c
+	e.clients[c.ID] = &cc
+	return nil
+}
+
+// ApproveSystemUser records that org approved a system user for the system
+// of clientID, with externalRef ("" means the org number, as in Altinn). It
+// returns the system user's id.
+func (e *Emulator) ApproveSystemUser(clientID, org, externalRef string) string {
+	if externalRef == "" {
+		externalRef = org
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	k := systemUserKey{clientID, org, externalRef}
+	if id, ok := e.systemUsers[k]; ok {
+		return id
+	}
+	id := uuid.NewString()
+	e.systemUsers[k] = id
+	return id
+}
+
+// RemoveSystemUser deletes a system user approved by ApproveSystemUser.
+func (e *Emulator) RemoveSystemUser(clientID, org, externalRef string) {
+	if externalRef == "" {
+		externalRef = org
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	delete(e.systemUsers, systemUserKey{clientID, org, externalRef})
+}
+
+// SetHook installs h, which sees every request before the emulator does. If
+// h returns true it has answered the request (or dropped it) and the
+// emulator does nothing more. nil removes the hook. Use it to inject
+// failures: a 500, a hang, a garbage body.
+func (e *Emulator) SetHook(h func(w http.ResponseWriter, r *http.Request) bool) {
+	if h == nil {
+		e.hook.Store(nil)
+		return
+	}
+	e.hook.Store(&h)
+}
+
+// Requests returns how many token requests (grants) arrived, including
+// refused and hooked ones.
+func (e *Emulator) Requests() int64 { return e.requests.Load() }
+
+// Issued returns how many access tokens the emulator issued.
+func (e *Emulator) Issued() int64 { return e.issued.Load() }
+
+// RecordAssertions makes the emulator keep every assertion it receives, for
+// tests that must prove no grant leaks into logs.
+func (e *Emulator) RecordAssertions() {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.record = true
+}
+
+// Assertions returns the recorded assertions.
+func (e *Emulator) Assertions() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.assertions...)
+}
+
+// PublicJWKS returns the public keys that sign issued tokens.
+func (e *Emulator) PublicJWKS() jwk.Set {
+	k, _ := jwk.FromRaw(&e.signingKey.PublicKey)
+	_ = k.Set(jwk.KeyIDKey, e.signingKID)
+	_ = k.Set(jwk.AlgorithmKey, jwa.RS256)
+	_ = k.Set(jwk.KeyUsageKey, jwk.ForSignature)
+	set := jwk.NewSet()
+	_ = set.AddKey(k)
+	return set
+}
+
+// ServeHTTP serves /token, /jwk and the well-known metadata.
+func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == "/token" {
+		e.requests.Add(1)
+	}
+	if h := e.hook.Load(); h != nil && (*h)(w, r) {
+		return
+	}
+	switch r.URL.Path {
+	case "/token":
+		e.serveToken(w, r)
+	case "/jwk":
+		writeJSON(w, http.StatusOK, e.PublicJWKS())
+	case "/.well-known/oauth-authorization-server":
+		iss := e.Issuer()
+		base := strings.TrimSuffix(iss, "/")
+		writeJSON(w, http.StatusOK, map[string]any{
+			"issuer":                                iss,
+			"token_endpoint":                        base + "/token",
+			"jwks_uri":                              base + "/jwk",
+			"grant_types_supported":                 []string{maskinporten.GrantType},
+			"token_endpoint_auth_methods_supported": []string{"private_key_jwt"},
+			"token_endpoint_auth_signing_alg_values_supported": []string{"RS256", "RS384", "RS512"},
+			"authorization_details_types_supported":            []string{maskinporten.SystemUserType},
+		})
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+// oauthError is an error answer of the token endpoint.
+type oauthError struct {
+	status      int
+	code        string
+	description string
+}
+
+func fail(status int, code, mp, msg string) *oauthError {
+	d := msg
+	if mp != "" {
+		d = mp + ": " + msg
+	}
+	return &oauthError{status: status, code: code, description: d + " (emulator)"}
+}
+
+func (e *Emulator) serveToken(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		writeJSON(w, http.StatusMethodNotAllowed, map[string]string{"error": "invalid_request", "error_description": "use POST"})
+		return
+	}
+	tok, oerr := e.issue(r)
+	if oerr != nil {
+		writeJSON(w, oerr.status, map[string]string{"error": oerr.code, "error_description": oerr.description})
+		return
+	}
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, tok)
+}
+
+func (e *Emulator) issue(r *http.Request) (map[string]any, *oauthError) {
+	mt, _, _ := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if mt != "application/x-www-form-urlencoded" {
+		return nil, fail(400, "invalid_request", "", "Content-Type must be application/x-www-form-urlencoded")
+	}
+	r.Body = http.MaxBytesReader(nil, r.Body, 64<<10)
+	if err := r.ParseForm(); err != nil {
+		return nil, fail(400, "invalid_request", "", "malformed form")
+	}
+	if gt := r.PostForm.Get("grant_type"); gt != maskinporten.GrantType {
+		return nil, fail(400, "unsupported_grant_type", "", "grant_type must be "+maskinporten.GrantType)
+	}
+	assertion := r.PostForm.Get("assertion")
+	if assertion == "" {
+		return nil, fail(400, "invalid_request", "MP-011", "Invalid parameter value: assertion is missing")
+	}
+	e.mu.Lock()
+	if e.record {
+		e.assertions = append(e.assertions, assertion)
+	}
+	e.mu.Unlock()
+
+	g, oerr := e.verify(assertion)
+	if oerr != nil {
+		return nil, oerr
+	}
+	return e.mint(g)
+}
+
+// grant is a verified grant.
+type grant struct {
+	client      *Client
+	scopes      []string
+	org         string
+	externalRef string
+	systemUser  string
+	resource    []string
+}
+
+// documentedClaims are the claims Digdir lists for grants.
+var documentedClaims = map[string]bool{
+	"aud": true, "iss": true, "iat": true, "exp": true, "jti": true, "scope": true,
+	"resource": true, "pid": true, "consumer_org": true, "authorization_details": true,
+}
+
+func (e *Emulator) verify(assertion string) (*grant, *oauthError) {
+	msg, err := jws.Parse([]byte(assertion))
+	if err != nil || len(msg.Signatures()) != 1 {
+		return nil, fail(400, "invalid_request", "MP-011", "Invalid parameter value: assertion is not a compact JWS")
+	}
+	hdr := msg.Signatures()[0].ProtectedHeaders()
+	alg := hdr.Algorithm()
+	if alg != jwa.RS256 && alg != jwa.RS384 && alg != jwa.RS512 {
+		return nil, fail(400, "invalid_grant", "MP-124", fmt.Sprintf("Invalid JWT signature: unsupported alg %q", alg))
+	}
+	if c := hdr.X509CertChain(); c != nil && c.Len() > 0 {
+		return nil, fail(400, "invalid_grant", "MP-123", "x5c grants are not emulated")
+	}
+	kid := hdr.KeyID()
+	if kid == "" {
+		return nil, fail(400, "invalid_grant", "MP-124", "Invalid assertion: kid or x5c is required")
+	}
+
+	var claims map[string]json.RawMessage
+	if err := json.Unmarshal(msg.Payload(), &claims); err != nil {
+		return nil, fail(400, "invalid_request", "MP-011", "Invalid parameter value: claims are not a JSON object")
+	}
+	var iss string
+	if json.Unmarshal(claims["iss"], &iss) != nil || iss == "" {
+		return nil, fail(400, "invalid_grant", "MP-100", "Invalid assertion. Client authentication failed: iss is missing")
+	}
+	e.mu.Lock()
+	client := e.clients[iss]
+	issuer := e.issuer
+	e.mu.Unlock()
+	if client == nil {
+		return nil, fail(400, "invalid_grant", "MP-100", "Invalid assertion. Client authentication failed: unknown client")
+	}
+	var pub jwk.Key
+	for _, k := range client.Keys {
+		if k.KeyID() == kid {
+			pub = k
+		}
+	}
+	if pub == nil {
+		return nil, fail(400, "invalid_grant", "MP-124", "Invalid JWT signature: kid is not registered on the client")
+	}
+	if _, err := jws.Verify([]byte(assertion), jws.WithKey(alg, pub)); err != nil {
+		return nil, fail(400, "invalid_grant", "MP-124", "Invalid JWT signature")
+	}
+
+	for name := range claims {
+		if !documentedClaims[name] {
+			return nil, fail(400, "invalid_grant", "", fmt.Sprintf("Invalid assertion: unknown claim %q", name))
+		}
+	}
+	var aud string
+	if json.Unmarshal(claims["aud"], &aud) != nil || aud != issuer {
+		return nil, fail(400, "invalid_grant", "MP-110", "Invalid assertion: aud must be the issuer "+issuer)
+	}
+	if oerr := e.checkTimes(claims); oerr != nil {
+		return nil, oerr
+	}
+
+	g := &grant{client: client}
+	var scope string
+	if json.Unmarshal(claims["scope"], &scope) != nil || strings.TrimSpace(scope) == "" {
+		return nil, fail(400, "invalid_scope", "MP-200", "Invalid scope: scope is missing")
+	}
+	g.scopes = strings.Fields(scope)
+	for _, s := range g.scopes {
+		if !contains(client.Scopes, s) {
+			return nil, fail(400, "invalid_scope", "MP-200", fmt.Sprintf("Invalid scope: %q is not registered on the client", s))
+		}
+	}
+	if raw, ok := claims["resource"]; ok {
+		res, oerr := parseResource(raw)
+		if oerr != nil {
+			return nil, oerr
+		}
+		g.resource = res
+	}
+	if _, ok := claims["consumer_org"]; ok {
+		return nil, fail(400, "invalid_request", "", "consumer_org delegation is not emulated")
+	}
+	if _, ok := claims["pid"]; ok {
+		return nil, fail(400, "invalid_request", "", "pid restriction is not emulated")
+	}
+	if raw, ok := claims["authorization_details"]; ok {
+		if oerr := e.checkSystemUser(raw, g); oerr != nil {
+			return nil, oerr
+		}
+	}
+	// The jti is recorded last, so that a refused grant can be fixed and
+	// sent again with the same jti only if it never got this far.
+	if oerr := e.checkJTI(claims); oerr != nil {
+		return nil, oerr
+	}
+	return g, nil
+}
+
+func (e *Emulator) checkTimes(claims map[string]json.RawMessage) *oauthError {
+	var iat, exp int64
+	if json.Unmarshal(claims["iat"], &iat) != nil || iat <= 0 {
+		return fail(400, "invalid_grant", "", "Invalid assertion: iat is missing")
+	}
+	if json.Unmarshal(claims["exp"], &exp) != nil || exp <= 0 {
+		return fail(400, "invalid_grant", "", "Invalid assertion: exp is missing")
+	}
+	now := e.now()
+	issued, expires := time.Unix(iat, 0), time.Unix(exp, 0)
+	switch {
+	case issued.After(now.Add(ClockSkew)):
+		return fail(400, "invalid_grant", "", "Issue time is after now")
+	case issued.Before(now.Add(-ClockSkew - MaxGrantLifetime)):
+		return fail(400, "invalid_grant", "MP-130", "Invalid assertion: issued too long ago")
+	case expires.Sub(issued) > MaxGrantLifetime:
+		return fail(400, "invalid_grant", "", "Invalid assertion: exp - iat exceeds 120 seconds")
+	case !expires.After(issued):
+		return fail(400, "invalid_grant", "", "Invalid assertion: exp is not after iat")
+	case !expires.After(now.Add(-ClockSkew)):
+		return fail(400, "invalid_grant", "MP-130", "Invalid assertion: the grant has expired")
+	}
+	return nil
+}
+
+func (e *Emulator) checkJTI(claims map[string]json.RawMessage) *oauthError {
+	raw, ok := claims["jti"]
+	if !ok {
+		return nil // recommended, not required
+	}
+	var jti string
+	if json.Unmarshal(raw, &jti) != nil || jti == "" {
+		return fail(400, "invalid_request", "MP-011", "Invalid parameter value: jti")
+	}
+	now := e.now()
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	for j, until := range e.seenJTI {
+		if now.After(until) {
+			delete(e.seenJTI, j)
+		}
+	}
+	if _, seen := e.seenJTI[jti]; seen {
+		return fail(400, "invalid_grant", "MP-012", "Grant is used before")
+	}
+	e.seenJTI[jti] = now.Add(MaxGrantLifetime + 2*ClockSkew)
+	return nil
+}
+
+func parseResource(raw json.RawMessage) ([]string, *oauthError) {
+	var list []string
+	if json.Unmarshal(raw, &list) != nil {
+		var one string
+		if json.Unmarshal(raw, &one) != nil {
+			return nil, fail(400, "invalid_target", "", "resource must be an array of strings")
+		}
+		list = []string{one}
+	}
+	if len(list) == 0 {
+		return nil, fail(400, "invalid_target", "", "resource is empty")
+	}
+	for _, s := range list {
+		u, err := url.Parse(s)
+		if err != nil || !u.IsAbs() {
+			return nil, fail(400, "invalid_target", "", "resource must be an absolute URI")
+		}
+	}
+	return list, nil
+}
+
+func (e *Emulator) checkSystemUser(raw json.RawMessage, g *grant) *oauthError {
+	var details []map[string]json.RawMessage
+	if json.Unmarshal(raw, &details) != nil {
+		return fail(400, "invalid_authorization_details", "MP-302", "authorization_details must be an array of objects")
+	}
+	if len(details) != 1 {
+		return fail(400, "invalid_authorization_details", "MP-303", "authorization_details must hold exactly one element")
+	}
+	d := details[0]
+	var typ string
+	if json.Unmarshal(d["type"], &typ) != nil || typ != maskinporten.SystemUserType {
+		return fail(400, "invalid_authorization_details", "MP-301", fmt.Sprintf("unsupported authorization_details type %q", typ))
+	}
+	for k := range d {
+		if k != "type" && k != "systemuser_org" && k != "externalRef" {
+			return fail(400, "invalid_authorization_details", "MP-302", fmt.Sprintf("unknown field %q in authorization_details", k))
+		}
+	}
+	var org map[string]json.RawMessage
+	if json.Unmarshal(d["systemuser_org"], &org) != nil {
+		return fail(400, "invalid_altinn_customer_configuration", "MP-303", "systemuser_org is missing")
+	}
+	for k := range org {
+		if k != "authority" && k != "ID" {
+			return fail(400, "invalid_authorization_details", "MP-302", fmt.Sprintf("unknown field %q in systemuser_org", k))
+		}
+	}
+	var authority, id string
+	_ = json.Unmarshal(org["authority"], &authority)
+	_ = json.Unmarshal(org["ID"], &id)
+	number, ok := strings.CutPrefix(id, maskinporten.OrgPrefix)
+	if authority != maskinporten.OrgAuthority || !ok || !orgno.Valid(number) {
+		return fail(400, "invalid_altinn_customer_configuration", "MP-303", "systemuser_org is not a valid 0192 organisation identifier")
+	}
+	var ref string
+	if raw, ok := d["externalRef"]; ok && json.Unmarshal(raw, &ref) != nil {
+		return fail(400, "invalid_altinn_customer_configuration", "MP-303", "externalRef must be a string")
+	}
+	lookup := ref
+	if lookup == "" {
+		lookup = number
+	}
+	e.mu.Lock()
+	suID, found := e.systemUsers[systemUserKey{g.client.ID, number, lookup}]
+	e.mu.Unlock()
+	if !found {
+		return fail(400, "invalid_altinn_customer_configuration", "MP-303",
+			"no system user found for the customer, system and external reference")
+	}
+	g.org, g.externalRef, g.systemUser = number, ref, suID
+	return nil
+}
+
+// mint issues an access token for g.
+func (e *Emulator) mint(g *grant) (map[string]any, *oauthError) {
+	e.mu.Lock()
+	ttl, issuer := e.ttl, e.issuer
+	e.mu.Unlock()
+	now := e.now()
+	claims := map[string]any{
+		"iss":        issuer,
+		"client_amr": "private_key_jwt",
+		"token_type": "Bearer",
+		"client_id":  g.client.ID,
+		"scope":      strings.Join(g.scopes, " "),
+		"consumer":   map[string]string{"authority": maskinporten.OrgAuthority, "ID": maskinporten.OrgPrefix + g.client.Org},
+		"iat":        now.Unix(),
+		"exp":        now.Add(ttl).Unix(),
+		"jti":        uuid.NewString(),
+	}
+	if len(g.resource) > 0 {
+		claims["aud"] = g.resource
+	} else {
+		claims["aud"] = "unspecified"
+	}
+	if g.systemUser != "" {
+		claims["authorization_details"] = []map[string]any{{
+			"type":           maskinporten.SystemUserType,
+			"systemuser_id":  []string{g.systemUser},
+			"systemuser_org": map[string]string{"authority": maskinporten.OrgAuthority, "ID": maskinporten.OrgPrefix + g.org},
+			"system_id":      g.client.SystemID,
+		}}
+	}
+	payload, _ := json.Marshal(claims)
+	hdr := jws.NewHeaders()
+	_ = hdr.Set(jws.KeyIDKey, e.signingKID)
+	_ = hdr.Set(jws.TypeKey, "at+jwt")
+	signed, err := jws.Sign(payload, jws.WithKey(jwa.RS256, e.signingKey, jws.WithProtectedHeaders(hdr)))
+	if err != nil {
+		return nil, fail(500, "server_error", "", "signing the token failed")
+	}
+	e.issued.Add(1)
+	return map[string]any{
+		"access_token": string(signed),
+		"token_type":   "Bearer",
+		"expires_in":   int64(ttl / time.Second),
+		"scope":        strings.Join(g.scopes, " "),
+	}, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}

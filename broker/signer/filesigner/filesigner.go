@@ -1,0 +1,177 @@
+// Package filesigner loads an RSA signing key from a file: a PEM file
+// (PKCS#1 "RSA PRIVATE KEY" or PKCS#8 "PRIVATE KEY"), a private JWK as JSON
+// (what Maskinporten's self-service hands out, alone or as the only key of a
+// JWK set), or the same JWK base64-encoded. It is meant for development and
+// for deployments where the key is a mounted secret.
+//
+// Errors name the file and the problem, never the key bytes.
+package filesigner
+
+import (
+	"bytes"
+	"crypto/rsa"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+
+	"github.com/lestrrat-go/jwx/v2/jwk"
+
+	"github.com/tokenbroker/tokenbroker/broker/signer"
+)
+
+// MaxFileSize bounds the size of a key file.
+const MaxFileSize = 1 << 20
+
+// Load reads the key file at path. kid is the key id registered at
+// Maskinporten; it may be empty for a JWK that carries its own kid, and must
+// match that kid when both are given. alg selects the grant algorithm (empty
+// means RS256).
+func Load(path, kid string, alg signer.Algorithm) (*signer.Key, error) {
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("key file %s: not a regular file", path)
+	}
+	if st.Size() > MaxFileSize {
+		return nil, fmt.Errorf("key file %s: larger than %d bytes", path, MaxFileSize)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	key, err := Parse(data, kid, alg)
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	return key, nil
+}
+
+// Parse is Load for key material already in memory.
+func Parse(data []byte, kid string, alg signer.Algorithm) (*signer.Key, error) {
+	alg, err := signer.ParseAlgorithm(string(alg))
+	if err != nil {
+		return nil, err
+	}
+	priv, jwkKID, err := parseRSA(bytes.TrimSpace(data))
+	if err != nil {
+		return nil, err
+	}
+	switch {
+	case kid == "" && jwkKID == "":
+		return nil, errors.New("no key id: set kid in the config")
+	case kid == "":
+		kid = jwkKID
+	case jwkKID != "" && jwkKID != kid:
+		return nil, fmt.Errorf("the JWK's kid %q differs from the configured kid %q", jwkKID, kid)
+	}
+	if err := priv.Validate(); err != nil {
+		return nil, errors.New("RSA key fails validation")
+	}
+	return signer.New(kid, alg, priv, "file")
+}
+
+// parseRSA recognises the format of data and returns the RSA private key and,
+// for a JWK, its kid.
+func parseRSA(data []byte) (*rsa.PrivateKey, string, error) {
+	switch {
+	case len(data) == 0:
+		return nil, "", errors.New("empty")
+	case bytes.HasPrefix(data, []byte("-----BEGIN")):
+		k, err := parsePEM(data)
+		return k, "", err
+	case data[0] == '{':
+		return parseJWK(data)
+	default:
+		raw, err := decodeBase64(data)
+		if err != nil {
+			return nil, "", errors.New("neither PEM, JWK JSON nor base64-encoded JWK")
+		}
+		raw = bytes.TrimSpace(raw)
+		if len(raw) == 0 || raw[0] != '{' {
+			return nil, "", errors.New("base64 content is not a JWK")
+		}
+		return parseJWK(raw)
+	}
+}
+
+func parsePEM(data []byte) (*rsa.PrivateKey, error) {
+	block, _ := pem.Decode(data)
+	if block == nil {
+		return nil, errors.New("malformed PEM")
+	}
+	if _, encrypted := block.Headers["Proc-Type"]; encrypted || block.Type == "ENCRYPTED PRIVATE KEY" {
+		return nil, errors.New("encrypted PEM keys are not supported; decrypt it or use another backend")
+	}
+	switch block.Type {
+	case "RSA PRIVATE KEY":
+		k, err := x509.ParsePKCS1PrivateKey(block.Bytes)
+		if err != nil {
+			return nil, errors.New("malformed PKCS#1 RSA key")
+		}
+		return k, nil
+	case "PRIVATE KEY":
+		k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+		if err != nil {
+			return nil, errors.New("malformed PKCS#8 key")
+		}
+		rk, ok := k.(*rsa.PrivateKey)
+		if !ok {
+			return nil, fmt.Errorf("PKCS#8 key is %T, want RSA", k)
+		}
+		return rk, nil
+	default:
+		return nil, fmt.Errorf("PEM block %q is not a private key (want RSA PRIVATE KEY or PRIVATE KEY)", block.Type)
+	}
+}
+
+// parseJWK accepts a single JWK or a JWK set holding exactly one key.
+func parseJWK(data []byte) (*rsa.PrivateKey, string, error) {
+	var probe struct {
+		Keys json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(data, &probe); err != nil {
+		return nil, "", errors.New("malformed JWK JSON")
+	}
+	var key jwk.Key
+	if probe.Keys != nil {
+		set, err := jwk.Parse(data)
+		if err != nil {
+			return nil, "", errors.New("malformed JWK set")
+		}
+		if set.Len() != 1 {
+			return nil, "", fmt.Errorf("JWK set holds %d keys, want exactly 1", set.Len())
+		}
+		key, _ = set.Key(0)
+	} else {
+		k, err := jwk.ParseKey(data)
+		if err != nil {
+			return nil, "", errors.New("malformed JWK")
+		}
+		key = k
+	}
+	if key.KeyType() != "RSA" {
+		return nil, "", fmt.Errorf("JWK key type %q, want RSA", key.KeyType())
+	}
+	var priv rsa.PrivateKey
+	if err := key.Raw(&priv); err != nil {
+		return nil, "", errors.New("JWK is not an RSA private key (a public JWK cannot sign)")
+	}
+	return &priv, key.KeyID(), nil
+}
+
+func decodeBase64(data []byte) ([]byte, error) {
+	s := strings.Join(strings.Fields(string(data)), "")
+	for _, enc := range []*base64.Encoding{base64.StdEncoding, base64.RawStdEncoding, base64.URLEncoding, base64.RawURLEncoding} {
+		if raw, err := enc.DecodeString(s); err == nil {
+			return raw, nil
+		}
+	}
+	return nil, errors.New("not base64")
+}

@@ -1,0 +1,209 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/signer"
+)
+
+// Config is the broker's YAML configuration file. Keys may be added, never
+// renamed; unknown keys are refused.
+type Config struct {
+	// Listen is the gRPC listen address, host:port.
+	Listen string `yaml:"listen"`
+	// LogLevel is debug, info, warn or error; default info.
+	LogLevel string `yaml:"log_level"`
+	// Maskinporten selects the environment and its endpoints.
+	Maskinporten MaskinportenConfig `yaml:"maskinporten"`
+	// Cache tunes the token cache.
+	Cache CacheConfig `yaml:"cache"`
+	// Clients are the Maskinporten clients the broker holds keys for.
+	Clients []ClientConfig `yaml:"clients"`
+}
+
+// MaskinportenConfig is the maskinporten section.
+type MaskinportenConfig struct {
+	// Environment is test or prod.
+	Environment string `yaml:"environment"`
+	// Issuer overrides the environment's issuer (the grants' aud).
+	Issuer string `yaml:"issuer"`
+	// TokenURL overrides the environment's token endpoint.
+	TokenURL string `yaml:"token_url"`
+	// Timeout bounds one token request; default 30s.
+	Timeout Duration `yaml:"timeout"`
+	// GrantLifetime is exp - iat of each grant; default 60s, at most 120s.
+	GrantLifetime Duration `yaml:"grant_lifetime"`
+}
+
+// CacheConfig is the cache section.
+type CacheConfig struct {
+	// DefaultMinValidity applies to requests without min_validity;
+	// default 30s.
+	DefaultMinValidity Duration `yaml:"default_min_validity"`
+}
+
+// ClientConfig is one Maskinporten client.
+type ClientConfig struct {
+	// Name is what callers put in GetToken's client field.
+	Name string `yaml:"name"`
+	// ClientID is the Maskinporten client_id (the grant's iss).
+	ClientID string `yaml:"client_id"`
+	// Scopes callers may ask for with this client.
+	Scopes []string `yaml:"scopes"`
+	// Key is the signing key registered on the client.
+	Key KeyConfig `yaml:"key"`
+	// ResourceAsString sends the grant's resource claim as a string
+	// instead of an array.
+	ResourceAsString bool `yaml:"resource_as_string"`
+}
+
+// KeyConfig is a client's signing key.
+type KeyConfig struct {
+	// KID is the key id registered at Maskinporten.
+	KID string `yaml:"kid"`
+	// Signer is a URI whose scheme picks the backend: file:PATH (relative
+	// paths are relative to the config file).
+	Signer string `yaml:"signer"`
+	// Algorithm is RS256 (default), RS384 or RS512.
+	Algorithm string `yaml:"algorithm"`
+}
+
+// Duration is a time.Duration written as "30s", "2m" in YAML.
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration such as 30s", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil || v < 0 {
+		return fmt.Errorf("line %d: %q is not a duration such as 30s", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// maxConfigSize bounds the config file.
+const maxConfigSize = 1 << 20
+
+// loadConfig reads and checks the config file at path.
+func loadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	cfg, err := parseConfig(data)
+	if err != nil {
+		return nil, fmt.Errorf("config %s: %w", path, err)
+	}
+	return cfg, nil
+}
+
+// parseConfig decodes and checks a config document.
+func parseConfig(data []byte) (*Config, error) {
+	if len(data) > maxConfigSize {
+		return nil, fmt.Errorf("larger than %d bytes", maxConfigSize)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	var cfg Config
+	if err := dec.Decode(&cfg); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("empty")
+		}
+		return nil, errors.New(cleanYAMLError(err))
+	}
+	var extra any
+	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
+		return nil, errors.New("more than one YAML document")
+	}
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
+	return &cfg, nil
+}
+
+func cleanYAMLError(err error) string {
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		return te.Errors[0]
+	}
+	return err.Error()
+}
+
+// check validates everything that needs no file or network.
+func (c *Config) check() error {
+	if c.Listen == "" {
+		return errors.New("listen: required (host:port)")
+	}
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		return fmt.Errorf("listen: %q is not host:port", c.Listen)
+	}
+	switch c.LogLevel {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log_level: %q, want debug, info, warn or error", c.LogLevel)
+	}
+	if _, err := c.environment(); err != nil {
+		return fmt.Errorf("maskinporten: %w", err)
+	}
+	if gl := time.Duration(c.Maskinporten.GrantLifetime); gl != 0 && (gl < time.Second || gl > maskinporten.MaxGrantLifetime) {
+		return fmt.Errorf("maskinporten.grant_lifetime: %v, want 1s to 120s", gl)
+	}
+	if len(c.Clients) == 0 {
+		return errors.New("clients: at least one client is required")
+	}
+	names := map[string]bool{}
+	for i, cl := range c.Clients {
+		where := fmt.Sprintf("clients[%d]", i)
+		switch {
+		case cl.Name == "":
+			return fmt.Errorf("%s.name: required", where)
+		case names[cl.Name]:
+			return fmt.Errorf("%s.name: %q used twice", where, cl.Name)
+		case cl.ClientID == "":
+			return fmt.Errorf("%s.client_id: required", where)
+		case len(cl.Scopes) == 0:
+			return fmt.Errorf("%s.scopes: at least one scope is required", where)
+		case cl.Key.Signer == "":
+			return fmt.Errorf("%s.key.signer: required (e.g. file:mp-key.pem)", where)
+		}
+		names[cl.Name] = true
+		if _, err := signer.ParseAlgorithm(cl.Key.Algorithm); err != nil {
+			return fmt.Errorf("%s.key.algorithm: %w", where, err)
+		}
+		if _, _, err := parseSignerURI(cl.Key.Signer); err != nil {
+			return fmt.Errorf("%s.key.signer: %w", where, err)
+		}
+	}
+	return nil
+}
+
+func (c *Config) environment() (maskinporten.Environment, error) {
+	m := c.Maskinporten
+	if m.Environment == "" {
+		return maskinporten.Environment{}, errors.New("environment: required (test or prod)")
+	}
+	return maskinporten.NewEnvironment(m.Environment, m.Issuer, m.TokenURL)
+}
+
+// resolvePath makes a relative key path relative to the config file's
+// directory.
+func resolvePath(baseDir, p string) string {
+	if filepath.IsAbs(p) || baseDir == "" {
+		return p
+	}
+	return filepath.Join(baseDir, p)
+}

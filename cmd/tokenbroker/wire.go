@@ -1,0 +1,100 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"net/url"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+)
+
+// parseSignerURI splits a key.signer URI into its backend and location.
+// Supported: file:PATH, file:///ABSOLUTE/PATH.
+func parseSignerURI(raw string) (backend, location string, err error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme == "" {
+		return "", "", fmt.Errorf("%q is not a URI such as file:mp-key.pem", raw)
+	}
+	switch u.Scheme {
+	case "file":
+		p := u.Opaque
+		if p == "" {
+			p = u.Path
+		}
+		if p == "" {
+			return "", "", errors.New("file: URI without a path")
+		}
+		if u.Host != "" && u.Host != "localhost" {
+			return "", "", fmt.Errorf("file URI with host %q: use file:PATH or file:///PATH", u.Host)
+		}
+		return "file", p, nil
+	default:
+		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file)", u.Scheme)
+	}
+}
+
+// openKey loads the key a client's config names.
+func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
+	alg, err := signer.ParseAlgorithm(k.Algorithm)
+	if err != nil {
+		return nil, err
+	}
+	backend, loc, err := parseSignerURI(k.Signer)
+	if err != nil {
+		return nil, err
+	}
+	switch backend {
+	case "file":
+		return filesigner.Load(resolvePath(baseDir, loc), k.KID, alg)
+	default:
+		return nil, fmt.Errorf("unsupported signer backend %q", backend)
+	}
+}
+
+// buildBroker loads every key and builds the broker. Any failure names the
+// client and the problem.
+func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger) (*broker.Broker, error) {
+	env, err := cfg.environment()
+	if err != nil {
+		return nil, fmt.Errorf("maskinporten: %w", err)
+	}
+	timeout := time.Duration(cfg.Maskinporten.Timeout)
+	if timeout == 0 {
+		timeout = 30 * time.Second
+	}
+	httpClient := &http.Client{Timeout: timeout}
+	bc := broker.Config{
+		DefaultMinValidity: time.Duration(cfg.Cache.DefaultMinValidity),
+		FetchTimeout:       timeout,
+		Logger:             log,
+	}
+	for i, c := range cfg.Clients {
+		key, err := openKey(c.Key, baseDir)
+		if err != nil {
+			return nil, fmt.Errorf("clients[%d] (%s).key: %w", i, c.Name, err)
+		}
+		mp, err := maskinporten.New(maskinporten.Config{
+			ClientID:         c.ClientID,
+			Key:              key,
+			Environment:      env,
+			HTTPClient:       httpClient,
+			GrantLifetime:    time.Duration(cfg.Maskinporten.GrantLifetime),
+			ResourceAsString: c.ResourceAsString,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
+		}
+		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp})
+		log.InfoContext(ctx, "client ready", slog.String("client", c.Name), slog.String("client_id", c.ClientID),
+			slog.String("kid", key.KeyID), slog.String("backend", key.Backend), slog.String("algorithm", string(key.Algorithm)),
+			slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))
+	}
+	return broker.New(bc)
+}

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole test suite and every check, as CI runs it (.ci/run calls this).
+# It installs what the tests need: the pinned Go tools of tools/go.mod, and
+# the Debian packages listed in DEBIAN_PACKAGES when they are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEBIAN_PACKAGES=()   # system packages the tests need; none yet
+
+step() { printf '\n== %s\n' "$*"; }
+
+missing=()
+for p in "${DEBIAN_PACKAGES[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  step "apt-get install ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+fi
+
+step "tools (buf, protoc-gen-go, protoc-gen-go-grpc, grpcurl)"
+scripts/tools.sh
+export PATH="$PWD/.tmp/bin:$PATH"
+
+step "gofmt"
+unformatted="$(gofmt -l .)"
+if [ -n "$unformatted" ]; then
+  echo "not gofmt'ed:"; echo "$unformatted"; exit 1
+fi
+
+step "go vet"
+go vet ./...
+
+step "buf lint, buf format"
+buf lint
+buf format -d --exit-code
+
+step "gen/ matches buf generate"
+tmp="$(mktemp -d)"
+trap 'rm -rf "$tmp"' EXIT
+buf generate -o "$tmp"
+diff -r gen "$tmp/gen"
+
+step "go test -race"
+go test -race -shuffle=on -count=1 ./...

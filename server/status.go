@@ -1,0 +1,163 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"runtime/debug"
+	"strconv"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/protoadapt"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+// MaskinportenDomain is the ErrorInfo domain of errors that carry
+// Maskinporten's error and MP code.
+const MaskinportenDomain = "maskinporten.no"
+
+// toStatus maps an error from the broker to the status the caller sees. It
+// is the only place that chooses codes. Messages never hold a token or a
+// grant: broker errors never do, and Maskinporten's descriptions are
+// sanitised by package maskinporten.
+func toStatus(err error) error {
+	var (
+		fe *broker.FieldError
+		me *maskinporten.Error
+	)
+	switch {
+	case errors.As(err, &fe):
+		return invalidArgument(fe.Field, fe.Reason)
+	case errors.Is(err, broker.ErrScopeNotAllowed):
+		return status.Error(codes.PermissionDenied, err.Error())
+	case errors.Is(err, broker.ErrMinValidityTooLong):
+		return withDetails(status.New(codes.OutOfRange, "min_validity: "+err.Error()),
+			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "min_validity", Description: err.Error()}}})
+	case errors.As(err, &me):
+		return maskinportenStatus(err, me)
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded before a token was available")
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "call canceled")
+	default:
+		return errInternal
+	}
+}
+
+var errInternal = status.Error(codes.Internal, "internal error")
+
+func maskinportenStatus(err error, me *maskinporten.Error) error {
+	info := &errdetails.ErrorInfo{
+		Reason:   "MASKINPORTEN_ERROR",
+		Domain:   MaskinportenDomain,
+		Metadata: map[string]string{},
+	}
+	if me.MPCode != "" {
+		info.Reason = me.MPCode
+		info.Metadata["mp_code"] = me.MPCode
+	}
+	if me.Code != "" {
+		info.Metadata["error"] = me.Code
+	}
+	if me.StatusCode != 0 {
+		info.Metadata["http_status"] = strconv.Itoa(me.StatusCode)
+	}
+	var st *status.Status
+	switch {
+	case me.NoSystemUser():
+		st = status.New(codes.FailedPrecondition, fmt.Sprintf(
+			"no approved system user for this customer: the customer organisation must approve a system user "+
+				"request for this client's system (with this external_ref, if one is used) before tokens can be issued (%v)", err))
+	case me.Retryable:
+		st = status.New(codes.Unavailable, fmt.Sprintf("Maskinporten is unavailable, retry later (%v)", err))
+		info.Reason = "MASKINPORTEN_UNAVAILABLE"
+	default:
+		st = status.New(codes.FailedPrecondition, fmt.Sprintf("Maskinporten refused the grant; fix the client configuration (%v)", err))
+	}
+	return withDetails(st, info)
+}
+
+// invalidArgument is the status of a bad request field; the message starts
+// with the field name.
+func invalidArgument(field, reason string) error {
+	st := status.New(codes.InvalidArgument, field+": "+reason)
+	return withDetails(st, &errdetails.BadRequest{
+		FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: reason}},
+	})
+}
+
+func withDetails(st *status.Status, details ...protoadapt.MessageV1) error {
+	if d, err := st.WithDetails(details...); err == nil {
+		return d.Err()
+	}
+	return st.Err()
+}
+
+// recoverUnary turns a panic in a handler into Internal and logs it with its
+// stack.
+func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic in handler", slog.String("method", info.FullMethod),
+				slog.String("panic", fmt.Sprint(p)), slog.String("stack", string(debug.Stack())))
+			resp, err = nil, errInternal
+		}
+	}()
+	return h(ctx, req)
+}
+
+// logUnary writes one line per call: method, code, duration, peer, the
+// request's non-secret fields and, for a token, its identifiers and expiry.
+// It never logs a token.
+func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := h(ctx, req)
+	st := status.Convert(err)
+	attrs := []slog.Attr{
+		slog.String("method", info.FullMethod),
+		slog.String("code", st.Code().String()),
+		slog.Duration("duration", time.Since(start)),
+	}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		attrs = append(attrs, slog.String("peer", p.Addr.String()))
+	}
+	if r, ok := req.(*tokenbrokerv1.GetTokenRequest); ok {
+		attrs = append(attrs,
+			slog.String("client", r.GetClient()),
+			slog.String("customer_org", truncate(r.GetCustomerOrg(), 32)),
+			slog.Int("scopes", len(r.GetScopes())))
+	}
+	if r, ok := resp.(*tokenbrokerv1.GetTokenResponse); ok && r != nil {
+		attrs = append(attrs,
+			slog.String("key_id", r.GetKeyId()),
+			slog.Bool("cached", r.GetCached()),
+			slog.Time("expires_at", r.GetExpiresAt().AsTime()))
+	}
+	level := slog.LevelInfo
+	if err != nil {
+		attrs = append(attrs, slog.String("error", truncate(st.Message(), 1024)))
+		if st.Code() == codes.Internal || st.Code() == codes.Unknown {
+			level = slog.LevelError
+		} else {
+			level = slog.LevelWarn
+		}
+	}
+	s.log.LogAttrs(ctx, level, "rpc", attrs...)
+	return resp, err
+}
+
+func truncate(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n] + "..."
+}
