@@ -252,9 +252,9 @@ func readClaims(t *Token) {
 		return
 	}
 	var cl struct {
-		Exp                  json.Number                 `json:"exp"`
-		Iat                  json.Number                 `json:"iat"`
-		Jti                  string                      `json:"jti"`
+		Exp                  json.Number                  `json:"exp"`
+		Iat                  json.Number                  `json:"iat"`
+		Jti                  string                       `json:"jti"`
 		AuthorizationDetails []map[string]json.RawMessage `json:"authorization_details"`
 	}
 	if json.Unmarshal(payload, &cl) != nil {

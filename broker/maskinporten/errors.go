@@ -47,6 +47,9 @@ func (e *Error) Error() string {
 	if e.Code != "" {
 		fmt.Fprintf(&b, " %s", e.Code)
 	}
+	if e.MPCode != "" && !strings.Contains(e.Description, e.MPCode) {
+		fmt.Fprintf(&b, " %s", e.MPCode)
+	}
 	if e.Description != "" {
 		fmt.Fprintf(&b, ": %s", e.Description)
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -135,12 +136,20 @@ func parseConfig(data []byte) (*Config, error) {
 	return &cfg, nil
 }
 
+var unknownFieldRE = regexp.MustCompile(`^line (\d+): field (\S+) not found in type \S+$`)
+
+// cleanYAMLError keeps the first problem the decoder found and says it in
+// the config's terms rather than Go's.
 func cleanYAMLError(err error) string {
+	msg := err.Error()
 	var te *yaml.TypeError
 	if errors.As(err, &te) && len(te.Errors) > 0 {
-		return te.Errors[0]
+		msg = te.Errors[0]
 	}
-	return err.Error()
+	if m := unknownFieldRE.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("line %s: unknown key %q", m[1], m[2])
+	}
+	return msg
 }
 
 // check validates everything that needs no file or network.

@@ -45,7 +45,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch args[0] {
 	case "serve":
-		return runServe(ctx, args[1:], stderr)
+		return runServe(ctx, args[1:], stderr, nil)
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr, nil)
 	case "help", "-h", "--help":
@@ -57,7 +57,9 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-func runServe(ctx context.Context, args []string, stderr io.Writer) error {
+// runServe serves with a config file. ready, when not nil, receives the
+// listen address once the broker listens.
+func runServe(ctx context.Context, args []string, stderr io.Writer, ready chan<- string) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "path of the YAML config file")
@@ -85,6 +87,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	log.Info("serving", slog.String("addr", lis.Addr().String()))
+	if ready != nil {
+		ready <- lis.Addr().String()
+	}
 	err = srv.Serve(ctx, lis)
 	log.Info("stopped")
 	return err

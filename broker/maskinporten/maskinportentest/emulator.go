@@ -92,6 +92,7 @@ type Emulator struct {
 	systemUsers map[systemUserKey]string
 	seenJTI     map[string]time.Time
 	assertions  []string
+	tokens      []string
 	record      bool
 
 	hook     atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
@@ -228,12 +229,19 @@ func (e *Emulator) Requests() int64 { return e.requests.Load() }
 // Issued returns how many access tokens the emulator issued.
 func (e *Emulator) Issued() int64 { return e.issued.Load() }
 
-// RecordAssertions makes the emulator keep every assertion it receives, for
-// tests that must prove no grant leaks into logs.
-func (e *Emulator) RecordAssertions() {
+// Record makes the emulator keep every assertion it receives and every
+// token it issues, for tests that must prove no credential leaks into logs.
+func (e *Emulator) Record() {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	e.record = true
+}
+
+// Tokens returns the recorded access tokens.
+func (e *Emulator) Tokens() []string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return append([]string(nil), e.tokens...)
 }
 
 // Assertions returns the recorded assertions.
@@ -617,6 +625,11 @@ func (e *Emulator) mint(g *grant) (map[string]any, *oauthError) {
 		return nil, fail(500, "server_error", "", "signing the token failed")
 	}
 	e.issued.Add(1)
+	e.mu.Lock()
+	if e.record {
+		e.tokens = append(e.tokens, string(signed))
+	}
+	e.mu.Unlock()
 	return map[string]any{
 		"access_token": string(signed),
 		"token_type":   "Bearer",
@@ -638,4 +651,27 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(v)
+}
+
+// CheckNoLeaks fails tb if text holds any recorded assertion or issued
+// token, whole or just its signature. Call Record before the traffic.
+func (e *Emulator) CheckNoLeaks(tb testing.TB, where, text string) {
+	tb.Helper()
+	e.mu.Lock()
+	secrets := append(append([]string(nil), e.assertions...), e.tokens...)
+	recorded := e.record
+	e.mu.Unlock()
+	if !recorded {
+		tb.Fatal("maskinportentest: CheckNoLeaks without Record")
+	}
+	for _, s := range secrets {
+		sig := s
+		if i := strings.LastIndexByte(s, '.'); i >= 0 {
+			sig = s[i+1:]
+		}
+		if strings.Contains(text, s) || (len(sig) >= 16 && strings.Contains(text, sig)) {
+			tb.Errorf("%s holds a grant or token", where)
+			return
+		}
+	}
 }

@@ -1,0 +1,237 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func dial(t *testing.T, addr string) tokenbrokerv1.TokenBrokerServiceClient {
+	t.Helper()
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+}
+
+func TestDevMode(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	var stdout, stderr syncBuffer
+	ready := make(chan devEnv, 1)
+	done := make(chan error, 1)
+	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &stdout, &stderr, ready) }()
+	var env devEnv
+	select {
+	case env = <-ready:
+	case err := <-done:
+		t.Fatalf("dev stopped: %v\n%s", err, stderr.String())
+	}
+	env.Emulator.Record()
+	c := dial(t, env.Addr)
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	for _, org := range []string{"310904473", "314250052"} {
+		resp, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: org, Scopes: []string{"altinn:systembruker.demo"}})
+		if err != nil || resp.GetAccessToken() == "" || resp.GetSystemuserId() == "" {
+			t.Fatalf("GetToken(%s) = %v, %v", org, resp, err)
+		}
+	}
+	if _, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "210493352", ExternalRef: "tenant-42", Scopes: []string{"altinn:systembruker.demo"}}); err != nil {
+		t.Fatalf("external ref customer: %v", err)
+	}
+	_, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "889640782", Scopes: []string{"altinn:systembruker.demo"}})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("unapproved org: %v, want FailedPrecondition", err)
+	}
+	out := stdout.String()
+	if !strings.Contains(out, "grpcurl -plaintext -d '{\"customer_org\":\"310904473\",\"scopes\":[\"altinn:systembruker.demo\"]}' "+env.Addr+" tokenbroker.v1.TokenBrokerService/GetToken") {
+		t.Errorf("no ready grpcurl line in:\n%s", out)
+	}
+	if !strings.Contains(stderr.String(), "DEV MODE") {
+		t.Error("dev mode does not say so")
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("dev: %v", err)
+	}
+	env.Emulator.CheckNoLeaks(t, "dev output", stdout.String()+stderr.String())
+}
+
+// writeConfig writes key A and a config naming it, pointed at tokenURL.
+func writeConfig(t *testing.T, issuer, tokenURL string) string {
+	t.Helper()
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "mp-key.pem"), signertest.PEM(t, "rsa-a.pkcs8.pem"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+maskinporten:
+  environment: test
+  issuer: %q
+  token_url: %q
+clients:
+  - name: smartcloud
+    client_id: 7ee41fce-9f6e-4c32-8195-0fe2c1517f43
+    scopes: [altinn:systembruker.demo]
+    key:
+      kid: smartcloud-2026
+      signer: file:mp-key.pem
+`, issuer, tokenURL)
+	p := filepath.Join(dir, "tokenbroker.yaml")
+	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestServeWithConfig(t *testing.T) {
+	t.Parallel()
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{SigningKey: signertest.RSA(t, signertest.KeyB)})
+	emu.Record()
+	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
+		SystemID: "991825827_smartcloud", Scopes: []string{"altinn:systembruker.demo"}, Keys: []jwk.Key{pub}}); err != nil {
+		t.Fatal(err)
+	}
+	emu.ApproveSystemUser("7ee41fce-9f6e-4c32-8195-0fe2c1517f43", "310904473", "")
+	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var stderr syncBuffer
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, ready) }()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("serve stopped: %v\n%s", err, stderr.String())
+	}
+	c := dial(t, addr)
+	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer rcancel()
+	resp, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{"altinn:systembruker.demo"}})
+	if err != nil || resp.GetKeyId() != "smartcloud-2026" || resp.GetClient() != "smartcloud" {
+		t.Fatalf("GetToken = %v, %v", resp, err)
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Errorf("serve: %v", err)
+	}
+	log := stderr.String()
+	for _, want := range []string{`"msg":"client ready"`, `"kid":"smartcloud-2026"`, `"backend":"file"`, `"msg":"rpc"`, `"msg":"stopped"`} {
+		if !strings.Contains(log, want) {
+			t.Errorf("log lacks %s:\n%s", want, log)
+		}
+	}
+	emu.CheckNoLeaks(t, "serve log", log)
+}
+
+func TestServeRefusesToStart(t *testing.T) {
+	t.Parallel()
+	good := writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")
+	dir := filepath.Dir(good)
+	base, err := os.ReadFile(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	replace := func(old, new string) string { return strings.Replace(string(base), old, new, 1) }
+	if err := os.WriteFile(filepath.Join(dir, "garbage.pem"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name, config, want string
+	}{
+		{"missing_config", filepath.Join(dir, "nope.yaml"), "nope.yaml"},
+		{"unknown_key", write("unknown.yaml", string(base)+"colour: blue\n"), "colour"},
+		{"unknown_nested_key", write("nested.yaml", replace("    key:\n", "    keys: x\n    key:\n")), "keys"},
+		{"missing_key_file", write("missing.yaml", replace("file:mp-key.pem", "file:absent.pem")), "absent.pem"},
+		{"unparsable_key", write("garbage.yaml", replace("file:mp-key.pem", "file:garbage.pem")), "garbage.pem"},
+		{"unknown_signer_scheme", write("scheme.yaml", replace("file:mp-key.pem", "vault:secret/mp")), "unsupported signer scheme"},
+		{"signer_not_uri", write("nouri.yaml", replace("file:mp-key.pem", "mp-key.pem")), "not a URI"},
+		{"bad_token_url", write("badurl.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "ftp:/x"`)), "token_url"},
+		{"mixed_environments", write("mixed.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "https://maskinporten.no/token"`)), "Maskinporten prod"},
+		{"bad_environment", write("env.yaml", replace("environment: test", "environment: staging")), "staging"},
+		{"no_clients", write("noclients.yaml", "listen: 127.0.0.1:0\nmaskinporten:\n  environment: test\n"), "clients"},
+		{"bad_duration", write("dur.yaml", replace("  environment: test\n", "  environment: test\n  timeout: soon\n")), "soon"},
+		{"grant_lifetime", write("gl.yaml", replace("  environment: test\n", "  environment: test\n  grant_lifetime: 5m\n")), "grant_lifetime"},
+		{"bad_algorithm", write("alg.yaml", replace("      kid: smartcloud-2026\n", "      kid: smartcloud-2026\n      algorithm: ES256\n")), "ES256"},
+		{"duplicate_client", write("dup.yaml", string(base)+strings.SplitN(string(base), "clients:\n", 2)[1]), "used twice"},
+		{"bad_listen", write("listen.yaml", replace("listen: 127.0.0.1:0", "listen: nowhere")), "listen"},
+		{"two_documents", write("docs.yaml", string(base)+"---\nlisten: x\n"), "more than one"},
+		{"empty", write("empty.yaml", ""), "empty"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Parallel()
+			var stderr bytes.Buffer
+			err := run(context.Background(), []string{"serve", "--config", tc.config}, &stderr, &stderr)
+			if err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("error = %v, want one containing %q", err, tc.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error spans lines: %q", err)
+			}
+			if strings.Contains(err.Error(), "MII") {
+				t.Errorf("error leaks key material: %q", err)
+			}
+		})
+	}
+}
+
+func TestUsage(t *testing.T) {
+	t.Parallel()
+	var out bytes.Buffer
+	if err := run(context.Background(), nil, &out, &out); err == nil {
+		t.Error("no command accepted")
+	}
+	if err := run(context.Background(), []string{"frobnicate"}, &out, &out); err == nil || !strings.Contains(err.Error(), "frobnicate") {
+		t.Errorf("unknown command: %v", err)
+	}
+	if err := run(context.Background(), []string{"serve"}, &out, &out); err == nil || !strings.Contains(err.Error(), "--config") {
+		t.Errorf("serve without config: %v", err)
+	}
+}
