@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
@@ -52,9 +53,31 @@ type Config struct {
 	// Logger receives one line per fetch; nil discards. Tokens are never
 	// logged.
 	Logger *slog.Logger
+
+	// RefreshMargin and RefreshFraction set when a token in use is renewed
+	// in the background: when less than max(RefreshMargin,
+	// RefreshFraction of its lifetime) remains (at most half the lifetime).
+	// 0 means 60 s and 0.25.
+	RefreshMargin   time.Duration
+	RefreshFraction float64
+	// IdleAfter: a key nobody asked for in this long is evicted; 0 means
+	// 10 minutes. A key is refreshed only if it was asked for since its
+	// token arrived.
+	IdleAfter time.Duration
+	// MaxEntries caps the number of cached keys; the least recently used
+	// go first. 0 means 100,000.
+	MaxEntries int
+	// NegativeTTL is how long a permanent refusal (MP-303, invalid_scope,
+	// ...) is remembered for its key; 0 means 5 s, negative disables.
+	NegativeTTL time.Duration
+	// SweepInterval is how often the background loop refreshes and
+	// evicts; 0 means 500 ms, negative disables the loop (tests call
+	// Sweep).
+	SweepInterval time.Duration
 }
 
-// Broker serves tokens. It is safe for concurrent use.
+// Broker serves tokens. It is safe for concurrent use. Close stops its
+// background loop.
 type Broker struct {
 	clients            map[string]*Client
 	only               *Client
@@ -63,6 +86,16 @@ type Broker struct {
 	fetchTimeout       time.Duration
 	now                func() time.Time
 	log                *slog.Logger
+	refreshMargin      time.Duration
+	refreshFraction    float64
+	idleAfter          time.Duration
+	negativeTTL        time.Duration
+
+	stop       chan struct{}
+	stopOnce   sync.Once
+	loopDone   chan struct{}
+	skewMu     sync.Mutex
+	skewWarned map[string]bool
 }
 
 // New checks cfg and returns a Broker.
@@ -76,7 +109,15 @@ func New(cfg Config) (*Broker, error) {
 		fetchTimeout:       cfg.FetchTimeout,
 		now:                cfg.Now,
 		log:                cfg.Logger,
+		refreshMargin:      cfg.RefreshMargin,
+		refreshFraction:    cfg.RefreshFraction,
+		idleAfter:          cfg.IdleAfter,
+		negativeTTL:        cfg.NegativeTTL,
+		stop:               make(chan struct{}),
+		loopDone:           make(chan struct{}),
+		skewWarned:         map[string]bool{},
 	}
+	b.cache.max = int64(cfg.MaxEntries)
 	for i := range cfg.Clients {
 		c := cfg.Clients[i]
 		switch {
@@ -111,7 +152,151 @@ func New(cfg Config) (*Broker, error) {
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
+	if b.refreshMargin == 0 {
+		b.refreshMargin = 60 * time.Second
+	}
+	if b.refreshFraction == 0 {
+		b.refreshFraction = 0.25
+	}
+	if b.refreshMargin < 0 || b.refreshFraction < 0 || b.refreshFraction > 0.5 {
+		return nil, fmt.Errorf("broker: refresh margin %v and fraction %v: want >= 0 and 0 to 0.5", b.refreshMargin, b.refreshFraction)
+	}
+	if b.idleAfter <= 0 {
+		b.idleAfter = 10 * time.Minute
+	}
+	if b.cache.max <= 0 {
+		b.cache.max = 100_000
+	}
+	if b.negativeTTL == 0 {
+		b.negativeTTL = 5 * time.Second
+	}
+	interval := cfg.SweepInterval
+	if interval == 0 {
+		interval = 500 * time.Millisecond
+	}
+	if interval > 0 {
+		go b.loop(interval)
+	} else {
+		close(b.loopDone)
+	}
 	return b, nil
+}
+
+// Close stops the background loop. Fetches in flight finish on their own
+// timeout. GetToken keeps working, without refresh-ahead.
+func (b *Broker) Close() {
+	b.stopOnce.Do(func() { close(b.stop) })
+	<-b.loopDone
+}
+
+func (b *Broker) loop(interval time.Duration) {
+	defer close(b.loopDone)
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-b.stop:
+			return
+		case <-t.C:
+			b.Sweep()
+		}
+	}
+}
+
+// Sweep does one round of background work at the broker's current time:
+// it starts refreshes of tokens in use that are due, evicts keys idle for
+// IdleAfter, drops expired negative entries and checks the clock skew seen
+// by each client. The background loop calls it; tests may call it directly.
+func (b *Broker) Sweep() {
+	now := b.now()
+	n := now.UnixNano()
+	idleCut := now.Add(-b.idleAfter).UnixNano()
+	b.cache.entries.Range(func(_, v any) bool {
+		e := v.(*entry)
+		if e.lastUsed.Load() < idleCut {
+			b.cache.remove(e)
+			return true
+		}
+		if neg := e.negative.Load(); neg != nil && !now.Before(neg.until) {
+			e.negative.CompareAndSwap(neg, nil)
+		}
+		if e.tok.Load() != nil && n >= e.refreshAt.Load() && e.lastUsed.Load() >= e.fetchedAt.Load() {
+			b.refreshAsync(e)
+		}
+		return true
+	})
+	if b.cache.size.Load() > b.cache.max {
+		b.cache.evictOldest()
+	}
+	b.checkSkew()
+}
+
+// MaxClockSkew is the clock offset to Maskinporten above which the broker
+// warns; Maskinporten refuses grants more than 10 s off.
+const MaxClockSkew = 5 * time.Second
+
+// clockSkewer is implemented by token sources that see Maskinporten's clock.
+type clockSkewer interface {
+	ClockSkew() (time.Duration, bool)
+}
+
+func (b *Broker) checkSkew() {
+	b.skewMu.Lock()
+	defer b.skewMu.Unlock()
+	for name, c := range b.clients {
+		cs, ok := c.Source.(clockSkewer)
+		if !ok {
+			continue
+		}
+		skew, known := cs.ClockSkew()
+		bad := known && (skew > MaxClockSkew || skew < -MaxClockSkew)
+		switch {
+		case bad && !b.skewWarned[name]:
+			b.log.Warn("local clock is off Maskinporten's; grants may be refused (fix NTP)",
+				slog.String("client", name), slog.Duration("maskinporten_minus_local", skew))
+		case !bad && b.skewWarned[name]:
+			b.log.Info("clock skew back within bounds", slog.String("client", name), slog.Duration("maskinporten_minus_local", skew))
+		}
+		b.skewWarned[name] = bad
+	}
+}
+
+// Health is what the broker knows about its own state, for health detail.
+type Health struct {
+	// Clients holds one entry per configured client, by name.
+	Clients map[string]ClientHealth
+	// Cache counts.
+	Entries, Hits, Misses, Refreshes, Evictions int64
+}
+
+// ClientHealth is the state of one client.
+type ClientHealth struct {
+	// ClockSkew is Maskinporten's clock minus ours, when known.
+	ClockSkew      time.Duration
+	ClockSkewKnown bool
+	// ClockSkewTooLarge is true when |ClockSkew| > MaxClockSkew.
+	ClockSkewTooLarge bool
+}
+
+// Health reports the broker's state.
+func (b *Broker) Health() Health {
+	h := Health{
+		Clients:   map[string]ClientHealth{},
+		Entries:   b.cache.size.Load(),
+		Hits:      b.cache.hits.Load(),
+		Misses:    b.cache.misses.Load(),
+		Refreshes: b.cache.refreshes.Load(),
+		Evictions: b.cache.evictions.Load(),
+	}
+	for name, c := range b.clients {
+		var ch ClientHealth
+		if cs, ok := c.Source.(clockSkewer); ok {
+			ch.ClockSkew, ch.ClockSkewKnown = cs.ClockSkew()
+			ch.ClockSkewTooLarge = ch.ClockSkewKnown && (ch.ClockSkew > MaxClockSkew || ch.ClockSkew < -MaxClockSkew)
+		}
+		h.Clients[name] = ch
+	}
+	return h
 }
 
 // Token is a token as GetToken returns it. It shares the fetched
@@ -163,22 +348,32 @@ func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
 		customerOrg: v.CustomerOrg,
 		externalRef: v.ExternalRef,
 	}
-	e := b.cache.entry(key)
-	out := &Token{Client: c.Name, KeyID: kid, CustomerOrg: v.CustomerOrg}
-	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(b.now()) >= minValidity {
-		out.Token, out.Cached = t, true
-		return out, nil
-	}
-	if lt := time.Duration(e.lifetime.Load()); lt > 0 && minValidity > lt {
-		return nil, fmt.Errorf("%w: asked for %v, tokens for this client live %v", ErrMinValidityTooLong, minValidity, lt)
-	}
 	mreq := maskinporten.Request{
 		Scopes:      v.scopes,
 		CustomerOrg: v.CustomerOrg,
 		ExternalRef: v.ExternalRef,
 		Resource:    v.Resource,
 	}
-	t, cached, err := b.fetch(ctx, e, c, mreq, minValidity)
+	e := b.cache.entry(key, func() *entry { return &entry{key: key, client: c, req: mreq} })
+	now := b.now()
+	e.touch(now)
+	out := &Token{Client: c.Name, KeyID: kid, CustomerOrg: v.CustomerOrg}
+	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(now) >= minValidity {
+		if now.UnixNano() >= e.refreshAt.Load() {
+			b.refreshAsync(e)
+		}
+		b.cache.hits.Add(1)
+		out.Token, out.Cached = t, true
+		return out, nil
+	}
+	b.cache.misses.Add(1)
+	if neg := e.negative.Load(); neg != nil && now.Before(neg.until) {
+		return nil, neg.err
+	}
+	if lt := time.Duration(e.lifetime.Load()); lt > 0 && minValidity > lt {
+		return nil, fmt.Errorf("%w: asked for %v, tokens for this client live %v", ErrMinValidityTooLong, minValidity, lt)
+	}
+	t, cached, err := b.fetch(ctx, e, minValidity)
 	if err != nil {
 		return nil, err
 	}
@@ -202,24 +397,30 @@ func (b *Broker) client(name string) (*Client, error) {
 
 // fetch returns a token for e valid for minValidity, joining a fetch in
 // flight or starting one. The fetch runs on its own context, bounded by
-// FetchTimeout, so that a caller giving up does not fail the others; each
-// caller waits only as long as its own ctx allows.
-func (b *Broker) fetch(ctx context.Context, e *entry, c *Client, r maskinporten.Request, minValidity time.Duration) (*maskinporten.Token, bool, error) {
+// FetchTimeout, so that a caller giving up does not fail the others. A
+// caller with a deadline waits until just before it and then gets
+// ErrUpstreamSlow, so that it can tell a slow Maskinporten from its own
+// deadline.
+func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration) (*maskinporten.Token, bool, error) {
 	e.mu.Lock()
 	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(b.now()) >= minValidity {
 		e.mu.Unlock()
 		return t, true, nil
 	}
-	f := e.flight
-	if f == nil {
-		f = &flight{done: make(chan struct{})}
-		e.flight = f
-		go b.run(e, f, c, r)
-	}
+	f := b.startLocked(e)
 	e.mu.Unlock()
 
+	var slow <-chan time.Time
+	if dl, ok := ctx.Deadline(); ok {
+		left := time.Until(dl)
+		t := time.NewTimer(left - min(100*time.Millisecond, left/10))
+		defer t.Stop()
+		slow = t.C
+	}
 	select {
 	case <-f.done:
+	case <-slow:
+		return nil, false, fmt.Errorf("%w (client %q, customer_org %s)", ErrUpstreamSlow, e.client.Name, e.req.CustomerOrg)
 	case <-ctx.Done():
 		return nil, false, ctx.Err()
 	}
@@ -232,22 +433,53 @@ func (b *Broker) fetch(ctx context.Context, e *entry, c *Client, r maskinporten.
 	return f.tok, false, nil
 }
 
+// refreshAsync starts a background fetch for e unless one is in flight.
+func (b *Broker) refreshAsync(e *entry) {
+	e.mu.Lock()
+	if e.flight == nil {
+		b.cache.refreshes.Add(1)
+		b.startLocked(e)
+	}
+	e.mu.Unlock()
+}
+
+// startLocked returns the flight of e, starting one if there is none. e.mu
+// must be held.
+func (b *Broker) startLocked(e *entry) *flight {
+	if e.flight == nil {
+		e.flight = &flight{done: make(chan struct{})}
+		go b.run(e, e.flight)
+	}
+	return e.flight
+}
+
 // run performs one fetch and publishes its result to the entry and to the
-// callers waiting on f.
-func (b *Broker) run(e *entry, f *flight, c *Client, r maskinporten.Request) {
+// callers waiting on f. A token that is still valid survives a failed
+// refresh caused by an outage; a permanent refusal drops it and is
+// remembered for NegativeTTL.
+func (b *Broker) run(e *entry, f *flight) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.fetchTimeout)
 	defer cancel()
+	c, r := e.client, e.req
 	start := b.now()
 	tok, err := b.fetchSafely(ctx, c, r)
-	latency := b.now().Sub(start)
+	now := b.now()
+	latency := now.Sub(start)
+	var me *maskinporten.Error
+	permanent := err != nil && errors.As(err, &me) && !me.Retryable
 	if err != nil {
 		err = fmt.Errorf("client %q, customer_org %s, external_ref %q: %w", c.Name, r.CustomerOrg, r.ExternalRef, err)
 	}
 
 	e.mu.Lock()
-	if err == nil {
-		e.tok.Store(tok)
-		e.lifetime.Store(int64(tok.Lifetime()))
+	switch {
+	case err == nil:
+		e.store(tok, now, b.refreshMargin, b.refreshFraction)
+	case permanent:
+		e.tok.Store(nil)
+		if b.negativeTTL > 0 {
+			e.negative.Store(&negative{err: err, until: now.Add(b.negativeTTL)})
+		}
 	}
 	f.tok, f.err = tok, err
 	e.flight = nil
@@ -261,7 +493,7 @@ func (b *Broker) run(e *entry, f *flight, c *Client, r maskinporten.Request) {
 		slog.Duration("latency", latency),
 	}
 	if err != nil {
-		b.log.Warn("token fetch failed", append(attrs, slog.String("error", err.Error()))...)
+		b.log.Warn("token fetch failed", append(attrs, slog.String("error", err.Error()), slog.Bool("permanent", permanent))...)
 		return
 	}
 	b.log.Info("token fetched", append(attrs, slog.String("jti", tok.JWTID), slog.Time("expires_at", tok.ExpiresAt))...)

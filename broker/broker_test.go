@@ -100,6 +100,7 @@ func newBroker(t *testing.T, src *fakeSource) (*broker.Broker, *clock) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(b.Close)
 	return b, clk
 }
 

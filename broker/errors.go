@@ -15,6 +15,9 @@ var (
 	// ErrMinValidityTooLong: the requested min_validity is longer than
 	// the tokens Maskinporten issues for this key live.
 	ErrMinValidityTooLong = errors.New("min_validity longer than the token lifetime")
+	// ErrUpstreamSlow: no token arrived from Maskinporten before the
+	// caller's deadline; the fetch goes on for later callers.
+	ErrUpstreamSlow = errors.New("no answer from Maskinporten before the caller's deadline")
 )
 
 // FieldError says that a request field is invalid. Its message starts with

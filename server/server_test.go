@@ -97,6 +97,7 @@ func newHarness(t *testing.T) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(b.Close)
 	s, err := server.New(server.Config{Broker: b, Logger: logger})
 	if err != nil {
 		t.Fatal(err)

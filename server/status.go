@@ -44,6 +44,8 @@ func toStatus(err error) error {
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "min_validity", Description: err.Error()}}})
 	case errors.As(err, &me):
 		return maskinportenStatus(err, me)
+	case errors.Is(err, broker.ErrUpstreamSlow):
+		return status.Error(codes.Unavailable, err.Error()+"; retry later")
 	case errors.Is(err, context.DeadlineExceeded):
 		return status.Error(codes.DeadlineExceeded, "deadline exceeded before a token was available")
 	case errors.Is(err, context.Canceled):

@@ -15,13 +15,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"mime"
 	"net/http"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
@@ -42,6 +46,23 @@ type Config struct {
 	ResourceAsString bool
 	// Now returns the current time; nil means time.Now.
 	Now func() time.Time
+	// Retry is the retry policy; zero fields take their defaults.
+	Retry RetryPolicy
+	// AttemptTimeout bounds one HTTP exchange; 0 means 10 s.
+	AttemptTimeout time.Duration
+	// Breaker, when not nil, guards the token endpoint. Share one breaker
+	// among the clients of one environment.
+	Breaker *breaker.Breaker
+}
+
+// RetryPolicy says how often and how fast to retry retryable failures.
+type RetryPolicy struct {
+	// MaxAttempts counts the first try; 0 means 3, 1 disables retries.
+	MaxAttempts int
+	// InitialBackoff is the first backoff window; 0 means 200 ms.
+	InitialBackoff time.Duration
+	// MaxBackoff caps the window; 0 means 2 s.
+	MaxBackoff time.Duration
 }
 
 // Client gets tokens for one Maskinporten client. It is safe for concurrent
@@ -54,6 +75,11 @@ type Client struct {
 	grantLifetime    time.Duration
 	resourceAsString bool
 	now              func() time.Time
+	retry            RetryPolicy
+	attemptTimeout   time.Duration
+	breaker          *breaker.Breaker
+	skew             atomic.Int64
+	skewKnown        atomic.Bool
 }
 
 // New checks cfg and returns a Client.
@@ -75,6 +101,21 @@ func New(cfg Config) (*Client, error) {
 		grantLifetime:    cfg.GrantLifetime,
 		resourceAsString: cfg.ResourceAsString,
 		now:              cfg.Now,
+		retry:            cfg.Retry,
+		attemptTimeout:   cfg.AttemptTimeout,
+		breaker:          cfg.Breaker,
+	}
+	if c.retry.MaxAttempts <= 0 {
+		c.retry.MaxAttempts = 3
+	}
+	if c.retry.InitialBackoff <= 0 {
+		c.retry.InitialBackoff = 200 * time.Millisecond
+	}
+	if c.retry.MaxBackoff <= 0 {
+		c.retry.MaxBackoff = 2 * time.Second
+	}
+	if c.attemptTimeout <= 0 {
+		c.attemptTimeout = 10 * time.Second
 	}
 	if c.http == nil {
 		c.http = &http.Client{Timeout: 30 * time.Second}
@@ -136,9 +177,60 @@ func (t *Token) Lifetime() time.Duration { return t.ExpiresAt.Sub(t.IssuedAt) }
 // maxResponse bounds the size of a token endpoint answer.
 const maxResponse = 256 << 10
 
-// Token signs a fresh grant for r and exchanges it for an access token.
-// Failures are *Error values; ctx bounds the whole exchange.
+// Token gets an access token for r, signing a fresh grant for every
+// attempt. Retryable failures (no answer, 5xx, 429, MP-012, MP-130, "issue
+// time is after now") are retried with exponential backoff and full jitter,
+// honouring Retry-After, as long as the policy and ctx's deadline allow;
+// nothing else is retried. When the breaker is open it fails at once.
+// Failures are *Error values.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
+	for attempt := 1; ; attempt++ {
+		tok, err := c.attempt(ctx, r)
+		if err == nil {
+			return tok, nil
+		}
+		var me *Error
+		if !errors.As(err, &me) || !me.Retryable || me.CircuitOpen || attempt >= c.retry.MaxAttempts || ctx.Err() != nil {
+			return nil, err
+		}
+		delay := c.backoff(attempt, me.RetryAfter)
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < delay {
+			return nil, err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, err
+		}
+	}
+}
+
+// backoff is the wait before attempt+1: full jitter over an exponentially
+// growing window, but never less than the server's Retry-After.
+func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
+	window := c.retry.InitialBackoff << (attempt - 1)
+	if window > c.retry.MaxBackoff || window <= 0 {
+		window = c.retry.MaxBackoff
+	}
+	d := time.Duration(rand.Int64N(int64(window) + 1))
+	if retryAfter > d {
+		d = retryAfter
+	}
+	return d
+}
+
+// attempt makes one token request, within the attempt timeout and through
+// the breaker.
+func (c *Client) attempt(ctx context.Context, r Request) (tok *Token, err error) {
+	if c.breaker != nil {
+		done, berr := c.breaker.Allow()
+		if berr != nil {
+			return nil, &Error{Err: berr, Retryable: true, CircuitOpen: true}
+		}
+		defer func() { done(answered(ctx, err)) }()
+	}
 	claims, err := c.Grant(r, c.now())
 	if err != nil {
 		return nil, err
@@ -147,30 +239,86 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
+	actx, cancel := context.WithTimeout(ctx, c.attemptTimeout)
+	defer cancel()
 	form := url.Values{"grant_type": {GrantType}, "assertion": {assertion}}
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, c.env.TokenURL, strings.NewReader(form.Encode()))
+	req, err := http.NewRequestWithContext(actx, http.MethodPost, c.env.TokenURL, strings.NewReader(form.Encode()))
 	if err != nil {
 		return nil, fmt.Errorf("maskinporten: token URL: %w", err)
 	}
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 
+	sent := time.Now()
 	resp, err := c.http.Do(req)
 	if err != nil {
 		return nil, &Error{Err: scrubURLError(err), Retryable: true}
 	}
 	defer resp.Body.Close()
+	c.observeDate(resp.Header.Get("Date"), sent, time.Now())
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponse+1))
 	if err != nil {
-		return nil, &Error{StatusCode: resp.StatusCode, Err: fmt.Errorf("read answer: %w", err), Retryable: true}
+		return nil, &Error{StatusCode: resp.StatusCode, Err: fmt.Errorf("read answer: %w", scrubURLError(err)), Retryable: true}
 	}
 	if len(body) > maxResponse {
 		return nil, &Error{StatusCode: resp.StatusCode, Description: "answer too large", Retryable: resp.StatusCode >= 500}
 	}
 	if resp.StatusCode != http.StatusOK {
-		return nil, parseErrorAnswer(resp, body)
+		e := parseErrorAnswer(resp, body)
+		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		return nil, e
 	}
 	return c.parseToken(body, c.now())
+}
+
+// answered reports whether the upstream answered, for the breaker: errors
+// of Maskinporten's own (a refused grant) count as answers, while no answer,
+// 5xx and 429 do not. A caller giving up is not the upstream's fault.
+func answered(ctx context.Context, err error) bool {
+	if err == nil || ctx.Err() != nil {
+		return true
+	}
+	var me *Error
+	if !errors.As(err, &me) {
+		return true
+	}
+	return me.StatusCode != 0 && me.StatusCode < 500 && me.StatusCode != http.StatusTooManyRequests
+}
+
+// maxRetryAfter caps how long a Retry-After can make the client wait.
+const maxRetryAfter = 30 * time.Second
+
+// parseRetryAfter reads a Retry-After header: seconds or an HTTP date.
+func parseRetryAfter(v string, now time.Time) time.Duration {
+	if v == "" {
+		return 0
+	}
+	var d time.Duration
+	if secs, err := strconv.Atoi(strings.TrimSpace(v)); err == nil {
+		d = time.Duration(secs) * time.Second
+	} else if t, err := http.ParseTime(v); err == nil {
+		d = t.Sub(now)
+	}
+	return min(max(d, 0), maxRetryAfter)
+}
+
+// observeDate records the offset between Maskinporten's clock (its Date
+// header, whole seconds) and ours, taken at the middle of the exchange.
+func (c *Client) observeDate(date string, sent, received time.Time) {
+	t, err := http.ParseTime(date)
+	if err != nil {
+		return
+	}
+	mid := sent.Add(received.Sub(sent) / 2)
+	c.skew.Store(int64(t.Sub(mid.Truncate(time.Second))))
+	c.skewKnown.Store(true)
+}
+
+// ClockSkew returns Maskinporten's clock minus ours, as last seen in a Date
+// header (to about a second), and whether one was seen yet. Maskinporten
+// refuses grants whose iat is more than 10 s off its clock.
+func (c *Client) ClockSkew() (time.Duration, bool) {
+	return time.Duration(c.skew.Load()), c.skewKnown.Load()
 }
 
 // scrubURLError keeps the operation and cause of a transport error; the URL

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"time"
 	"unicode"
 )
 
@@ -30,6 +31,11 @@ type Error struct {
 	// time is after now". Everything else needs a change of config or of
 	// the customer's system users.
 	Retryable bool
+	// RetryAfter is the wait Maskinporten asked for with Retry-After.
+	RetryAfter time.Duration
+	// CircuitOpen is true when the call was not made because the
+	// breaker is open after a run of failures.
+	CircuitOpen bool
 	// Err is the underlying transport error, if any.
 	Err error
 }

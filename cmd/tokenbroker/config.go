@@ -40,10 +40,37 @@ type MaskinportenConfig struct {
 	Issuer string `yaml:"issuer"`
 	// TokenURL overrides the environment's token endpoint.
 	TokenURL string `yaml:"token_url"`
-	// Timeout bounds one token request; default 30s.
+	// Timeout bounds one fetch, retries included; default 30s.
 	Timeout Duration `yaml:"timeout"`
+	// ConnectTimeout bounds connecting (TCP and TLS); default 3s.
+	ConnectTimeout Duration `yaml:"connect_timeout"`
+	// AttemptTimeout bounds one HTTP exchange; default 10s.
+	AttemptTimeout Duration `yaml:"attempt_timeout"`
+	// Retry is the retry policy for network errors, 5xx, 429, MP-012,
+	// MP-130 and "issue time is after now".
+	Retry RetryConfig `yaml:"retry"`
+	// Breaker opens after a run of failures and fails calls at once.
+	Breaker BreakerConfig `yaml:"breaker"`
 	// GrantLifetime is exp - iat of each grant; default 60s, at most 120s.
 	GrantLifetime Duration `yaml:"grant_lifetime"`
+}
+
+// RetryConfig is maskinporten.retry.
+type RetryConfig struct {
+	// MaxAttempts counts the first try; default 3, 1 disables retries.
+	MaxAttempts int `yaml:"max_attempts"`
+	// InitialBackoff is the first backoff window; default 200ms.
+	InitialBackoff Duration `yaml:"initial_backoff"`
+	// MaxBackoff caps the window; default 2s.
+	MaxBackoff Duration `yaml:"max_backoff"`
+}
+
+// BreakerConfig is maskinporten.breaker.
+type BreakerConfig struct {
+	// Failures is how many consecutive failures open it; default 5.
+	Failures int `yaml:"failures"`
+	// OpenFor is how long it stays open before a probe; default 500ms.
+	OpenFor Duration `yaml:"open_for"`
 }
 
 // CacheConfig is the cache section.
@@ -51,6 +78,17 @@ type CacheConfig struct {
 	// DefaultMinValidity applies to requests without min_validity;
 	// default 30s.
 	DefaultMinValidity Duration `yaml:"default_min_validity"`
+	// RefreshMargin and RefreshFraction: a token in use is renewed in the
+	// background when less than max(margin, fraction x lifetime) remains;
+	// defaults 60s and 0.25.
+	RefreshMargin   Duration `yaml:"refresh_margin"`
+	RefreshFraction float64  `yaml:"refresh_fraction"`
+	// IdleAfter evicts keys nobody asked for in this long; default 10m.
+	IdleAfter Duration `yaml:"idle_after"`
+	// MaxEntries caps the cached keys; default 100000.
+	MaxEntries int `yaml:"max_entries"`
+	// NegativeTTL remembers permanent refusals this long; default 5s.
+	NegativeTTL Duration `yaml:"negative_ttl"`
 }
 
 // ClientConfig is one Maskinporten client.
@@ -170,6 +208,21 @@ func (c *Config) check() error {
 	}
 	if gl := time.Duration(c.Maskinporten.GrantLifetime); gl != 0 && (gl < time.Second || gl > maskinporten.MaxGrantLifetime) {
 		return fmt.Errorf("maskinporten.grant_lifetime: %v, want 1s to 120s", gl)
+	}
+	if c.Maskinporten.Retry.MaxAttempts < 0 || c.Maskinporten.Retry.MaxAttempts > 10 {
+		return fmt.Errorf("maskinporten.retry.max_attempts: %d, want 1 to 10", c.Maskinporten.Retry.MaxAttempts)
+	}
+	if c.Maskinporten.Breaker.Failures < 0 {
+		return fmt.Errorf("maskinporten.breaker.failures: %d, want at least 1", c.Maskinporten.Breaker.Failures)
+	}
+	if f := c.Cache.RefreshFraction; f < 0 || f > 0.5 {
+		return fmt.Errorf("cache.refresh_fraction: %v, want 0 to 0.5", f)
+	}
+	if c.Cache.MaxEntries < 0 {
+		return fmt.Errorf("cache.max_entries: %d, want at least 1", c.Cache.MaxEntries)
+	}
+	if d := time.Duration(c.Cache.DefaultMinValidity); d > time.Hour {
+		return fmt.Errorf("cache.default_min_validity: %v, want at most 1h", d)
 	}
 	if len(c.Clients) == 0 {
 		return errors.New("clients: at least one client is required")

@@ -111,6 +111,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	if err != nil {
 		return err
 	}
+	defer b.Close()
 	srv, err := server.New(server.Config{Broker: b, Logger: log})
 	if err != nil {
 		return err

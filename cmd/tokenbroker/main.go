@@ -78,6 +78,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, ready chan<-
 	if err != nil {
 		return err
 	}
+	defer b.Close()
 	srv, err := server.New(server.Config{Broker: b, Logger: log})
 	if err != nil {
 		return err

@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/url"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
@@ -58,6 +60,26 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 	}
 }
 
+// newHTTPClient returns the client for Maskinporten: bounded connect and
+// TLS handshake times and a pool of kept-alive connections. Each exchange
+// is bounded by the maskinporten client's attempt timeout.
+func newHTTPClient(connectTimeout time.Duration) *http.Client {
+	if connectTimeout <= 0 {
+		connectTimeout = 3 * time.Second
+	}
+	dialer := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
+	return &http.Client{Transport: &http.Transport{
+		Proxy:                 http.ProxyFromEnvironment,
+		DialContext:           dialer.DialContext,
+		TLSHandshakeTimeout:   connectTimeout,
+		MaxIdleConns:          64,
+		MaxIdleConnsPerHost:   32,
+		IdleConnTimeout:       90 * time.Second,
+		ExpectContinueTimeout: time.Second,
+		ForceAttemptHTTP2:     true,
+	}}
+}
+
 // buildBroker loads every key and builds the broker. Any failure names the
 // client and the problem.
 func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger) (*broker.Broker, error) {
@@ -69,11 +91,20 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	httpClient := &http.Client{Timeout: timeout}
+	httpClient := newHTTPClient(time.Duration(cfg.Maskinporten.ConnectTimeout))
+	brk := breaker.New(breaker.Config{
+		Failures: cfg.Maskinporten.Breaker.Failures,
+		OpenFor:  time.Duration(cfg.Maskinporten.Breaker.OpenFor),
+	})
 	bc := broker.Config{
 		DefaultMinValidity: time.Duration(cfg.Cache.DefaultMinValidity),
 		FetchTimeout:       timeout,
 		Logger:             log,
+		RefreshMargin:      time.Duration(cfg.Cache.RefreshMargin),
+		RefreshFraction:    cfg.Cache.RefreshFraction,
+		IdleAfter:          time.Duration(cfg.Cache.IdleAfter),
+		MaxEntries:         cfg.Cache.MaxEntries,
+		NegativeTTL:        time.Duration(cfg.Cache.NegativeTTL),
 	}
 	for i, c := range cfg.Clients {
 		key, err := openKey(c.Key, baseDir)
@@ -87,6 +118,13 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			HTTPClient:       httpClient,
 			GrantLifetime:    time.Duration(cfg.Maskinporten.GrantLifetime),
 			ResourceAsString: c.ResourceAsString,
+			AttemptTimeout:   time.Duration(cfg.Maskinporten.AttemptTimeout),
+			Breaker:          brk,
+			Retry: maskinporten.RetryPolicy{
+				MaxAttempts:    cfg.Maskinporten.Retry.MaxAttempts,
+				InitialBackoff: time.Duration(cfg.Maskinporten.Retry.InitialBackoff),
+				MaxBackoff:     time.Duration(cfg.Maskinporten.Retry.MaxBackoff),
+			},
 		})
 		if err != nil {
 			return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)

@@ -74,8 +74,14 @@ type Config struct {
 	SigningKey *rsa.PrivateKey
 	// TokenTTL is the lifetime of issued tokens; 0 means 120 s.
 	TokenTTL time.Duration
-	// Now returns the emulator's time; nil means time.Now.
+	// Now returns the emulator's time; nil means time.Now. It also sets
+	// the Date header of every answer, so a skewed Now looks like a
+	// skewed Maskinporten clock.
 	Now func() time.Time
+	// FastTokens signs issued tokens with HMAC instead of RSA, so that a
+	// benchmark measures the broker rather than the emulator's signing.
+	// Such tokens do not verify against PublicJWKS.
+	FastTokens bool
 }
 
 // Emulator is an http.Handler emulating Maskinporten. Its methods are safe
@@ -84,6 +90,7 @@ type Emulator struct {
 	now        func() time.Time
 	signingKey *rsa.PrivateKey
 	signingKID string
+	hmacKey    []byte
 
 	mu          sync.Mutex
 	issuer      string
@@ -119,6 +126,10 @@ func New(cfg Config) (*Emulator, error) {
 	}
 	if e.ttl == 0 {
 		e.ttl = 120 * time.Second
+	}
+	if cfg.FastTokens {
+		e.hmacKey = make([]byte, 32)
+		_, _ = rand.Read(e.hmacKey)
 	}
 	if e.signingKey == nil {
 		k, err := rsa.GenerateKey(rand.Reader, 2048)
@@ -267,6 +278,7 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Path == "/token" {
 		e.requests.Add(1)
 	}
+	w.Header().Set("Date", e.now().UTC().Format(http.TimeFormat))
 	if h := e.hook.Load(); h != nil && (*h)(w, r) {
 		return
 	}
@@ -620,7 +632,11 @@ func (e *Emulator) mint(g *grant) (map[string]any, *oauthError) {
 	hdr := jws.NewHeaders()
 	_ = hdr.Set(jws.KeyIDKey, e.signingKID)
 	_ = hdr.Set(jws.TypeKey, "at+jwt")
-	signed, err := jws.Sign(payload, jws.WithKey(jwa.RS256, e.signingKey, jws.WithProtectedHeaders(hdr)))
+	key := jws.WithKey(jwa.RS256, e.signingKey, jws.WithProtectedHeaders(hdr))
+	if e.hmacKey != nil {
+		key = jws.WithKey(jwa.HS256, e.hmacKey, jws.WithProtectedHeaders(hdr))
+	}
+	signed, err := jws.Sign(payload, key)
 	if err != nil {
 		return nil, fail(500, "server_error", "", "signing the token failed")
 	}
