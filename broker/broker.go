@@ -220,7 +220,7 @@ func (b *Broker) Sweep() {
 		if neg := e.negative.Load(); neg != nil && !now.Before(neg.until) {
 			e.negative.CompareAndSwap(neg, nil)
 		}
-		if e.tok.Load() != nil && n >= e.refreshAt.Load() && e.lastUsed.Load() >= e.fetchedAt.Load() {
+		if e.tok.Load() != nil && n >= e.refreshAt.Load() && e.lastUsed.Load() > e.fetchedAt.Load() {
 			b.refreshAsync(e)
 		}
 		return true
@@ -354,8 +354,12 @@ func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
 		ExternalRef: v.ExternalRef,
 		Resource:    v.Resource,
 	}
-	e := b.cache.entry(key, func() *entry { return &entry{key: key, client: c, req: mreq} })
 	now := b.now()
+	e := b.cache.entry(key, func() *entry {
+		e := &entry{key: key, client: c, req: mreq}
+		e.lastUsed.Store(now.UnixNano())
+		return e
+	})
 	e.touch(now)
 	out := &Token{Client: c.Name, KeyID: kid, CustomerOrg: v.CustomerOrg}
 	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(now) >= minValidity {
