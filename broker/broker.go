@@ -265,8 +265,8 @@ func (b *Broker) checkSkew() {
 type Health struct {
 	// Clients holds one entry per configured client, by name.
 	Clients map[string]ClientHealth
-	// Cache counts.
-	Entries, Hits, Misses, Refreshes, Evictions int64
+	// Cache counts. InFlight is the number of fetches running now.
+	Entries, Hits, Misses, Refreshes, Evictions, InFlight int64
 }
 
 // ClientHealth is the state of one client.
@@ -287,6 +287,7 @@ func (b *Broker) Health() Health {
 		Misses:    b.cache.misses.Load(),
 		Refreshes: b.cache.refreshes.Load(),
 		Evictions: b.cache.evictions.Load(),
+		InFlight:  b.cache.inFlight.Load(),
 	}
 	for name, c := range b.clients {
 		var ch ClientHealth
@@ -452,6 +453,7 @@ func (b *Broker) refreshAsync(e *entry) {
 func (b *Broker) startLocked(e *entry) *flight {
 	if e.flight == nil {
 		e.flight = &flight{done: make(chan struct{})}
+		b.cache.inFlight.Add(1)
 		go b.run(e, e.flight)
 	}
 	return e.flight
@@ -489,6 +491,7 @@ func (b *Broker) run(e *entry, f *flight) {
 	e.flight = nil
 	e.mu.Unlock()
 	close(f.done)
+	b.cache.inFlight.Add(-1)
 
 	attrs := []any{
 		slog.String("client", c.Name),

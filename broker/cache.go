@@ -31,7 +31,7 @@ type cache struct {
 	max     int64
 	evictMu sync.Mutex
 
-	hits, misses, refreshes, evictions atomic.Int64
+	hits, misses, refreshes, evictions, inFlight atomic.Int64
 }
 
 // entry holds the newest token for one key, what is needed to fetch the

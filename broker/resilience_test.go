@@ -42,21 +42,31 @@ type emuOptions struct {
 	maxAttempts int
 	emuNow      func() time.Time
 	tokenTTL    time.Duration
+	fastTokens  bool
+	realClock   bool // the broker and emulator use time.Now
+	noLeakCheck bool // for benchmarks that do not record
 }
 
-func newEmuEnv(t *testing.T, o emuOptions) *emuEnv {
+func newEmuEnv(t testing.TB, o emuOptions) *emuEnv {
 	t.Helper()
 	clk := &clock{t: time.Now().Truncate(time.Second)}
+	now := clk.Now
+	if o.realClock {
+		now = time.Now
+	}
 	emuNow := o.emuNow
 	if emuNow == nil {
-		emuNow = clk.Now
+		emuNow = now
 	}
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{
 		SigningKey: signertest.RSA(t, signertest.KeyB),
 		Now:        emuNow,
 		TokenTTL:   o.tokenTTL,
+		FastTokens: o.fastTokens,
 	})
-	emu.Record()
+	if !o.noLeakCheck {
+		emu.Record()
+	}
 	key := signertest.Key(t, signertest.KeyA, "kid-a")
 	pub, _ := key.PublicJWK()
 	if err := emu.AddClient(maskinportentest.Client{ID: emuClientID, Org: "991825827", SystemID: "991825827_x",
@@ -76,7 +86,7 @@ func newEmuEnv(t *testing.T, o emuOptions) *emuEnv {
 		ClientID:       emuClientID,
 		Key:            key,
 		Environment:    maskinporten.Environment{Name: "emulator", Issuer: emu.Issuer(), TokenURL: srv.URL + "/token"},
-		Now:            clk.Now,
+		Now:            now,
 		AttemptTimeout: o.attempt,
 		Breaker:        o.breaker,
 		Retry:          maskinporten.RetryPolicy{MaxAttempts: o.maxAttempts, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond},
@@ -87,7 +97,7 @@ func newEmuEnv(t *testing.T, o emuOptions) *emuEnv {
 	env := &emuEnv{emu: emu, clk: clk, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	cfg := o.broker
 	cfg.Clients = []broker.Client{{Name: "demo", Scopes: []string{scope, "other:scope"}, Source: mp}}
-	cfg.Now = clk.Now
+	cfg.Now = now
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = -1
 	}
@@ -98,11 +108,13 @@ func newEmuEnv(t *testing.T, o emuOptions) *emuEnv {
 	}
 	t.Cleanup(b.Close)
 	env.b = b
-	t.Cleanup(func() {
-		env.mu.Lock()
-		defer env.mu.Unlock()
-		emu.CheckNoLeaks(t, "broker log", env.log.String())
-	})
+	if !o.noLeakCheck {
+		t.Cleanup(func() {
+			env.mu.Lock()
+			defer env.mu.Unlock()
+			emu.CheckNoLeaks(t, "broker log", env.log.String())
+		})
+	}
 	return env
 }
 
@@ -139,7 +151,7 @@ func orgs(n int) []string {
 }
 
 // waitFor polls cond for up to 5 s of real time.
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for i := 0; i < 500; i++ {
 		if cond() {

@@ -3,9 +3,11 @@ package server_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +59,7 @@ func (s *syncBuffer) String() string {
 // error the client saw hold no grant and no token.
 type harness struct {
 	emu    *maskinportentest.Emulator
+	broker *broker.Broker
 	client tokenbrokerv1.TokenBrokerServiceClient
 	conn   *grpc.ClientConn
 	log    *syncBuffer
@@ -98,6 +101,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	t.Cleanup(b.Close)
+	h.broker = b
 	s, err := server.New(server.Config{Broker: b, Logger: logger})
 	if err != nil {
 		t.Fatal(err)
@@ -333,5 +337,39 @@ func TestLogHasOneLinePerCall(t *testing.T) {
 	}
 	if !strings.Contains(h.log.String(), `"code":"InvalidArgument"`) || !strings.Contains(h.log.String(), `"cached":true`) {
 		t.Errorf("log lacks the code or the cache flag:\n%s", h.log.String())
+	}
+}
+
+func TestHealthHTTP(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	if _, err := h.get(t, validRequest()); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(server.HealthHandler(h.broker))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var rep struct {
+		Status  string `json:"status"`
+		Clients map[string]struct {
+			ClockSkewSeconds  *float64 `json:"clock_skew_seconds"`
+			ClockSkewTooLarge bool     `json:"clock_skew_too_large"`
+		} `json:"clients"`
+		Cache struct {
+			Entries int64 `json:"entries"`
+			Misses  int64 `json:"misses"`
+		} `json:"cache"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&rep); err != nil {
+		t.Fatal(err)
+	}
+	c, ok := rep.Clients["smartcloud"]
+	if resp.StatusCode != 200 || rep.Status != "ok" || !ok || c.ClockSkewSeconds == nil || c.ClockSkewTooLarge ||
+		rep.Cache.Entries != 1 || rep.Cache.Misses != 1 {
+		t.Errorf("healthz = %d %+v", resp.StatusCode, rep)
 	}
 }

@@ -22,6 +22,9 @@ import (
 type Config struct {
 	// Listen is the gRPC listen address, host:port.
 	Listen string `yaml:"listen"`
+	// HealthListen, when set, serves GET /healthz (JSON: clock skew per
+	// client, cache counts) over HTTP on this host:port.
+	HealthListen string `yaml:"health_listen"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `yaml:"log_level"`
 	// Maskinporten selects the environment and its endpoints.
@@ -197,6 +200,11 @@ func (c *Config) check() error {
 	}
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen: %q is not host:port", c.Listen)
+	}
+	if c.HealthListen != "" {
+		if _, _, err := net.SplitHostPort(c.HealthListen); err != nil {
+			return fmt.Errorf("health_listen: %q is not host:port", c.HealthListen)
+		}
 	}
 	switch c.LogLevel {
 	case "", "debug", "info", "warn", "error":

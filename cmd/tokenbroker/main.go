@@ -13,11 +13,14 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"path/filepath"
 	"syscall"
+	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -87,6 +90,14 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, ready chan<-
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	if cfg.HealthListen != "" {
+		stopHealth, err := serveHealth(ctx, cfg.HealthListen, b, log)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		defer stopHealth()
+	}
 	log.Info("serving", slog.String("addr", lis.Addr().String()))
 	if ready != nil {
 		ready <- lis.Addr().String()
@@ -94,6 +105,22 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, ready chan<-
 	err = srv.Serve(ctx, lis)
 	log.Info("stopped")
 	return err
+}
+
+// serveHealth serves /healthz on addr until ctx ends or stop is called.
+func serveHealth(ctx context.Context, addr string, b *broker.Broker, log *slog.Logger) (stop func(), err error) {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("health_listen: %w", err)
+	}
+	hs := &http.Server{Handler: server.HealthHandler(b), ReadHeaderTimeout: 5 * time.Second}
+	go func() { _ = hs.Serve(lis) }()
+	log.Info("health endpoint", slog.String("url", "http://"+lis.Addr().String()+"/healthz"))
+	return func() {
+		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}, nil
 }
 
 func newLogger(w io.Writer, level string) *slog.Logger {

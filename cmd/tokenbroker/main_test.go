@@ -101,6 +101,7 @@ func writeConfig(t *testing.T, issuer, tokenURL string) string {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+health_listen: 127.0.0.1:0
 maskinporten:
   environment: test
   issuer: %q
@@ -155,7 +156,7 @@ func TestServeWithConfig(t *testing.T) {
 		t.Errorf("serve: %v", err)
 	}
 	log := stderr.String()
-	for _, want := range []string{`"msg":"client ready"`, `"kid":"smartcloud-2026"`, `"backend":"file"`, `"msg":"rpc"`, `"msg":"stopped"`} {
+	for _, want := range []string{`"msg":"health endpoint"`, `"msg":"client ready"`, `"kid":"smartcloud-2026"`, `"backend":"file"`, `"msg":"rpc"`, `"msg":"stopped"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %s:\n%s", want, log)
 		}
@@ -200,7 +201,8 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"grant_lifetime", write("gl.yaml", replace("  environment: test\n", "  environment: test\n  grant_lifetime: 5m\n")), "grant_lifetime"},
 		{"bad_algorithm", write("alg.yaml", replace("      kid: smartcloud-2026\n", "      kid: smartcloud-2026\n      algorithm: ES256\n")), "ES256"},
 		{"duplicate_client", write("dup.yaml", string(base)+strings.SplitN(string(base), "clients:\n", 2)[1]), "used twice"},
-		{"bad_listen", write("listen.yaml", replace("listen: 127.0.0.1:0", "listen: nowhere")), "listen"},
+		{"bad_listen", write("listen.yaml", replace("listen: 127.0.0.1:0\n", "listen: nowhere\n")), "listen"},
+		{"bad_health_listen", write("hlisten.yaml", replace("health_listen: 127.0.0.1:0", "health_listen: nowhere")), "health_listen"},
 		{"two_documents", write("docs.yaml", string(base)+"---\nlisten: x\n"), "more than one"},
 		{"empty", write("empty.yaml", ""), "empty"},
 	}

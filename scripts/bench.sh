@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Measures the figures of BENCHMARKS.md on this machine and prints them.
+# Every figure is a ratio against a baseline measured in the same run.
+#   1. cache-hit GetToken vs grpc.health.v1.Health/Check, with ghz (pinned
+#      in tools/ghz/go.mod), same server, same concurrency;
+#   2. cold path vs raw RSA signing (Go benchmark);
+#   3. stampedes (Go tests);  4. heap per entry (Go benchmark);
+#   5. outage (Go test).
+# Usage: bash scripts/bench.sh [ROUNDS]   (default 3 ghz rounds per call)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+rounds="${1:-3}"
+conc="${GHZ_CONCURRENCY:-32}"
+total="${GHZ_REQUESTS:-40000}"
+
+scripts/tools.sh
+GOBIN="$PWD/.tmp/bin" go install -modfile=tools/ghz/go.mod tool
+export PATH="$PWD/.tmp/bin:$PATH"
+
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(go version | cut -d' ' -f3)"
+
+echo "== figures 2-5 (Go)"
+go test -count=1 -run 'TestFigure' -v ./broker/ | grep FIGURE | sed 's/^ *figures_test.go:[0-9]*: //'
+go test -count=1 -run '^$' -bench 'BenchmarkFigure' -benchtime 3x ./broker/ | grep -o 'FIGURE.*runs=3$'
+
+echo "== figure 1 (ghz, concurrency $conc, $total requests per run, $rounds rounds)"
+go build -o .tmp/tokenbroker ./cmd/tokenbroker
+addr=127.0.0.1:50071
+out="$(mktemp -d)"
+.tmp/tokenbroker dev --listen "$addr" > "$out/dev.out" 2> /dev/null &
+pid=$!
+trap 'kill $pid 2>/dev/null || true; rm -rf "$out"' EXIT
+for _ in $(seq 50); do grep -q serving "$out/dev.out" 2>/dev/null && break; sleep 0.1; done
+req='{"customer_org":"310904473","scopes":["altinn:systembruker.demo"]}'
+grpcurl -plaintext -d "$req" "$addr" tokenbroker.v1.TokenBrokerService/GetToken > /dev/null
+
+run() { # name call data round
+  ghz --insecure --call "$2" -d "$3" -c "$conc" -n "$total" -O json "$addr" > "$out/$1.$4.json"
+}
+for r in $(seq "$rounds"); do
+  run health grpc.health.v1.Health/Check '{}' "$r"
+  run token tokenbroker.v1.TokenBrokerService/GetToken "$req" "$r"
+done
+python3 - "$out" "$rounds" <<'PY'
+import json, statistics, sys
+out, rounds = sys.argv[1], int(sys.argv[2])
+def load(name):
+    rps, p99, errs = [], [], 0
+    for r in range(1, rounds + 1):
+        d = json.load(open(f"{out}/{name}.{r}.json"))
+        rps.append(d["rps"])
+        p99.append(next(x["latency"] for x in d["latencyDistribution"] if x["percentage"] == 99) / 1e6)
+        errs += sum(v for k, v in d.get("statusCodeDistribution", {}).items() if k != "OK")
+    return statistics.median(rps), statistics.median(p99), errs
+h, t = load("health"), load("token")
+print(f"FIGURE cache_hit health_rps={h[0]:.0f} token_rps={t[0]:.0f} rps_ratio={t[0]/h[0]:.3f} "
+      f"health_p99_ms={h[1]:.3f} token_p99_ms={t[1]:.3f} p99_ratio={t[1]/h[1]:.3f} errors={h[2]+t[2]}")
+PY

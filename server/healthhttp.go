@@ -1,0 +1,63 @@
+package server
+
+import (
+	"encoding/json"
+	"net/http"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+)
+
+// healthReport is the JSON body of /healthz. It holds no org number and no
+// token.
+type healthReport struct {
+	Status  string                  `json:"status"`
+	Clients map[string]clientReport `json:"clients"`
+	Cache   cacheReport             `json:"cache"`
+}
+
+type clientReport struct {
+	// ClockSkewSeconds is Maskinporten's clock minus ours, from the Date
+	// header of its last answer; absent before the first answer.
+	ClockSkewSeconds  *float64 `json:"clock_skew_seconds,omitempty"`
+	ClockSkewTooLarge bool     `json:"clock_skew_too_large"`
+}
+
+type cacheReport struct {
+	Entries   int64 `json:"entries"`
+	Hits      int64 `json:"hits"`
+	Misses    int64 `json:"misses"`
+	Refreshes int64 `json:"refreshes"`
+	Evictions int64 `json:"evictions"`
+	InFlight  int64 `json:"in_flight"`
+}
+
+// HealthHandler serves /healthz: 200 with a JSON report of the broker's
+// state (clock skew per client, cache counts). Status is "degraded" when a
+// client's clock skew exceeds broker.MaxClockSkew; the broker still serves.
+func HealthHandler(b *broker.Broker) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		h := b.Health()
+		rep := healthReport{
+			Status:  "ok",
+			Clients: map[string]clientReport{},
+			Cache: cacheReport{Entries: h.Entries, Hits: h.Hits, Misses: h.Misses,
+				Refreshes: h.Refreshes, Evictions: h.Evictions, InFlight: h.InFlight},
+		}
+		for name, c := range h.Clients {
+			cr := clientReport{ClockSkewTooLarge: c.ClockSkewTooLarge}
+			if c.ClockSkewKnown {
+				s := c.ClockSkew.Seconds()
+				cr.ClockSkewSeconds = &s
+			}
+			if c.ClockSkewTooLarge {
+				rep.Status = "degraded"
+			}
+			rep.Clients[name] = cr
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		_ = json.NewEncoder(w).Encode(rep)
+	})
+	return mux
+}
