@@ -12,9 +12,11 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 )
 
 // TokenSource gets tokens from Maskinporten for one client and key.
@@ -40,6 +42,9 @@ type Client struct {
 
 // Config configures a Broker.
 type Config struct {
+	// Policy decides which caller may ask for what; nil denies everything
+	// (policy.AllowAll allows everything, for dev mode and tests).
+	Policy *policy.Policy
 	// Clients are the Maskinporten clients; at least one, unique names.
 	Clients []Client
 	// DefaultMinValidity applies when a request sets no MinValidity;
@@ -91,6 +96,7 @@ type Broker struct {
 	idleAfter          time.Duration
 	negativeTTL        time.Duration
 
+	policy     atomic.Pointer[policy.Policy]
 	stop       chan struct{}
 	stopOnce   sync.Once
 	loopDone   chan struct{}
@@ -118,6 +124,7 @@ func New(cfg Config) (*Broker, error) {
 		skewWarned:         map[string]bool{},
 	}
 	b.cache.max = int64(cfg.MaxEntries)
+	b.policy.Store(cfg.Policy)
 	for i := range cfg.Clients {
 		c := cfg.Clients[i]
 		switch {
@@ -181,6 +188,10 @@ func New(cfg Config) (*Broker, error) {
 	}
 	return b, nil
 }
+
+// SetPolicy replaces the policy atomically: calls that start after it
+// returns are checked against p. nil denies everything.
+func (b *Broker) SetPolicy(p *policy.Policy) { b.policy.Store(p) }
 
 // Close stops the background loop. Fetches in flight finish on their own
 // timeout. GetToken keeps working, without refresh-ahead.
@@ -312,13 +323,17 @@ type Token struct {
 	CustomerOrg string
 	// Cached is true when the token came from the cache.
 	Cached bool
+	// UpstreamLatency is how long the Maskinporten fetch this call waited
+	// for took; zero for a cache hit.
+	UpstreamLatency time.Duration
 }
 
 // GetToken returns a token for r that stays valid for at least r's
 // MinValidity (or the default), from the cache when one does. Otherwise it
 // fetches one; concurrent callers for the same token share one fetch.
 //
-// Errors: a *FieldError for an invalid field, ErrScopeNotAllowed,
+// Errors: a *FieldError for an invalid field, ErrPermissionDenied (wrapping
+// a *policy.DeniedError) when the policy refuses the caller, ErrScopeNotAllowed,
 // ErrMinValidityTooLong, a *maskinporten.Error from Maskinporten (test for
 // maskinporten.ErrNoSystemUser), or ctx's error when ctx ends first.
 func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
@@ -326,7 +341,21 @@ func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
 	if err != nil {
 		return nil, err
 	}
-	c, err := b.client(v.Client)
+	name := v.Client
+	if name == "" && b.only != nil {
+		name = b.only.Name
+	}
+	minValidity := v.MinValidity
+	if minValidity == 0 {
+		minValidity = b.defaultMinValidity
+	}
+	// Policy first: a caller learns nothing about clients it may not use.
+	if err := b.policy.Load().Check(v.Caller, policy.Request{
+		Client: name, Scopes: v.scopes, CustomerOrg: v.CustomerOrg, ExternalRef: v.ExternalRef, MinValidity: minValidity,
+	}); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
+	}
+	c, err := b.client(name)
 	if err != nil {
 		return nil, err
 	}
@@ -334,10 +363,6 @@ func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
 		if _, ok := slices.BinarySearch(c.Scopes, s); !ok {
 			return nil, fmt.Errorf("%w: scope %q is not configured for client %q", ErrScopeNotAllowed, s, c.Name)
 		}
-	}
-	minValidity := v.MinValidity
-	if minValidity == 0 {
-		minValidity = b.defaultMinValidity
 	}
 	kid := c.Source.KeyID()
 	key := cacheKey{
@@ -378,11 +403,11 @@ func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
 	if lt := time.Duration(e.lifetime.Load()); lt > 0 && minValidity > lt {
 		return nil, fmt.Errorf("%w: asked for %v, tokens for this client live %v", ErrMinValidityTooLong, minValidity, lt)
 	}
-	t, cached, err := b.fetch(ctx, e, minValidity)
+	t, cached, latency, err := b.fetch(ctx, e, minValidity)
 	if err != nil {
 		return nil, err
 	}
-	out.Token, out.Cached = t, cached
+	out.Token, out.Cached, out.UpstreamLatency = t, cached, latency
 	return out, nil
 }
 
@@ -406,11 +431,11 @@ func (b *Broker) client(name string) (*Client, error) {
 // caller with a deadline waits until just before it and then gets
 // ErrUpstreamSlow, so that it can tell a slow Maskinporten from its own
 // deadline.
-func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration) (*maskinporten.Token, bool, error) {
+func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration) (*maskinporten.Token, bool, time.Duration, error) {
 	e.mu.Lock()
 	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(b.now()) >= minValidity {
 		e.mu.Unlock()
-		return t, true, nil
+		return t, true, 0, nil
 	}
 	f := b.startLocked(e)
 	e.mu.Unlock()
@@ -425,23 +450,24 @@ func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration)
 	select {
 	case <-f.done:
 	case <-slow:
-		return nil, false, fmt.Errorf("%w (client %q, customer_org %s)", ErrUpstreamSlow, e.client.Name, e.req.CustomerOrg)
+		return nil, false, 0, fmt.Errorf("%w (client %q, customer_org %s)", ErrUpstreamSlow, e.client.Name, e.req.CustomerOrg)
 	case <-ctx.Done():
-		return nil, false, ctx.Err()
+		return nil, false, 0, ctx.Err()
 	}
 	if f.err != nil {
-		return nil, false, f.err
+		return nil, false, 0, f.err
 	}
 	if f.tok.ExpiresAt.Sub(b.now()) < minValidity {
-		return nil, false, fmt.Errorf("%w: asked for %v, a fresh token lives %v", ErrMinValidityTooLong, minValidity, f.tok.Lifetime().Round(time.Second))
+		return nil, false, 0, fmt.Errorf("%w: asked for %v, a fresh token lives %v", ErrMinValidityTooLong, minValidity, f.tok.Lifetime().Round(time.Second))
 	}
-	return f.tok, false, nil
+	return f.tok, false, f.latency, nil
 }
 
-// refreshAsync starts a background fetch for e unless one is in flight.
+// refreshAsync starts a background fetch for e unless one is in flight or
+// the refresh is no longer due (another one just finished).
 func (b *Broker) refreshAsync(e *entry) {
 	e.mu.Lock()
-	if e.flight == nil {
+	if e.flight == nil && b.now().UnixNano() >= e.refreshAt.Load() {
 		b.cache.refreshes.Add(1)
 		b.startLocked(e)
 	}
@@ -487,7 +513,7 @@ func (b *Broker) run(e *entry, f *flight) {
 			e.negative.Store(&negative{err: err, until: now.Add(b.negativeTTL)})
 		}
 	}
-	f.tok, f.err = tok, err
+	f.tok, f.err, f.latency = tok, err, latency
 	e.flight = nil
 	e.mu.Unlock()
 	close(f.done)

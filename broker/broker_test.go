@@ -11,6 +11,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 )
 
 // fakeSource is a TokenSource that counts calls and can block or fail.
@@ -94,6 +95,7 @@ func newBroker(t *testing.T, src *fakeSource) (*broker.Broker, *clock) {
 	}
 	src.now = clk.Now
 	b, err := broker.New(broker.Config{
+		Policy:  policy.AllowAll(),
 		Clients: []broker.Client{{Name: "demo", Scopes: []string{scope, "other:scope"}, Source: src}},
 		Now:     clk.Now,
 	})
@@ -409,7 +411,7 @@ func TestPanickingSource(t *testing.T) {
 func TestClientSelection(t *testing.T) {
 	t.Parallel()
 	a, c := &fakeSource{lifetime: time.Minute, now: time.Now}, &fakeSource{lifetime: time.Minute, now: time.Now}
-	b, err := broker.New(broker.Config{Clients: []broker.Client{
+	b, err := broker.New(broker.Config{Policy: policy.AllowAll(), Clients: []broker.Client{
 		{Name: "a", Scopes: []string{scope}, Source: a},
 		{Name: "c", Scopes: []string{scope}, Source: c},
 	}})

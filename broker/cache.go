@@ -63,9 +63,10 @@ type negative struct {
 
 // flight is one fetch in progress; done closes when tok or err is set.
 type flight struct {
-	done chan struct{}
-	tok  *maskinporten.Token
-	err  error
+	done    chan struct{}
+	tok     *maskinporten.Token
+	err     error
+	latency time.Duration
 }
 
 // entry returns the entry for k, creating it with mk when there is none.
@@ -148,9 +149,11 @@ func (e *entry) store(t *maskinporten.Token, now time.Time, margin time.Duration
 	if j := int64(lifetime / 20); j > 0 {
 		jitter = time.Duration(rand.Int64N(j))
 	}
-	e.tok.Store(t)
+	// The token is published last: a reader that sees it sees its
+	// refresh time too.
 	e.lifetime.Store(int64(lifetime))
 	e.fetchedAt.Store(now.UnixNano())
 	e.refreshAt.Store(t.ExpiresAt.Add(-m - jitter).UnixNano())
 	e.negative.Store(nil)
+	e.tok.Store(t)
 }

@@ -9,6 +9,9 @@ import (
 // *FieldError, or a *maskinporten.Error; test them with errors.Is and
 // errors.As.
 var (
+	// ErrPermissionDenied: the policy refuses the caller; the error wraps
+	// a *policy.DeniedError naming the refused field.
+	ErrPermissionDenied = errors.New("permission denied")
 	// ErrScopeNotAllowed: a requested scope is not configured for the
 	// client. The error names the scope.
 	ErrScopeNotAllowed = errors.New("scope not allowed")

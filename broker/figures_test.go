@@ -27,6 +27,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 )
 
@@ -386,6 +387,7 @@ func BenchmarkFigureMemory(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		src := &bigTokenSource{}
 		br, err := broker.New(broker.Config{
+			Policy:        policy.AllowAll(),
 			Clients:       []broker.Client{{Name: "demo", Scopes: []string{scope}, Source: src}},
 			SweepInterval: -1,
 			MaxEntries:    entries * 2,

@@ -16,6 +16,9 @@ import (
 // the API: client, customer_org, scopes, external_ref, resource,
 // min_validity.
 type Request struct {
+	// Caller is the authenticated identity of the caller, which the policy
+	// checks; the transport sets it, never the caller's own words.
+	Caller string
 	// Client names a configured client; empty when only one is configured.
 	Client string
 	// CustomerOrg owns the system user: nine digits, "0192:" accepted.

@@ -20,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 )
 
@@ -98,6 +99,9 @@ func newEmuEnv(t testing.TB, o emuOptions) *emuEnv {
 	cfg := o.broker
 	cfg.Clients = []broker.Client{{Name: "demo", Scopes: []string{scope, "other:scope"}, Source: mp}}
 	cfg.Now = now
+	if cfg.Policy == nil {
+		cfg.Policy = policy.AllowAll()
+	}
 	if cfg.SweepInterval == 0 {
 		cfg.SweepInterval = -1
 	}

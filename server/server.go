@@ -12,13 +12,17 @@ import (
 	"net"
 	"time"
 
+	"golang.org/x/time/rate"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/audit"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
@@ -37,14 +41,29 @@ type Config struct {
 	// StopTimeout bounds a graceful stop before open calls are cut;
 	// 0 means 10 s.
 	StopTimeout time.Duration
+	// Authenticate finds the caller's identity (MTLS, UnixPeer, Fixed).
+	// Required: every call but health checks needs an identity.
+	Authenticate Authenticator
+	// Audit receives one record per GetToken decision; nil discards.
+	Audit *audit.Log
+	// CallerRate and CallerBurst set a token bucket per caller identity;
+	// a CallerRate of 0 means no limit.
+	CallerRate  float64
+	CallerBurst int
+	// MaxConcurrentStreams bounds the calls in progress per connection;
+	// 0 means 256.
+	MaxConcurrentStreams uint32
 }
 
 // Server is the broker's gRPC server.
 type Server struct {
-	grpc        *grpc.Server
-	health      *health.Server
-	log         *slog.Logger
-	stopTimeout time.Duration
+	grpc         *grpc.Server
+	health       *health.Server
+	log          *slog.Logger
+	stopTimeout  time.Duration
+	authenticate Authenticator
+	audit        *audit.Log
+	limits       *limiters
 }
 
 // New builds the gRPC server and registers the services. It does not listen.
@@ -52,10 +71,23 @@ func New(cfg Config) (*Server, error) {
 	if cfg.Broker == nil {
 		return nil, errors.New("server: no broker")
 	}
+	if cfg.Authenticate == nil {
+		return nil, errors.New("server: no authenticator")
+	}
 	s := &Server{
-		health:      health.NewServer(),
-		log:         cfg.Logger,
-		stopTimeout: cfg.StopTimeout,
+		health:       health.NewServer(),
+		log:          cfg.Logger,
+		stopTimeout:  cfg.StopTimeout,
+		authenticate: cfg.Authenticate,
+		audit:        cfg.Audit,
+	}
+	if cfg.CallerRate > 0 {
+		burst := max(cfg.CallerBurst, 1)
+		s.limits = &limiters{limit: rate.Limit(cfg.CallerRate), burst: burst, m: map[string]*rate.Limiter{}}
+	}
+	streams := cfg.MaxConcurrentStreams
+	if streams == 0 {
+		streams = 256
 	}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
@@ -65,10 +97,12 @@ func New(cfg Config) (*Server, error) {
 	}
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-		grpc.ChainUnaryInterceptor(s.recoverUnary, s.logUnary),
+		grpc.MaxConcurrentStreams(streams),
+		grpc.ForceServerCodecV2(newLenientCodec()),
+		grpc.ChainUnaryInterceptor(s.recoverUnary, s.logUnary, s.authUnary, s.rateUnary),
 	}, cfg.ServerOptions...)
 	s.grpc = grpc.NewServer(opts...)
-	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, &tokenService{broker: cfg.Broker, log: s.log})
+	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, &tokenService{broker: cfg.Broker, log: s.log, srv: s})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -116,19 +150,29 @@ type tokenService struct {
 	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
 	broker *broker.Broker
 	log    *slog.Logger
+	srv    *Server
 }
 
 func (t *tokenService) GetToken(ctx context.Context, req *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+	caller, _ := CallerFromContext(ctx)
 	r := broker.Request{
+		Caller:      caller,
 		Client:      req.GetClient(),
 		CustomerOrg: req.GetCustomerOrg(),
 		Scopes:      req.GetScopes(),
 		ExternalRef: req.GetExternalRef(),
 		Resource:    req.GetResource(),
 	}
+	rec := audit.Record{
+		Caller: caller, Method: tokenbrokerv1.TokenBrokerService_GetToken_FullMethodName,
+		Client: r.Client, CustomerOrg: r.CustomerOrg, Scopes: append([]string(nil), r.Scopes...),
+		ExternalRef: r.ExternalRef, Resource: r.Resource,
+	}
 	if d := req.GetMinValidity(); d != nil {
 		if err := d.CheckValid(); err != nil {
-			return nil, invalidArgument("min_validity", "not a valid duration")
+			st := invalidArgument("min_validity", "not a valid duration")
+			t.srv.writeAudit(rec, audit.Invalid, st)
+			return nil, st
 		}
 		r.MinValidity = d.AsDuration()
 	}
@@ -138,8 +182,13 @@ func (t *tokenService) GetToken(ctx context.Context, req *tokenbrokerv1.GetToken
 		if st == errInternal {
 			t.log.ErrorContext(ctx, "GetToken failed", slog.String("error", err.Error()))
 		}
+		t.srv.writeAudit(rec, decisionOf(err), st)
 		return nil, st
 	}
+	rec.Client, rec.KeyID, rec.CustomerOrg = tok.Client, tok.KeyID, tok.CustomerOrg
+	rec.Cached, rec.TokenJTI, rec.TokenSHA256 = tok.Cached, tok.JWTID, audit.TokenHash(tok.AccessToken)
+	rec.UpstreamLatencyMS = float64(tok.UpstreamLatency.Microseconds()) / 1000
+	t.srv.writeAudit(rec, audit.Allow, nil)
 	return &tokenbrokerv1.GetTokenResponse{
 		AccessToken:  tok.AccessToken,
 		TokenType:    tok.TokenType,
@@ -153,4 +202,43 @@ func (t *tokenService) GetToken(ctx context.Context, req *tokenbrokerv1.GetToken
 		IssuedAt:     timestamppb.New(tok.IssuedAt),
 		Cached:       tok.Cached,
 	}, nil
+}
+
+// decisionOf classifies a GetToken failure for the audit log.
+func decisionOf(err error) string {
+	var fe *broker.FieldError
+	switch {
+	case errors.As(err, &fe):
+		return audit.Invalid
+	case errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrScopeNotAllowed):
+		return audit.Deny
+	default:
+		return audit.Error
+	}
+}
+
+// writeAudit completes rec with the outcome and writes it. A failed audit
+// write is logged; the call's outcome stands.
+func (s *Server) writeAudit(rec audit.Record, decision string, st error) {
+	if s.audit == nil {
+		return
+	}
+	rec.Decision = decision
+	rec.Code = status.Code(st).String()
+	if st != nil {
+		rec.Reason = status.Convert(st).Message()
+	}
+	if err := s.audit.Write(rec); err != nil {
+		s.log.Error("audit write failed", slog.String("error", err.Error()))
+	}
+}
+
+// auditRefusal records a call refused before it reached its handler.
+func (s *Server) auditRefusal(ctx context.Context, caller, method string, req any, decision string, code codes.Code, reason string) {
+	rec := audit.Record{Caller: caller, Method: method}
+	if r, ok := req.(*tokenbrokerv1.GetTokenRequest); ok {
+		rec.Client, rec.CustomerOrg, rec.Scopes = r.GetClient(), r.GetCustomerOrg(), append([]string(nil), r.GetScopes()...)
+		rec.ExternalRef, rec.Resource = r.GetExternalRef(), r.GetResource()
+	}
+	s.writeAudit(rec, decision, status.Error(code, reason))
 }

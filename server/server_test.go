@@ -23,8 +23,10 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/audit"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/server"
@@ -63,6 +65,7 @@ type harness struct {
 	client tokenbrokerv1.TokenBrokerServiceClient
 	conn   *grpc.ClientConn
 	log    *syncBuffer
+	audit  *syncBuffer
 
 	mu     sync.Mutex
 	errors []string
@@ -94,6 +97,7 @@ func newHarness(t *testing.T) *harness {
 		t.Fatal(err)
 	}
 	b, err := broker.New(broker.Config{
+		Policy:  policy.AllowAll(),
 		Clients: []broker.Client{{Name: "smartcloud", Scopes: []string{scope, "skatteetaten:kravogbetalinger"}, Source: mp}},
 		Logger:  logger,
 	})
@@ -102,7 +106,8 @@ func newHarness(t *testing.T) *harness {
 	}
 	t.Cleanup(b.Close)
 	h.broker = b
-	s, err := server.New(server.Config{Broker: b, Logger: logger})
+	h.audit = &syncBuffer{}
+	s, err := server.New(server.Config{Broker: b, Logger: logger, Authenticate: server.Fixed("test-caller"), Audit: audit.New(h.audit)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -126,6 +131,7 @@ func newHarness(t *testing.T) *harness {
 			t.Errorf("Serve: %v", err)
 		}
 		emu.CheckNoLeaks(t, "the log", h.log.String())
+		emu.CheckNoLeaks(t, "the audit log", h.audit.String())
 		h.mu.Lock()
 		emu.CheckNoLeaks(t, "an error message", strings.Join(h.errors, "\n"))
 		h.mu.Unlock()
@@ -205,7 +211,7 @@ func TestGetTokenStampede(t *testing.T) {
 		distinct[tok] = true
 	}
 	if n := h.emu.Requests(); n != 1 || len(distinct) != 1 {
-		t.Errorf("%d grants and %d distinct tokens for %d concurrent callers, want 1 and 1", n, len(distinct), callers)
+		t.Errorf("%d grants and %d distinct tokens for %d concurrent callers, want 1 and 1\n%s", n, len(distinct), callers, h.log.String())
 	}
 }
 

@@ -37,7 +37,7 @@ func toStatus(err error) error {
 	switch {
 	case errors.As(err, &fe):
 		return invalidArgument(fe.Field, fe.Reason)
-	case errors.Is(err, broker.ErrScopeNotAllowed):
+	case errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrScopeNotAllowed):
 		return status.Error(codes.PermissionDenied, err.Error())
 	case errors.Is(err, broker.ErrMinValidityTooLong):
 		return withDetails(status.New(codes.OutOfRange, "min_validity: "+err.Error()),
@@ -122,6 +122,8 @@ func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServ
 // It never logs a token.
 func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()
+	ci := &callInfo{}
+	ctx = context.WithValue(ctx, callInfoKey{}, ci)
 	resp, err := h(ctx, req)
 	st := status.Convert(err)
 	attrs := []slog.Attr{
@@ -131,6 +133,9 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, slog.String("peer", p.Addr.String()))
+	}
+	if ci.caller != "" {
+		attrs = append(attrs, slog.String("caller", ci.caller))
 	}
 	if r, ok := req.(*tokenbrokerv1.GetTokenRequest); ok {
 		attrs = append(attrs,

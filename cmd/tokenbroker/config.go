@@ -9,11 +9,14 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
+	"strings"
 	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
@@ -22,6 +25,23 @@ import (
 type Config struct {
 	// Listen is the gRPC listen address, host:port.
 	Listen string `yaml:"listen"`
+	// Insecure serves plaintext gRPC without caller authentication. It is
+	// refused unless Listen is a loopback address.
+	Insecure bool `yaml:"insecure"`
+	// InsecureIdentity is the identity every caller has in insecure mode,
+	// for the policy; default "insecure".
+	InsecureIdentity string `yaml:"insecure_identity"`
+	// TLS is the server certificate and the CA of caller certificates
+	// (mTLS); required unless Insecure.
+	TLS TLSConfig `yaml:"tls"`
+	// Unix is an optional unix socket listener for sidecar use.
+	Unix UnixConfig `yaml:"unix"`
+	// Policy says which caller may ask for what; default deny.
+	Policy []RuleConfig `yaml:"policy"`
+	// Audit is where the audit log goes.
+	Audit AuditConfig `yaml:"audit"`
+	// Limits bound what one caller can ask.
+	Limits LimitsConfig `yaml:"limits"`
 	// HealthListen, when set, serves GET /healthz (JSON: clock skew per
 	// client, cache counts) over HTTP on this host:port.
 	HealthListen string `yaml:"health_listen"`
@@ -33,6 +53,52 @@ type Config struct {
 	Cache CacheConfig `yaml:"cache"`
 	// Clients are the Maskinporten clients the broker holds keys for.
 	Clients []ClientConfig `yaml:"clients"`
+}
+
+// TLSConfig is the tls section. Paths are relative to the config file.
+type TLSConfig struct {
+	Cert     string `yaml:"cert"`
+	Key      string `yaml:"key"`
+	ClientCA string `yaml:"client_ca"`
+}
+
+// UnixConfig is the unix section.
+type UnixConfig struct {
+	// Path of the socket; empty means no unix listener.
+	Path string `yaml:"path"`
+	// Mode of the socket file, octal; default 0660.
+	Mode string `yaml:"mode"`
+	// Identities maps peer uids to caller identities.
+	Identities map[uint32]string `yaml:"identities"`
+	// Identity is the identity of a peer whose uid is not in Identities;
+	// empty refuses such peers.
+	Identity string `yaml:"identity"`
+}
+
+// RuleConfig is one policy rule; see package policy.
+type RuleConfig struct {
+	Callers        []string `yaml:"callers"`
+	Clients        []string `yaml:"clients"`
+	Scopes         []string `yaml:"scopes"`
+	CustomerOrgs   []string `yaml:"customer_orgs"`
+	ExternalRefs   []string `yaml:"external_refs"`
+	MaxMinValidity Duration `yaml:"max_min_validity"`
+}
+
+// AuditConfig is the audit section.
+type AuditConfig struct {
+	// Sink is "stderr" (default) or "file:PATH".
+	Sink string `yaml:"sink"`
+}
+
+// LimitsConfig is the limits section.
+type LimitsConfig struct {
+	// CallerRate is GetToken calls per second per caller; 0 means no limit.
+	CallerRate float64 `yaml:"caller_rate"`
+	// CallerBurst is the bucket size; default 2 x CallerRate.
+	CallerBurst int `yaml:"caller_burst"`
+	// MaxConcurrentStreams per connection; default 256.
+	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
 }
 
 // MaskinportenConfig is the maskinporten section.
@@ -201,6 +267,18 @@ func (c *Config) check() error {
 	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
 		return fmt.Errorf("listen: %q is not host:port", c.Listen)
 	}
+	if err := c.checkTransport(); err != nil {
+		return err
+	}
+	if _, err := c.policy(); err != nil {
+		return err
+	}
+	if sink := c.Audit.Sink; sink != "" && sink != "stderr" && !strings.HasPrefix(sink, "file:") {
+		return fmt.Errorf("audit.sink: %q, want stderr or file:PATH", sink)
+	}
+	if c.Limits.CallerRate < 0 || c.Limits.CallerBurst < 0 {
+		return errors.New("limits: caller_rate and caller_burst must not be negative")
+	}
 	if c.HealthListen != "" {
 		if _, _, err := net.SplitHostPort(c.HealthListen); err != nil {
 			return fmt.Errorf("health_listen: %q is not host:port", c.HealthListen)
@@ -259,6 +337,47 @@ func (c *Config) check() error {
 		}
 	}
 	return nil
+}
+
+// checkTransport enforces: mTLS, unless insecure on loopback.
+func (c *Config) checkTransport() error {
+	if c.Insecure {
+		host, _, _ := net.SplitHostPort(c.Listen)
+		if !isLoopback(host) {
+			return fmt.Errorf("insecure: plaintext is only allowed on a loopback listen address, not %q", c.Listen)
+		}
+		if c.TLS != (TLSConfig{}) {
+			return errors.New("insecure: true and tls are both set; choose one")
+		}
+	} else if c.TLS.Cert == "" || c.TLS.Key == "" || c.TLS.ClientCA == "" {
+		return errors.New("tls: cert, key and client_ca are required (or insecure: true on a loopback address)")
+	}
+	if c.Unix.Mode != "" {
+		if _, err := strconv.ParseUint(c.Unix.Mode, 8, 32); err != nil {
+			return fmt.Errorf("unix.mode: %q is not an octal mode", c.Unix.Mode)
+		}
+	}
+	return nil
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
+}
+
+// policy compiles the policy section.
+func (c *Config) policy() (*policy.Policy, error) {
+	rules := make([]policy.Rule, 0, len(c.Policy))
+	for _, r := range c.Policy {
+		rules = append(rules, policy.Rule{
+			Callers: r.Callers, Clients: r.Clients, Scopes: r.Scopes, CustomerOrgs: r.CustomerOrgs,
+			ExternalRefs: r.ExternalRefs, MaxMinValidity: time.Duration(r.MaxMinValidity),
+		})
+	}
+	return policy.New(rules)
 }
 
 func (c *Config) environment() (maskinporten.Environment, error) {

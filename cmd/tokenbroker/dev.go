@@ -19,6 +19,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/server"
 )
@@ -59,7 +60,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 		return err
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
-	log.Warn("DEV MODE: plaintext gRPC, a throwaway key, and an in-process Maskinporten emulator; the tokens are worthless outside this process")
+	log.Warn("DEV MODE: plaintext gRPC, no caller authentication, a policy that allows everything, a throwaway key, " +
+		"and an in-process Maskinporten emulator; the tokens are worthless outside this process")
 
 	emu, err := maskinportentest.New(maskinportentest.Config{TokenTTL: *ttl})
 	if err != nil {
@@ -106,13 +108,14 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	}
 	b, err := broker.New(broker.Config{
 		Clients: []broker.Client{{Name: devClientName, Scopes: []string{devScope}, Source: mp}},
+		Policy:  policy.AllowAll(),
 		Logger:  log,
 	})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	srv, err := server.New(server.Config{Broker: b, Logger: log})
+	srv, err := server.New(server.Config{Broker: b, Logger: log, Authenticate: server.Fixed("dev")})
 	if err != nil {
 		return err
 	}

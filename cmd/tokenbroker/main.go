@@ -7,6 +7,8 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -17,10 +19,16 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/audit"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -48,7 +56,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	switch args[0] {
 	case "serve":
-		return runServe(ctx, args[1:], stderr, nil)
+		return runServe(ctx, args[1:], stderr, serveHooks{})
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr, nil)
 	case "help", "-h", "--help":
@@ -60,9 +68,18 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 }
 
-// runServe serves with a config file. ready, when not nil, receives the
-// listen address once the broker listens.
-func runServe(ctx context.Context, args []string, stderr io.Writer, ready chan<- string) error {
+// serveHooks let tests watch and steer runServe.
+type serveHooks struct {
+	// ready receives the TCP listen address once the broker listens.
+	ready chan<- string
+	// reload, when it receives, reloads the policy as SIGHUP does.
+	reload <-chan struct{}
+}
+
+// runServe serves with a config file until ctx ends. SIGHUP (or
+// hooks.reload) reloads the policy from the file, atomically; a config
+// that fails to load leaves the running policy in place.
+func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveHooks) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "path of the YAML config file")
@@ -76,19 +93,68 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, ready chan<-
 	if err != nil {
 		return err
 	}
+	baseDir := filepath.Dir(*configPath)
 	log := newLogger(stderr, cfg.LogLevel)
-	b, err := buildBroker(ctx, cfg, filepath.Dir(*configPath), log)
+	auditLog, closeAudit, err := openAudit(cfg.Audit.Sink, baseDir, stderr)
+	if err != nil {
+		return err
+	}
+	defer closeAudit()
+	b, err := buildBroker(ctx, cfg, baseDir, log)
 	if err != nil {
 		return err
 	}
 	defer b.Close()
-	srv, err := server.New(server.Config{Broker: b, Logger: log})
+
+	common := server.Config{
+		Broker: b, Logger: log, Audit: auditLog,
+		CallerRate: cfg.Limits.CallerRate, CallerBurst: cfg.Limits.CallerBurst,
+		MaxConcurrentStreams: cfg.Limits.MaxConcurrentStreams,
+	}
+	if common.CallerBurst == 0 && common.CallerRate > 0 {
+		common.CallerBurst = int(2*common.CallerRate) + 1
+	}
+	tcpCfg := common
+	if cfg.Insecure {
+		id := cfg.InsecureIdentity
+		if id == "" {
+			id = "insecure"
+		}
+		tcpCfg.Authenticate = server.Fixed(id)
+		log.Warn("INSECURE: plaintext gRPC without caller authentication on a loopback address; every caller is "+id,
+			slog.String("listen", cfg.Listen))
+	} else {
+		creds, roots, err := loadTLS(cfg.TLS, baseDir)
+		if err != nil {
+			return err
+		}
+		tcpCfg.Authenticate = server.MTLS(roots)
+		tcpCfg.ServerOptions = []grpc.ServerOption{grpc.Creds(creds)}
+	}
+	srv, err := server.New(tcpCfg)
 	if err != nil {
 		return err
 	}
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	serving := []func() error{func() error { return srv.Serve(ctx, lis) }}
+	if cfg.Unix.Path != "" {
+		ulis, err := listenUnix(resolvePath(baseDir, cfg.Unix.Path), cfg.Unix.Mode)
+		if err != nil {
+			lis.Close()
+			return err
+		}
+		ucfg := common
+		ucfg.Authenticate = server.UnixPeer(cfg.Unix.Identities, cfg.Unix.Identity)
+		ucfg.ServerOptions = []grpc.ServerOption{grpc.Creds(server.UnixCredentials())}
+		usrv, err := server.New(ucfg)
+		if err != nil {
+			return err
+		}
+		serving = append(serving, func() error { return usrv.Serve(ctx, ulis) })
+		log.Info("serving on unix socket", slog.String("path", ulis.Addr().String()))
 	}
 	if cfg.HealthListen != "" {
 		stopHealth, err := serveHealth(ctx, cfg.HealthListen, b, log)
@@ -98,13 +164,116 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, ready chan<-
 		}
 		defer stopHealth()
 	}
-	log.Info("serving", slog.String("addr", lis.Addr().String()))
-	if ready != nil {
-		ready <- lis.Addr().String()
+	go reloadPolicy(ctx, *configPath, b, log, hooks.reload)
+	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
+		slog.Int("policy_rules", len(cfg.Policy)))
+	if hooks.ready != nil {
+		hooks.ready <- lis.Addr().String()
 	}
-	err = srv.Serve(ctx, lis)
+	errc := make(chan error, len(serving))
+	for _, serve := range serving {
+		go func() { errc <- serve() }()
+	}
+	var first error
+	for range serving {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
 	log.Info("stopped")
-	return err
+	return first
+}
+
+// reloadPolicy replaces the broker's policy whenever reload (or SIGHUP)
+// fires, until ctx ends.
+func reloadPolicy(ctx context.Context, path string, b *broker.Broker, log *slog.Logger, reload <-chan struct{}) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+		case <-reload:
+		}
+		cfg, err := loadConfig(path)
+		if err != nil {
+			log.Error("reload failed; keeping the running policy", slog.String("error", err.Error()))
+			continue
+		}
+		p, err := cfg.policy()
+		if err != nil {
+			log.Error("reload failed; keeping the running policy", slog.String("error", err.Error()))
+			continue
+		}
+		b.SetPolicy(p)
+		log.Info("policy reloaded; other config changes need a restart", slog.Int("policy_rules", len(cfg.Policy)))
+	}
+}
+
+// loadTLS reads the server certificate and the callers' CA. The handshake
+// only requests a client certificate; server.MTLS verifies it per call, so
+// that a bad one gets a clear Unauthenticated instead of a broken
+// connection.
+func loadTLS(c TLSConfig, baseDir string) (credentials.TransportCredentials, *x509.CertPool, error) {
+	cert, err := tls.LoadX509KeyPair(resolvePath(baseDir, c.Cert), resolvePath(baseDir, c.Key))
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls.cert/tls.key: %w", err)
+	}
+	caPEM, err := os.ReadFile(resolvePath(baseDir, c.ClientCA))
+	if err != nil {
+		return nil, nil, fmt.Errorf("tls.client_ca: %w", err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(caPEM) {
+		return nil, nil, fmt.Errorf("tls.client_ca: %s holds no PEM certificate", c.ClientCA)
+	}
+	return credentials.NewTLS(&tls.Config{
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequestClientCert,
+		MinVersion:   tls.VersionTLS12,
+	}), roots, nil
+}
+
+// listenUnix listens on a unix socket at path, replacing a stale socket
+// file, with the given octal mode (default 0660).
+func listenUnix(path, mode string) (net.Listener, error) {
+	if st, err := os.Lstat(path); err == nil {
+		if st.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("unix.path: %s exists and is not a socket", path)
+		}
+		if err := os.Remove(path); err != nil {
+			return nil, fmt.Errorf("unix.path: %w", err)
+		}
+	}
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("unix.path: %w", err)
+	}
+	m := uint64(0o660)
+	if mode != "" {
+		m, _ = strconv.ParseUint(mode, 8, 32)
+	}
+	if err := os.Chmod(path, os.FileMode(m)); err != nil {
+		lis.Close()
+		return nil, fmt.Errorf("unix.mode: %w", err)
+	}
+	return lis, nil
+}
+
+// openAudit opens the audit sink: stderr, or a file opened for appending
+// with mode 0600.
+func openAudit(sink, baseDir string, stderr io.Writer) (*audit.Log, func(), error) {
+	if sink == "" || sink == "stderr" {
+		return audit.New(stderr), func() {}, nil
+	}
+	path := resolvePath(baseDir, strings.TrimPrefix(sink, "file:"))
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, nil, fmt.Errorf("audit.sink: %w", err)
+	}
+	return audit.New(f), func() { f.Close() }, nil
 }
 
 // serveHealth serves /healthz on addr until ctx ends or stop is called.

@@ -93,15 +93,23 @@ func TestDevMode(t *testing.T) {
 	env.Emulator.CheckNoLeaks(t, "dev output", stdout.String()+stderr.String())
 }
 
-// writeConfig writes key A and a config naming it, pointed at tokenURL.
-func writeConfig(t *testing.T, issuer, tokenURL string) string {
+// writeConfig writes key A and a config naming it, pointed at tokenURL,
+// plaintext on loopback with a policy letting the insecure identity ask for
+// anything. extra is appended.
+func writeConfig(t *testing.T, issuer, tokenURL string, extra ...string) string {
 	t.Helper()
 	dir := t.TempDir()
 	if err := os.WriteFile(filepath.Join(dir, "mp-key.pem"), signertest.PEM(t, "rsa-a.pkcs8.pem"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
+insecure: true
 health_listen: 127.0.0.1:0
+policy:
+  - callers: [insecure]
+    clients: ["*"]
+    scopes: ["*"]
+    customer_orgs: ["*"]
 maskinporten:
   environment: test
   issuer: %q
@@ -113,7 +121,7 @@ clients:
     key:
       kid: smartcloud-2026
       signer: file:mp-key.pem
-`, issuer, tokenURL)
+`, issuer, tokenURL) + strings.Join(extra, "")
 	p := filepath.Join(dir, "tokenbroker.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -137,7 +145,7 @@ func TestServeWithConfig(t *testing.T) {
 	var stderr syncBuffer
 	ready := make(chan string, 1)
 	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, ready) }()
+	go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready}) }()
 	var addr string
 	select {
 	case addr = <-ready:
@@ -202,6 +210,11 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"bad_algorithm", write("alg.yaml", replace("      kid: smartcloud-2026\n", "      kid: smartcloud-2026\n      algorithm: ES256\n")), "ES256"},
 		{"duplicate_client", write("dup.yaml", string(base)+strings.SplitN(string(base), "clients:\n", 2)[1]), "used twice"},
 		{"bad_listen", write("listen.yaml", replace("listen: 127.0.0.1:0\n", "listen: nowhere\n")), "listen"},
+		{"insecure_off_loopback", write("insec.yaml", replace("listen: 127.0.0.1:0\n", "listen: 0.0.0.0:0\n")), "loopback"},
+		{"no_tls", write("notls.yaml", replace("insecure: true\n", "")), "tls: cert, key and client_ca are required"},
+		{"bad_policy", write("pol.yaml", replace("    customer_orgs: [\"*\"]\n", "")), "policy[0].customer_orgs"},
+		{"bad_audit", write("audit.yaml", string(base)+"audit:\n  sink: syslog\n"), "audit.sink"},
+		{"bad_unix_mode", write("umode.yaml", string(base)+"unix:\n  path: x.sock\n  mode: rw\n"), "unix.mode"},
 		{"bad_health_listen", write("hlisten.yaml", replace("health_listen: 127.0.0.1:0", "health_listen: nowhere")), "health_listen"},
 		{"two_documents", write("docs.yaml", string(base)+"---\nlisten: x\n"), "more than one"},
 		{"empty", write("empty.yaml", ""), "empty"},

@@ -96,7 +96,12 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		Failures: cfg.Maskinporten.Breaker.Failures,
 		OpenFor:  time.Duration(cfg.Maskinporten.Breaker.OpenFor),
 	})
+	pol, err := cfg.policy()
+	if err != nil {
+		return nil, err
+	}
 	bc := broker.Config{
+		Policy:             pol,
 		DefaultMinValidity: time.Duration(cfg.Cache.DefaultMinValidity),
 		FetchTimeout:       timeout,
 		Logger:             log,
