@@ -129,7 +129,10 @@ func checkString(field, s string, max int) error {
 		return fieldError(field, "not valid UTF-8")
 	}
 	for _, r := range s {
-		if unicode.IsControl(r) || r == utf8.RuneError {
+		switch {
+		case r == utf8.RuneError:
+			return fieldError(field, "not valid UTF-8")
+		case unicode.IsControl(r):
 			return fieldError(field, "has a control character")
 		}
 	}

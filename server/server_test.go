@@ -71,7 +71,7 @@ type harness struct {
 	errors []string
 }
 
-func newHarness(t *testing.T) *harness {
+func newHarness(t *testing.T, opts ...func(*server.Config)) *harness {
 	t.Helper()
 	h := &harness{log: &syncBuffer{}}
 	logger := slog.New(slog.NewJSONHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -107,7 +107,11 @@ func newHarness(t *testing.T) *harness {
 	t.Cleanup(b.Close)
 	h.broker = b
 	h.audit = &syncBuffer{}
-	s, err := server.New(server.Config{Broker: b, Logger: logger, Authenticate: server.Fixed("test-caller"), Audit: audit.New(h.audit)})
+	scfg := server.Config{Broker: b, Logger: logger, Authenticate: server.Fixed("test-caller"), Audit: audit.New(h.audit)}
+	for _, o := range opts {
+		o(&scfg)
+	}
+	s, err := server.New(scfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -94,7 +94,9 @@ audit:
 	ready := make(chan string, 1)
 	reload := make(chan struct{})
 	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, reload: reload}) }()
+	go func() {
+		done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, reload: reload})
+	}()
 	var addr string
 	select {
 	case addr = <-ready:
