@@ -6,12 +6,14 @@
 #   2. cold path vs raw RSA signing (Go benchmark);
 #   3. stampedes (Go tests);  4. heap per entry (Go benchmark);
 #   5. outage (Go test).
-# Usage: bash scripts/bench.sh [ROUNDS]   (default 3 ghz rounds per call)
+# Usage: bash scripts/bench.sh [ROUNDS]   (default 5 ghz rounds per call,
+# alternating health and token runs; the figure is the median of the
+# per-round ratios, which cancels most of the machine's drift)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${1:-3}"
+rounds="${1:-5}"
 conc="${GHZ_CONCURRENCY:-32}"
-total="${GHZ_REQUESTS:-40000}"
+total="${GHZ_REQUESTS:-60000}"
 
 scripts/tools.sh
 GOBIN="$PWD/.tmp/bin" go install -modfile=tools/ghz/go.mod tool
@@ -44,15 +46,17 @@ done
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
 out, rounds = sys.argv[1], int(sys.argv[2])
-def load(name):
-    rps, p99, errs = [], [], 0
-    for r in range(1, rounds + 1):
-        d = json.load(open(f"{out}/{name}.{r}.json"))
-        rps.append(d["rps"])
-        p99.append(next(x["latency"] for x in d["latencyDistribution"] if x["percentage"] == 99) / 1e6)
-        errs += sum(v for k, v in d.get("statusCodeDistribution", {}).items() if k != "OK")
-    return statistics.median(rps), statistics.median(p99), errs
-h, t = load("health"), load("token")
-print(f"FIGURE cache_hit health_rps={h[0]:.0f} token_rps={t[0]:.0f} rps_ratio={t[0]/h[0]:.3f} "
-      f"health_p99_ms={h[1]:.3f} token_p99_ms={t[1]:.3f} p99_ratio={t[1]/h[1]:.3f} errors={h[2]+t[2]}")
+def run(name, r):
+    d = json.load(open(f"{out}/{name}.{r}.json"))
+    p99 = next(x["latency"] for x in d["latencyDistribution"] if x["percentage"] == 99) / 1e6
+    errs = sum(v for k, v in d.get("statusCodeDistribution", {}).items() if k != "OK")
+    return d["rps"], p99, errs
+h = [run("health", r) for r in range(1, rounds + 1)]
+t = [run("token", r) for r in range(1, rounds + 1)]
+med = statistics.median
+print(f"FIGURE cache_hit health_rps={med(x[0] for x in h):.0f} token_rps={med(x[0] for x in t):.0f} "
+      f"rps_ratio={med(b[0]/a[0] for a, b in zip(h, t)):.3f} "
+      f"health_p99_ms={med(x[1] for x in h):.3f} token_p99_ms={med(x[1] for x in t):.3f} "
+      f"p99_ratio={med(b[1]/a[1] for a, b in zip(h, t)):.3f} "
+      f"round_rps_ratios={','.join(f'{b[0]/a[0]:.2f}' for a, b in zip(h, t))} errors={sum(x[2] for x in h + t)}")
 PY

@@ -71,7 +71,7 @@ type harness struct {
 	errors []string
 }
 
-func newHarness(t *testing.T, opts ...func(*server.Config)) *harness {
+func newHarness(t testing.TB, opts ...func(*server.Config)) *harness {
 	t.Helper()
 	h := &harness{log: &syncBuffer{}}
 	logger := slog.New(slog.NewJSONHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -143,7 +143,7 @@ func newHarness(t *testing.T, opts ...func(*server.Config)) *harness {
 	return h
 }
 
-func (h *harness) get(t *testing.T, r *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
+func (h *harness) get(t testing.TB, r *tokenbrokerv1.GetTokenRequest) (*tokenbrokerv1.GetTokenResponse, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

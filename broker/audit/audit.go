@@ -5,8 +5,6 @@
 package audit
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"io"
 	"sync"
@@ -44,12 +42,6 @@ type Record struct {
 	// the SHA-256 of the token.
 	TokenJTI    string `json:"token_jti,omitempty"`
 	TokenSHA256 string `json:"token_sha256,omitempty"`
-}
-
-// TokenHash returns the first 16 hex digits of the SHA-256 of token.
-func TokenHash(token string) string {
-	sum := sha256.Sum256([]byte(token))
-	return hex.EncodeToString(sum[:8])
 }
 
 // Log writes records as JSON lines. It is safe for concurrent use; a nil

@@ -10,7 +10,9 @@ package maskinporten
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -161,6 +163,10 @@ type Token struct {
 	SystemID     string
 	// JWTID is the token's jti, an identifier safe to log and audit.
 	JWTID string
+	// Fingerprint is the first 16 hex digits of the SHA-256 of
+	// AccessToken: it identifies the token in audit records without
+	// revealing it.
+	Fingerprint string
 }
 
 // String describes the token without the token.
@@ -381,6 +387,8 @@ func (c *Client) parseToken(body []byte, now time.Time) (*Token, error) {
 		IssuedAt:    now,
 		ExpiresAt:   now.Add(time.Duration(a.ExpiresIn) * time.Second),
 	}
+	sum := sha256.Sum256([]byte(a.AccessToken))
+	t.Fingerprint = hex.EncodeToString(sum[:8])
 	readClaims(t)
 	return t, nil
 }
