@@ -31,11 +31,26 @@ type cacheReport struct {
 	InFlight  int64 `json:"in_flight"`
 }
 
-// HealthHandler serves /healthz: 200 with a JSON report of the broker's
-// state (clock skew per client, cache counts). Status is "degraded" when a
-// client's clock skew exceeds broker.MaxClockSkew; the broker still serves.
-func HealthHandler(b *broker.Broker) http.Handler {
+// HTTPHandler serves the operator endpoints:
+//   - /healthz: 200 with a JSON report of the broker's state (clock skew
+//     per client, cache counts); status "degraded" when a client's clock
+//     skew exceeds broker.MaxClockSkew (the broker still serves);
+//   - /readyz: 200 while ready() is true (the gRPC health status is
+//     SERVING), 503 otherwise;
+//   - /metrics: metrics, when not nil.
+func HTTPHandler(b *broker.Broker, ready func() bool, metrics http.Handler) http.Handler {
 	mux := http.NewServeMux()
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Cache-Control", "no-store")
+		if ready != nil && !ready() {
+			http.Error(w, "not serving", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	if metrics != nil {
+		mux.Handle("GET /metrics", metrics)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		h := b.Health()
 		rep := healthReport{

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"slices"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/time/rate"
@@ -53,6 +55,9 @@ type Config struct {
 	// MaxConcurrentStreams bounds the calls in progress per connection;
 	// 0 means 256.
 	MaxConcurrentStreams uint32
+	// Interceptors run after the log interceptor and before
+	// authentication (metrics, for instance).
+	Interceptors []grpc.UnaryServerInterceptor
 }
 
 // Server is the broker's gRPC server.
@@ -64,6 +69,7 @@ type Server struct {
 	authenticate Authenticator
 	audit        *audit.Log
 	limits       *limiters
+	ready        atomic.Bool
 }
 
 // New builds the gRPC server and registers the services. It does not listen.
@@ -99,7 +105,10 @@ func New(cfg Config) (*Server, error) {
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
 		grpc.MaxConcurrentStreams(streams),
 		grpc.ForceServerCodecV2(newLenientCodec()),
-		grpc.ChainUnaryInterceptor(s.recoverUnary, s.logUnary, s.authUnary, s.rateUnary),
+		grpc.ChainUnaryInterceptor(slices.Concat(
+			[]grpc.UnaryServerInterceptor{s.recoverUnary, s.logUnary},
+			cfg.Interceptors,
+			[]grpc.UnaryServerInterceptor{s.authUnary, s.rateUnary})...),
 	}, cfg.ServerOptions...)
 	s.grpc = grpc.NewServer(opts...)
 	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, &tokenService{broker: cfg.Broker, log: s.log, srv: s})
@@ -107,8 +116,13 @@ func New(cfg Config) (*Server, error) {
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	s.health.SetServingStatus(tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	s.ready.Store(true)
 	return s, nil
 }
+
+// Ready mirrors the gRPC health status: true while serving, false once a
+// stop has begun.
+func (s *Server) Ready() bool { return s.ready.Load() }
 
 // GRPC returns the underlying server, for registering more services.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
@@ -124,6 +138,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
+	s.ready.Store(false)
 	s.health.Shutdown()
 	stopped := make(chan struct{})
 	go func() {

@@ -125,12 +125,28 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	ci := &callInfo{}
 	ctx = context.WithValue(ctx, callInfoKey{}, ci)
 	resp, err := h(ctx, req)
-	st := status.Convert(err)
-	attrs := []slog.Attr{
-		slog.String("method", info.FullMethod),
-		slog.String("code", st.Code().String()),
-		slog.Duration("duration", time.Since(start)),
+	level := slog.LevelInfo
+	var st *status.Status
+	if err != nil {
+		st = status.Convert(err)
+		level = slog.LevelWarn
+		if st.Code() == codes.Internal || st.Code() == codes.Unknown {
+			level = slog.LevelError
+		}
 	}
+	if !s.log.Enabled(ctx, level) {
+		return resp, err
+	}
+	code := codes.OK
+	if st != nil {
+		code = st.Code()
+	}
+	attrs := make([]slog.Attr, 0, 12)
+	attrs = append(attrs,
+		slog.String("method", info.FullMethod),
+		slog.String("code", code.String()),
+		slog.Duration("duration", time.Since(start)),
+	)
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, slog.String("peer", p.Addr.String()))
 	}
@@ -139,24 +155,15 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	}
 	if r, ok := req.(*tokenbrokerv1.GetTokenRequest); ok {
 		attrs = append(attrs,
-			slog.String("client", r.GetClient()),
+			slog.String("client", truncate(r.GetClient(), 64)),
 			slog.String("customer_org", truncate(r.GetCustomerOrg(), 32)),
 			slog.Int("scopes", len(r.GetScopes())))
 	}
 	if r, ok := resp.(*tokenbrokerv1.GetTokenResponse); ok && r != nil {
-		attrs = append(attrs,
-			slog.String("key_id", r.GetKeyId()),
-			slog.Bool("cached", r.GetCached()),
-			slog.Time("expires_at", r.GetExpiresAt().AsTime()))
+		attrs = append(attrs, slog.String("key_id", r.GetKeyId()), slog.Bool("cached", r.GetCached()))
 	}
-	level := slog.LevelInfo
-	if err != nil {
+	if st != nil {
 		attrs = append(attrs, slog.String("error", truncate(st.Message(), 1024)))
-		if st.Code() == codes.Internal || st.Code() == codes.Unknown {
-			level = slog.LevelError
-		} else {
-			level = slog.LevelWarn
-		}
 	}
 	s.log.LogAttrs(ctx, level, "rpc", attrs...)
 	return resp, err

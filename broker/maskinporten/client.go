@@ -55,6 +55,9 @@ type Config struct {
 	// Breaker, when not nil, guards the token endpoint. Share one breaker
 	// among the clients of one environment.
 	Breaker *breaker.Breaker
+	// OnAttempt, when not nil, is called after every grant sent (or
+	// refused by the breaker) with its duration and error, for metrics.
+	OnAttempt func(time.Duration, error)
 }
 
 // RetryPolicy says how often and how fast to retry retryable failures.
@@ -80,6 +83,7 @@ type Client struct {
 	retry            RetryPolicy
 	attemptTimeout   time.Duration
 	breaker          *breaker.Breaker
+	onAttempt        func(time.Duration, error)
 	skew             atomic.Int64
 	skewKnown        atomic.Bool
 }
@@ -106,6 +110,7 @@ func New(cfg Config) (*Client, error) {
 		retry:            cfg.Retry,
 		attemptTimeout:   cfg.AttemptTimeout,
 		breaker:          cfg.Breaker,
+		onAttempt:        cfg.OnAttempt,
 	}
 	if c.retry.MaxAttempts <= 0 {
 		c.retry.MaxAttempts = 3
@@ -230,6 +235,10 @@ func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
 // attempt makes one token request, within the attempt timeout and through
 // the breaker.
 func (c *Client) attempt(ctx context.Context, r Request) (tok *Token, err error) {
+	if c.onAttempt != nil {
+		start := time.Now()
+		defer func() { c.onAttempt(time.Since(start), err) }()
+	}
 	if c.breaker != nil {
 		done, berr := c.breaker.Allow()
 		if berr != nil {
@@ -456,8 +465,13 @@ func stringField(m map[string]json.RawMessage, key string) string {
 	return ""
 }
 
-// SortedScopes returns scopes sorted and without duplicates, as a new slice.
+// SortedScopes returns scopes sorted and without duplicates. The result
+// may share its array with scopes when there is nothing to change (a single
+// scope); treat both as read-only.
 func SortedScopes(scopes []string) []string {
+	if len(scopes) <= 1 {
+		return scopes[:len(scopes):len(scopes)]
+	}
 	out := append([]string(nil), scopes...)
 	sort.Strings(out)
 	n := 0

@@ -42,9 +42,15 @@ type Config struct {
 	Audit AuditConfig `yaml:"audit"`
 	// Limits bound what one caller can ask.
 	Limits LimitsConfig `yaml:"limits"`
-	// HealthListen, when set, serves GET /healthz (JSON: clock skew per
-	// client, cache counts) over HTTP on this host:port.
-	HealthListen string `yaml:"health_listen"`
+	// HTTPListen, when set, serves /metrics (Prometheus), /healthz (JSON:
+	// clock skew per client, cache counts) and /readyz over HTTP on this
+	// host:port.
+	HTTPListen string `yaml:"http_listen"`
+	// Tracing turns on OpenTelemetry traces, exported as the standard
+	// OTEL_* environment variables say (OTEL_TRACES_EXPORTER,
+	// OTEL_EXPORTER_OTLP_ENDPOINT, ...). Also on when
+	// OTEL_TRACES_EXPORTER is set to anything but "none".
+	Tracing bool `yaml:"tracing"`
 	// LogLevel is debug, info, warn or error; default info.
 	LogLevel string `yaml:"log_level"`
 	// Maskinporten selects the environment and its endpoints.
@@ -279,9 +285,9 @@ func (c *Config) check() error {
 	if c.Limits.CallerRate < 0 || c.Limits.CallerBurst < 0 {
 		return errors.New("limits: caller_rate and caller_burst must not be negative")
 	}
-	if c.HealthListen != "" {
-		if _, _, err := net.SplitHostPort(c.HealthListen); err != nil {
-			return fmt.Errorf("health_listen: %q is not host:port", c.HealthListen)
+	if c.HTTPListen != "" {
+		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {
+			return fmt.Errorf("http_listen: %q is not host:port", c.HTTPListen)
 		}
 	}
 	switch c.LogLevel {

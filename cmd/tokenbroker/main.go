@@ -19,17 +19,20 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/audit"
 	"github.com/tokenbroker/tokenbroker/server"
+	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
 func main() {
@@ -100,14 +103,27 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		return err
 	}
 	defer closeAudit()
-	b, err := buildBroker(ctx, cfg, baseDir, log)
+	tp, stopTracing, err := setupTracing(ctx, cfg.Tracing)
+	if err != nil {
+		return err
+	}
+	defer stopTracing()
+	m := metrics.New()
+	b, err := buildBroker(ctx, cfg, baseDir, log, telemetry{metrics: m, tracer: tp})
 	if err != nil {
 		return err
 	}
 	defer b.Close()
+	m.ObserveBroker(b)
 
+	var grpcOpts []grpc.ServerOption
+	if tp != nil {
+		grpcOpts = append(grpcOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))))
+	}
 	common := server.Config{
 		Broker: b, Logger: log, Audit: auditLog,
+		Interceptors:  []grpc.UnaryServerInterceptor{m.UnaryInterceptor()},
+		ServerOptions: grpcOpts,
 		CallerRate: cfg.Limits.CallerRate, CallerBurst: cfg.Limits.CallerBurst,
 		MaxConcurrentStreams: cfg.Limits.MaxConcurrentStreams,
 	}
@@ -129,7 +145,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 			return err
 		}
 		tcpCfg.Authenticate = server.MTLS(roots)
-		tcpCfg.ServerOptions = []grpc.ServerOption{grpc.Creds(creds)}
+		tcpCfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(creds))
 	}
 	srv, err := server.New(tcpCfg)
 	if err != nil {
@@ -148,7 +164,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		}
 		ucfg := common
 		ucfg.Authenticate = server.UnixPeer(cfg.Unix.Identities, cfg.Unix.Identity)
-		ucfg.ServerOptions = []grpc.ServerOption{grpc.Creds(server.UnixCredentials())}
+		ucfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(server.UnixCredentials()))
 		usrv, err := server.New(ucfg)
 		if err != nil {
 			return err
@@ -156,13 +172,13 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		serving = append(serving, func() error { return usrv.Serve(ctx, ulis) })
 		log.Info("serving on unix socket", slog.String("path", ulis.Addr().String()))
 	}
-	if cfg.HealthListen != "" {
-		stopHealth, err := serveHealth(ctx, cfg.HealthListen, b, log)
+	if cfg.HTTPListen != "" {
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler()), log)
 		if err != nil {
 			lis.Close()
 			return err
 		}
-		defer stopHealth()
+		defer stopHTTP()
 	}
 	go reloadPolicy(ctx, *configPath, b, log, hooks.reload)
 	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
@@ -276,15 +292,18 @@ func openAudit(sink, baseDir string, stderr io.Writer) (*audit.Log, func(), erro
 	return audit.New(f), func() { f.Close() }, nil
 }
 
-// serveHealth serves /healthz on addr until ctx ends or stop is called.
-func serveHealth(ctx context.Context, addr string, b *broker.Broker, log *slog.Logger) (stop func(), err error) {
+// serveHTTP serves the operator endpoints (/metrics, /healthz, /readyz) on
+// addr until stop is called.
+func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
 	lis, err := net.Listen("tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("health_listen: %w", err)
+		return nil, fmt.Errorf("http_listen: %w", err)
 	}
-	hs := &http.Server{Handler: server.HealthHandler(b), ReadHeaderTimeout: 5 * time.Second}
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
 	go func() { _ = hs.Serve(lis) }()
-	log.Info("health endpoint", slog.String("url", "http://"+lis.Addr().String()+"/healthz"))
+	base := "http://" + lis.Addr().String()
+	log.Info("operator endpoints", slog.String("metrics", base+"/metrics"), slog.String("healthz", base+"/healthz"),
+		slog.String("readyz", base+"/readyz"))
 	return func() {
 		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()

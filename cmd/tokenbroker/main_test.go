@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
+	"regexp"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -104,7 +107,7 @@ func writeConfig(t *testing.T, issuer, tokenURL string, extra ...string) string 
 	}
 	cfg := fmt.Sprintf(`listen: 127.0.0.1:0
 insecure: true
-health_listen: 127.0.0.1:0
+http_listen: 127.0.0.1:0
 policy:
   - callers: [insecure]
     clients: ["*"]
@@ -159,17 +162,78 @@ func TestServeWithConfig(t *testing.T) {
 	if err != nil || resp.GetKeyId() != "smartcloud-2026" || resp.GetClient() != "smartcloud" {
 		t.Fatalf("GetToken = %v, %v", resp, err)
 	}
+	if again, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{"altinn:systembruker.demo"}}); err != nil || !again.GetCached() {
+		t.Fatalf("second GetToken = %v, %v", again, err)
+	}
+	if _, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "123456789", Scopes: []string{"altinn:systembruker.demo"}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("bad org: %v", err)
+	}
+	if _, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "314250052", Scopes: []string{"altinn:systembruker.demo"}}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("org without system user: %v", err)
+	}
+	scrape := scrapeMetrics(t, stderr.String())
+	for _, want := range []string{
+		`tokenbroker_grpc_requests_total{code="OK",method="/tokenbroker.v1.TokenBrokerService/GetToken"} 2`,
+		`tokenbroker_grpc_requests_total{code="InvalidArgument",method="/tokenbroker.v1.TokenBrokerService/GetToken"} 1`,
+		`tokenbroker_grpc_requests_total{code="FailedPrecondition",method="/tokenbroker.v1.TokenBrokerService/GetToken"} 1`,
+		`tokenbroker_cache_events_total{event="hit"} 1`,
+		`tokenbroker_cache_events_total{event="miss"} 2`,
+		`tokenbroker_cache_entries 2`,
+		`tokenbroker_maskinporten_grants_total{client="smartcloud",mp_code="",outcome="ok"} 1`,
+		`tokenbroker_maskinporten_grants_total{client="smartcloud",mp_code="MP-303",outcome="refused"} 1`,
+		`tokenbroker_sign_duration_seconds_count{backend="file"} 2`,
+		`tokenbroker_upstream_request_duration_seconds_count{client="smartcloud",upstream="maskinporten"} 2`,
+		`tokenbroker_clock_skew_seconds{client="smartcloud"}`,
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+	checkLabels(t, scrape)
+	emu.CheckNoLeaks(t, "the metrics", scrape)
 	cancel()
 	if err := <-done; err != nil {
 		t.Errorf("serve: %v", err)
 	}
 	log := stderr.String()
-	for _, want := range []string{`"msg":"health endpoint"`, `"msg":"client ready"`, `"kid":"smartcloud-2026"`, `"backend":"file"`, `"msg":"rpc"`, `"msg":"stopped"`} {
+	for _, want := range []string{`"msg":"operator endpoints"`, `"msg":"client ready"`, `"kid":"smartcloud-2026"`, `"backend":"file"`, `"msg":"rpc"`, `"msg":"stopped"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %s:\n%s", want, log)
 		}
 	}
 	emu.CheckNoLeaks(t, "serve log", log)
+}
+
+// scrapeMetrics finds the metrics URL in the JSON log and fetches it.
+func scrapeMetrics(t *testing.T, log string) string {
+	t.Helper()
+	m := regexp.MustCompile(`"metrics":"(http://[^"]+)"`).FindStringSubmatch(log)
+	if m == nil {
+		t.Fatalf("no metrics URL in the log:\n%s", log)
+	}
+	resp, err := http.Get(m[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("scrape: %d %v", resp.StatusCode, err)
+	}
+	return string(body)
+}
+
+// checkLabels fails when a label value looks like an organisation number:
+// cardinality must not grow with customers.
+func checkLabels(t *testing.T, scrape string) {
+	t.Helper()
+	labels := regexp.MustCompile(`\{[^}]*\}`)
+	org := regexp.MustCompile(`\d{9}`)
+	for _, l := range labels.FindAllString(scrape, -1) {
+		if org.MatchString(l) {
+			t.Errorf("label set %s holds an organisation number", l)
+		}
+	}
 }
 
 func TestServeRefusesToStart(t *testing.T) {
@@ -215,7 +279,7 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"bad_policy", write("pol.yaml", replace("    customer_orgs: [\"*\"]\n", "")), "policy[0].customer_orgs"},
 		{"bad_audit", write("audit.yaml", string(base)+"audit:\n  sink: syslog\n"), "audit.sink"},
 		{"bad_unix_mode", write("umode.yaml", string(base)+"unix:\n  path: x.sock\n  mode: rw\n"), "unix.mode"},
-		{"bad_health_listen", write("hlisten.yaml", replace("health_listen: 127.0.0.1:0", "health_listen: nowhere")), "health_listen"},
+		{"bad_http_listen", write("hlisten.yaml", replace("http_listen: 127.0.0.1:0", "http_listen: nowhere")), "http_listen"},
 		{"two_documents", write("docs.yaml", string(base)+"---\nlisten: x\n"), "more than one"},
 		{"empty", write("empty.yaml", ""), "empty"},
 	}

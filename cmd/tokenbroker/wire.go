@@ -10,11 +10,15 @@ import (
 	"net/url"
 	"time"
 
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
 // parseSignerURI splits a key.signer URI into its backend and location.
@@ -82,7 +86,14 @@ func newHTTPClient(connectTimeout time.Duration) *http.Client {
 
 // buildBroker loads every key and builds the broker. Any failure names the
 // client and the problem.
-func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger) (*broker.Broker, error) {
+// telemetry is what buildBroker instruments the clients with; zero fields
+// mean none.
+type telemetry struct {
+	metrics *metrics.Metrics
+	tracer  trace.TracerProvider
+}
+
+func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry) (*broker.Broker, error) {
 	env, err := cfg.environment()
 	if err != nil {
 		return nil, fmt.Errorf("maskinporten: %w", err)
@@ -92,6 +103,9 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		timeout = 30 * time.Second
 	}
 	httpClient := newHTTPClient(time.Duration(cfg.Maskinporten.ConnectTimeout))
+	if tel.tracer != nil {
+		httpClient.Transport = otelhttp.NewTransport(httpClient.Transport, otelhttp.WithTracerProvider(tel.tracer))
+	}
 	brk := breaker.New(breaker.Config{
 		Failures: cfg.Maskinporten.Breaker.Failures,
 		OpenFor:  time.Duration(cfg.Maskinporten.Breaker.OpenFor),
@@ -116,6 +130,11 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		if err != nil {
 			return nil, fmt.Errorf("clients[%d] (%s).key: %w", i, c.Name, err)
 		}
+		var onAttempt func(time.Duration, error)
+		if tel.metrics != nil {
+			key.Signer = tel.metrics.TimeSigner(key.Backend, key.Signer)
+			onAttempt = tel.metrics.ObserveAttempt(c.Name)
+		}
 		mp, err := maskinporten.New(maskinporten.Config{
 			ClientID:         c.ClientID,
 			Key:              key,
@@ -125,6 +144,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			ResourceAsString: c.ResourceAsString,
 			AttemptTimeout:   time.Duration(cfg.Maskinporten.AttemptTimeout),
 			Breaker:          brk,
+			OnAttempt:        onAttempt,
 			Retry: maskinporten.RetryPolicy{
 				MaxAttempts:    cfg.Maskinporten.Retry.MaxAttempts,
 				InitialBackoff: time.Duration(cfg.Maskinporten.Retry.InitialBackoff),

@@ -1,0 +1,155 @@
+// Package metrics exposes the broker's Prometheus metrics. Labels carry
+// only bounded values (method, code, client name, MP code, backend,
+// outcome): never a customer organisation, a caller identity or a token.
+package metrics
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+)
+
+// Metrics holds the collectors and their registry.
+type Metrics struct {
+	reg      *prometheus.Registry
+	rpcs     *prometheus.CounterVec
+	rpcTime  *prometheus.HistogramVec
+	grants   *prometheus.CounterVec
+	upstream *prometheus.HistogramVec
+	sign     *prometheus.HistogramVec
+}
+
+// New returns metrics registered in a fresh registry, with the Go runtime
+// and process collectors.
+func New() *Metrics {
+	m := &Metrics{
+		reg: prometheus.NewRegistry(),
+		rpcs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenbroker_grpc_requests_total", Help: "gRPC calls by method and status code.",
+		}, []string{"method", "code"}),
+		rpcTime: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokenbroker_grpc_request_duration_seconds", Help: "gRPC call latency by method.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}, []string{"method"}),
+		grants: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenbroker_maskinporten_grants_total",
+			Help: "Grants sent to Maskinporten by client, outcome (ok, refused, failed, circuit_open) and MP code.",
+		}, []string{"client", "outcome", "mp_code"}),
+		upstream: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokenbroker_upstream_request_duration_seconds", Help: "Latency of one request to an upstream (maskinporten).",
+			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"upstream", "client"}),
+		sign: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "tokenbroker_sign_duration_seconds", Help: "Latency of one signature by key backend.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}, []string{"backend"}),
+	}
+	m.reg.MustRegister(m.rpcs, m.rpcTime, m.grants, m.upstream, m.sign,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// Handler serves the metrics in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{})
+}
+
+// UnaryInterceptor counts calls by method and code and times them.
+func (m *Metrics) UnaryInterceptor() grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := h(ctx, req)
+		m.rpcs.WithLabelValues(info.FullMethod, status.Code(err).String()).Inc()
+		m.rpcTime.WithLabelValues(info.FullMethod).Observe(time.Since(start).Seconds())
+		return resp, err
+	}
+}
+
+// ObserveAttempt returns the hook for maskinporten.Config.OnAttempt of the
+// named client: one grant counted by outcome and MP code, and its latency.
+func (m *Metrics) ObserveAttempt(client string) func(time.Duration, error) {
+	return func(d time.Duration, err error) {
+		outcome, code := "ok", ""
+		var me *maskinporten.Error
+		switch {
+		case err == nil:
+		case errors.As(err, &me) && me.CircuitOpen:
+			outcome = "circuit_open"
+		case errors.As(err, &me) && me.StatusCode >= 400 && me.StatusCode < 500 && me.StatusCode != 429:
+			outcome, code = "refused", me.MPCode
+		default:
+			outcome = "failed"
+		}
+		m.grants.WithLabelValues(client, outcome, code).Inc()
+		if outcome != "circuit_open" {
+			m.upstream.WithLabelValues("maskinporten", client).Observe(d.Seconds())
+		}
+	}
+}
+
+// TimeSigner wraps s so that each signature is timed under backend.
+func (m *Metrics) TimeSigner(backend string, s crypto.Signer) crypto.Signer {
+	return &timedSigner{Signer: s, obs: m.sign.WithLabelValues(backend)}
+}
+
+type timedSigner struct {
+	crypto.Signer
+	obs prometheus.Observer
+}
+
+func (t *timedSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	start := time.Now()
+	sig, err := t.Signer.Sign(rand, digest, opts)
+	t.obs.Observe(time.Since(start).Seconds())
+	return sig, err
+}
+
+// ObserveBroker exports the broker's cache counters and each client's clock
+// skew, read at scrape time.
+func (m *Metrics) ObserveBroker(b *broker.Broker) {
+	m.reg.MustRegister(&brokerCollector{b: b})
+}
+
+var (
+	descCache = prometheus.NewDesc("tokenbroker_cache_events_total",
+		"Cache events: hit, miss, refresh (background renewals started), eviction.", []string{"event"}, nil)
+	descEntries  = prometheus.NewDesc("tokenbroker_cache_entries", "Keys in the token cache.", nil, nil)
+	descInFlight = prometheus.NewDesc("tokenbroker_cache_fetches_in_flight", "Fetches from Maskinporten running now.", nil, nil)
+	descSkew     = prometheus.NewDesc("tokenbroker_clock_skew_seconds",
+		"Maskinporten's clock minus ours, from its last Date header.", []string{"client"}, nil)
+)
+
+type brokerCollector struct{ b *broker.Broker }
+
+func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descCache
+	ch <- descEntries
+	ch <- descInFlight
+	ch <- descSkew
+}
+
+func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
+	h := c.b.Health()
+	for event, v := range map[string]int64{"hit": h.Hits, "miss": h.Misses, "refresh": h.Refreshes, "eviction": h.Evictions} {
+		ch <- prometheus.MustNewConstMetric(descCache, prometheus.CounterValue, float64(v), event)
+	}
+	ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(h.Entries))
+	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(h.InFlight))
+	for name, ch2 := range h.Clients {
+		if ch2.ClockSkewKnown {
+			ch <- prometheus.MustNewConstMetric(descSkew, prometheus.GaugeValue, ch2.ClockSkew.Seconds(), name)
+		}
+	}
+}
