@@ -124,7 +124,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		Broker: b, Logger: log, Audit: auditLog,
 		Interceptors:  []grpc.UnaryServerInterceptor{m.UnaryInterceptor()},
 		ServerOptions: grpcOpts,
-		CallerRate: cfg.Limits.CallerRate, CallerBurst: cfg.Limits.CallerBurst,
+		CallerRate:    cfg.Limits.CallerRate, CallerBurst: cfg.Limits.CallerBurst,
 		MaxConcurrentStreams: cfg.Limits.MaxConcurrentStreams,
 	}
 	if common.CallerBurst == 0 && common.CallerRate > 0 {
