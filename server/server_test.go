@@ -73,6 +73,13 @@ type harness struct {
 
 func newHarness(t testing.TB, opts ...func(*server.Config)) *harness {
 	t.Helper()
+	return newHarnessWith(t, nil, opts...)
+}
+
+// newHarnessWith is newHarness with the HTTP client that talks to the
+// emulator (nil for the default).
+func newHarnessWith(t testing.TB, httpClient *http.Client, opts ...func(*server.Config)) *harness {
+	t.Helper()
 	h := &harness{log: &syncBuffer{}}
 	logger := slog.New(slog.NewJSONHandler(h.log, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{SigningKey: signertest.RSA(t, signertest.KeyB)})
@@ -92,6 +99,7 @@ func newHarness(t testing.TB, opts ...func(*server.Config)) *harness {
 		ClientID:    clientID,
 		Key:         key,
 		Environment: maskinporten.Environment{Name: "emulator", Issuer: emu.Issuer(), TokenURL: srv.URL + "/token"},
+		HTTPClient:  httpClient,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -15,11 +15,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	tokenbrokerclient "github.com/tokenbroker/tokenbroker/client"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/server/tlstest"
@@ -124,7 +124,14 @@ audit:
 		defer rcancel()
 		return tokenbrokerv1.NewTokenBrokerServiceClient(conn).GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: org, Scopes: scopes})
 	}
-	billing := dialTLS(callersCA.Issue(t, tlstest.Leaf{CN: "ignored", DNS: []string{"ignored.example.org"}, URIs: []string{"spiffe://example.org/ns/prod/sa/billing"}}))
+	// billing connects with the Go client package's mTLS helper.
+	billingCert := callersCA.Issue(t, tlstest.Leaf{CN: "ignored", DNS: []string{"ignored.example.org"}, URIs: []string{"spiffe://example.org/ns/prod/sa/billing"}})
+	bcert, bkey := billingCert.WriteFiles(t, dir, "billing")
+	billing, err := tokenbrokerclient.DialMTLS(addr, filepath.Join(dir, "callers-ca.pem"), bcert, bkey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer billing.Close()
 	payroll := dialTLS(callersCA.Issue(t, tlstest.Leaf{CN: "ignored", DNS: []string{"payroll.example.org"}}))
 	reporting := dialTLS(callersCA.Issue(t, tlstest.Leaf{CN: "reporting"}))
 	noCert := dialTLS(nil)
@@ -175,7 +182,7 @@ audit:
 	}
 
 	// The unix socket: the identity comes from the peer's uid.
-	uconn, err := grpc.NewClient("unix://"+filepath.Join(dir, "tb.sock"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	uconn, err := tokenbrokerclient.DialUnix(filepath.Join(dir, "tb.sock"))
 	if err != nil {
 		t.Fatal(err)
 	}
