@@ -19,8 +19,8 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
-	tokenbrokerclient "github.com/tokenbroker/tokenbroker/client"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
+	tokenbrokerclient "github.com/tokenbroker/tokenbroker/client"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/server/tlstest"
 )
