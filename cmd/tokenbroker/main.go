@@ -1,8 +1,12 @@
-// Command tokenbroker serves Maskinporten system user tokens over gRPC.
+// Command tokenbroker serves Maskinporten system user tokens over gRPC, and
+// has a few commands for people:
 //
 //	tokenbroker serve --config FILE   serve with the given configuration
 //	tokenbroker dev [--listen ADDR]   run everything on this machine against
 //	                                  a built-in Maskinporten emulator
+//	tokenbroker token ...             get a token and show its claims
+//	tokenbroker explain ...           show the grant that would be sent
+//	tokenbroker check --config FILE   validate a config, load every key
 package main
 
 import (
@@ -49,6 +53,11 @@ func main() {
 const usage = `usage:
   tokenbroker serve --config FILE   serve tokens with the given configuration
   tokenbroker dev [--listen ADDR]   run against a built-in Maskinporten emulator
+  tokenbroker token --org ORG --scope SCOPE [--addr ADDR | --unix PATH] [--cacert F --cert F --key F] [--raw]
+                                    get a token from a running broker and describe it
+  tokenbroker explain --config FILE --org ORG --scope SCOPE
+                                    show the grant that would be sent (never signed)
+  tokenbroker check --config FILE   validate a config and load every key
 `
 
 // run dispatches a subcommand. It returns when ctx ends or the command fails.
@@ -62,6 +71,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runServe(ctx, args[1:], stderr, serveHooks{})
 	case "dev":
 		return runDev(ctx, args[1:], stdout, stderr, nil)
+	case "token":
+		return runToken(ctx, args[1:], stdout, stderr)
+	case "explain":
+		return runExplain(args[1:], stdout, stderr)
+	case "check":
+		return runCheck(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -1,0 +1,121 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+)
+
+func TestTokenCommand(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var devOut, devErr syncBuffer
+	ready := make(chan devEnv, 1)
+	done := make(chan error, 1)
+	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &devOut, &devErr, ready) }()
+	env := <-ready
+	base := []string{"token", "--addr", env.Addr, "--org", "310904473", "--scope", devScope}
+
+	var raw bytes.Buffer
+	if err := run(ctx, append(base, "--raw"), &raw, &raw); err != nil {
+		t.Fatal(err)
+	}
+	tok := strings.TrimSpace(raw.String())
+	if strings.Count(tok, ".") != 2 {
+		t.Fatalf("--raw printed %q, want a JWT", tok)
+	}
+	var out bytes.Buffer
+	if err := run(ctx, base, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"customer org:  310904473", "cached:        true", "expires at:", "token claims:", `"systemuser_org"`, "only with --raw"} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("output lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), tok) || strings.Contains(out.String(), tok[strings.LastIndexByte(tok, '.')+1:]) {
+		t.Error("token printed without --raw")
+	}
+	err := run(ctx, []string{"token", "--addr", env.Addr, "--org", "889640782", "--scope", devScope}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "FailedPrecondition") || !strings.Contains(err.Error(), "MP-303") {
+		t.Errorf("unapproved org: %v, want FailedPrecondition with MP-303", err)
+	}
+	if err := run(ctx, []string{"token", "--addr", env.Addr}, &out, &out); err == nil || !strings.Contains(err.Error(), "--org") {
+		t.Errorf("missing flags: %v", err)
+	}
+	cancel()
+	<-done
+}
+
+func TestExplainCommand(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")
+	var out bytes.Buffer
+	err := run(context.Background(), []string{"explain", "--config", path, "--org", "0192:310904473",
+		"--scope", demoScope, "--external-ref", "tenant-1"}, &out, &out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := out.String()
+	for _, want := range []string{`"kid": "smartcloud-2026"`, `"alg": "RS256"`, `"aud": "http://127.0.0.1:9/"`,
+		`"iss": "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"`, `"ID": "0192:310904473"`, `"externalRef": "tenant-1"`,
+		"POST http://127.0.0.1:9/token", "not signed"} {
+		if !strings.Contains(s, want) {
+			t.Errorf("explain lacks %s:\n%s", want, s)
+		}
+	}
+	if regexp.MustCompile(`[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}\.[A-Za-z0-9_-]{10,}`).MatchString(s) || strings.Contains(s, "PRIVATE") {
+		t.Errorf("explain printed a signed grant or key material:\n%s", s)
+	}
+	if err := run(context.Background(), []string{"explain", "--config", path, "--org", "123456789", "--scope", demoScope}, &out, &out); err == nil {
+		t.Error("explain accepted a bad org number")
+	}
+}
+
+func TestCheckCommand(t *testing.T) {
+	t.Parallel()
+	path := writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"check", "--config", path}, &out, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "kid smartcloud-2026, file backend, RS256") || !strings.HasSuffix(out.String(), "ok\n") {
+		t.Errorf("check output:\n%s", out.String())
+	}
+	broken := filepath.Join(filepath.Dir(path), "broken.yaml")
+	cfg, _ := os.ReadFile(path)
+	if err := os.WriteFile(filepath.Join(filepath.Dir(path), "bad.pem"), []byte("not a key"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(broken, bytes.Replace(cfg, []byte("file:mp-key.pem"), []byte("file:bad.pem"), 1), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := run(context.Background(), []string{"check", "--config", broken}, &out, &out)
+	if err == nil || !strings.Contains(err.Error(), "bad.pem") {
+		t.Errorf("check of a config with a broken key: %v", err)
+	}
+	if err := run(context.Background(), []string{"check"}, &out, &out); err == nil {
+		t.Error("check without --config accepted")
+	}
+}
+
+// TestSampleConfig keeps the shipped TT02 sample a valid config.
+func TestSampleConfig(t *testing.T) {
+	t.Parallel()
+	data, err := os.ReadFile("../../deploy/tokenbroker.tt02.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := parseConfig(data)
+	if err != nil {
+		t.Fatalf("deploy/tokenbroker.tt02.yaml: %v", err)
+	}
+	if env, _ := cfg.environment(); env.Issuer != "https://test.maskinporten.no/" {
+		t.Errorf("sample environment issuer %q", env.Issuer)
+	}
+}
