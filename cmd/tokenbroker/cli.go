@@ -243,8 +243,15 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 		if err != nil {
 			return fmt.Errorf("clients[%d] (%s).key: %w", i, c.Name, err)
 		}
-		fmt.Fprintf(stdout, "client %s: client_id %s, kid %s, %s backend, %s, expiry not configured\n",
-			c.Name, c.ClientID, key.KeyID, key.Backend, key.Algorithm)
+		expiry := "expiry not configured"
+		if t, _ := c.Key.expiry(); !t.IsZero() {
+			expiry = fmt.Sprintf("expires %s (in %d days)", t.UTC().Format(time.DateOnly), int(time.Until(t).Hours()/24))
+			if time.Until(t) < ExpiryWarning {
+				expiry += ": register a new key and rotate"
+			}
+		}
+		fmt.Fprintf(stdout, "client %s: client_id %s, kid %s, %s backend, %s, %s\n",
+			c.Name, c.ClientID, key.KeyID, key.Backend, key.Algorithm, expiry)
 	}
 	fmt.Fprintln(stdout, "ok")
 	return nil

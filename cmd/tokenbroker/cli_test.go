@@ -84,7 +84,8 @@ func TestCheckCommand(t *testing.T) {
 	if err := run(context.Background(), []string{"check", "--config", path}, &out, &out); err != nil {
 		t.Fatal(err)
 	}
-	if !strings.Contains(out.String(), "kid smartcloud-2026, file backend, RS256") || !strings.HasSuffix(out.String(), "ok\n") {
+	if !strings.Contains(out.String(), "kid smartcloud-2026, file backend, RS256, expires ") ||
+		!strings.Contains(out.String(), "register a new key and rotate") || !strings.HasSuffix(out.String(), "ok\n") {
 		t.Errorf("check output:\n%s", out.String())
 	}
 	broken := filepath.Join(filepath.Dir(path), "broken.yaml")

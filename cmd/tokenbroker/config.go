@@ -190,6 +190,25 @@ type KeyConfig struct {
 	Signer string `yaml:"signer"`
 	// Algorithm is RS256 (default), RS384 or RS512.
 	Algorithm string `yaml:"algorithm"`
+	// Expires is when Maskinporten stops accepting the key (a registered
+	// key expires a year after upload): a date (2027-11-25) or an RFC 3339
+	// time. Optional; it feeds the expiry metric and start-up warnings.
+	Expires string `yaml:"expires"`
+}
+
+// expiry parses Expires; the zero time means not configured.
+func (k KeyConfig) expiry() (time.Time, error) {
+	if k.Expires == "" {
+		return time.Time{}, nil
+	}
+	if t, err := time.Parse(time.DateOnly, k.Expires); err == nil {
+		return t, nil
+	}
+	t, err := time.Parse(time.RFC3339, k.Expires)
+	if err != nil {
+		return time.Time{}, fmt.Errorf("%q is not a date (2027-11-25) or an RFC 3339 time", k.Expires)
+	}
+	return t, nil
 }
 
 // Duration is a time.Duration written as "30s", "2m" in YAML.
@@ -340,6 +359,9 @@ func (c *Config) check() error {
 		}
 		if _, _, err := parseSignerURI(cl.Key.Signer); err != nil {
 			return fmt.Errorf("%s.key.signer: %w", where, err)
+		}
+		if _, err := cl.Key.expiry(); err != nil {
+			return fmt.Errorf("%s.key.expires: %w", where, err)
 		}
 	}
 	return nil

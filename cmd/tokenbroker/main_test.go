@@ -124,7 +124,8 @@ clients:
     key:
       kid: smartcloud-2026
       signer: file:mp-key.pem
-`, issuer, tokenURL) + strings.Join(extra, "")
+      expires: %s
+`, issuer, tokenURL, time.Now().Add(10*24*time.Hour).Format(time.DateOnly)) + strings.Join(extra, "")
 	p := filepath.Join(dir, "tokenbroker.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -184,6 +185,7 @@ func TestServeWithConfig(t *testing.T) {
 		`tokenbroker_sign_duration_seconds_count{backend="file"} 2`,
 		`tokenbroker_upstream_request_duration_seconds_count{client="smartcloud",upstream="maskinporten"} 2`,
 		`tokenbroker_clock_skew_seconds{client="smartcloud"}`,
+		`tokenbroker_key_expiry_seconds{client="smartcloud",kid="smartcloud-2026"} `,
 	} {
 		if !strings.Contains(scrape, want) {
 			t.Errorf("metrics lack %s", want)
@@ -196,7 +198,7 @@ func TestServeWithConfig(t *testing.T) {
 		t.Errorf("serve: %v", err)
 	}
 	log := stderr.String()
-	for _, want := range []string{`"msg":"operator endpoints"`, `"msg":"client ready"`, `"kid":"smartcloud-2026"`, `"backend":"file"`, `"msg":"rpc"`, `"msg":"stopped"`} {
+	for _, want := range []string{`"msg":"operator endpoints"`, `"msg":"client ready"`, `"msg":"key expires soon`, `"kid":"smartcloud-2026"`, `"backend":"file"`, `"msg":"rpc"`, `"msg":"stopped"`} {
 		if !strings.Contains(log, want) {
 			t.Errorf("log lacks %s:\n%s", want, log)
 		}
@@ -271,6 +273,8 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"no_clients", write("noclients.yaml", "listen: 127.0.0.1:0\nmaskinporten:\n  environment: test\n"), "clients"},
 		{"bad_duration", write("dur.yaml", replace("  environment: test\n", "  environment: test\n  timeout: soon\n")), "soon"},
 		{"grant_lifetime", write("gl.yaml", replace("  environment: test\n", "  environment: test\n  grant_lifetime: 5m\n")), "grant_lifetime"},
+		{"bad_expiry", write("exp.yaml", replace("      kid: smartcloud-2026\n", "      kid: smartcloud-2026\n      expire: 2027\n")), "expire"},
+		{"bad_expiry_value", write("exp2.yaml", regexp.MustCompile(`expires: \S+`).ReplaceAllString(string(base), "expires: soon")), "key.expires"},
 		{"bad_algorithm", write("alg.yaml", replace("      kid: smartcloud-2026\n", "      kid: smartcloud-2026\n      algorithm: ES256\n")), "ES256"},
 		{"duplicate_client", write("dup.yaml", string(base)+strings.SplitN(string(base), "clients:\n", 2)[1]), "used twice"},
 		{"bad_listen", write("listen.yaml", replace("listen: 127.0.0.1:0\n", "listen: nowhere\n")), "listen"},

@@ -64,6 +64,26 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 	}
 }
 
+// ExpiryWarning is how long before a key's expiry the broker starts to warn.
+const ExpiryWarning = 30 * 24 * time.Hour
+
+// warnExpiry logs a warning for a key that has expired or expires within
+// ExpiryWarning.
+func warnExpiry(ctx context.Context, log *slog.Logger, client, kid string, expires time.Time) {
+	if expires.IsZero() {
+		return
+	}
+	switch left := time.Until(expires); {
+	case left <= 0:
+		log.ErrorContext(ctx, "key has expired: Maskinporten refuses its grants (MP-121); register a new key and rotate",
+			slog.String("client", client), slog.String("kid", kid), slog.Time("expired", expires))
+	case left < ExpiryWarning:
+		log.WarnContext(ctx, "key expires soon: register a new key at Maskinporten and rotate",
+			slog.String("client", client), slog.String("kid", kid), slog.Time("expires", expires),
+			slog.Duration("left", left.Round(time.Hour)))
+	}
+}
+
 // newHTTPClient returns the client for Maskinporten: bounded connect and
 // TLS handshake times and a pool of kept-alive connections. Each exchange
 // is bounded by the maskinporten client's attempt timeout.
@@ -155,6 +175,11 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
 		}
 		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp})
+		expires, _ := c.Key.expiry()
+		if tel.metrics != nil && !expires.IsZero() {
+			tel.metrics.KeyExpiry(c.Name, key.KeyID, expires)
+		}
+		warnExpiry(ctx, log, c.Name, key.KeyID, expires)
 		log.InfoContext(ctx, "client ready", slog.String("client", c.Name), slog.String("client_id", c.ClientID),
 			slog.String("kid", key.KeyID), slog.String("backend", key.Backend), slog.String("algorithm", string(key.Algorithm)),
 			slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))

@@ -116,6 +116,16 @@ func (t *timedSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts
 	return sig, err
 }
 
+// KeyExpiry exports the seconds left until the key kid of client expires
+// (negative once it has).
+func (m *Metrics) KeyExpiry(client, kid string, expires time.Time) {
+	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name:        "tokenbroker_key_expiry_seconds",
+		Help:        "Seconds until Maskinporten stops accepting the key.",
+		ConstLabels: prometheus.Labels{"client": client, "kid": kid},
+	}, func() float64 { return time.Until(expires).Seconds() }))
+}
+
 // ObserveBroker exports the broker's cache counters and each client's clock
 // skew, read at scrape time.
 func (m *Metrics) ObserveBroker(b *broker.Broker) {
