@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -118,5 +119,54 @@ func TestSampleConfig(t *testing.T) {
 	}
 	if env, _ := cfg.environment(); env.Issuer != "https://test.maskinporten.no/" {
 		t.Errorf("sample environment issuer %q", env.Issuer)
+	}
+}
+
+func TestKeygenAndJWKS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	keyPath := filepath.Join(dir, "new.pem")
+	var out, errOut bytes.Buffer
+	if err := run(context.Background(), []string{"keygen", "--out", keyPath, "--bits", "2048", "--kid", "rot-1"}, &out, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(keyPath)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("key file: %v %v, want mode 0600", st, err)
+	}
+	var pub map[string]any
+	if err := json.Unmarshal(out.Bytes(), &pub); err != nil {
+		t.Fatalf("keygen output is not a JWK: %v\n%s", err, out.String())
+	}
+	if pub["kid"] != "rot-1" || pub["kty"] != "RSA" || pub["alg"] != "RS256" || pub["d"] != nil || pub["p"] != nil {
+		t.Errorf("public JWK = %v", pub)
+	}
+	if err := run(context.Background(), []string{"keygen", "--out", keyPath, "--bits", "2048"}, &out, &errOut); err == nil {
+		t.Error("keygen overwrote an existing file")
+	}
+	if err := run(context.Background(), []string{"keygen", "--out", filepath.Join(dir, "x.pem"), "--bits", "1024"}, &out, &errOut); err == nil {
+		t.Error("keygen made a 1024-bit key")
+	}
+
+	// jwks of a config naming the new key shows the same public key.
+	cfg := writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")
+	data, _ := os.ReadFile(cfg)
+	data = bytes.Replace(data, []byte("file:mp-key.pem"), []byte("file:"+keyPath), 1)
+	data = bytes.Replace(data, []byte("kid: smartcloud-2026"), []byte("kid: rot-1"), 1)
+	if err := os.WriteFile(cfg, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var set bytes.Buffer
+	if err := run(context.Background(), []string{"jwks", "--config", cfg}, &set, &errOut); err != nil {
+		t.Fatal(err)
+	}
+	var jwks struct {
+		Keys []map[string]any `json:"keys"`
+	}
+	if err := json.Unmarshal(set.Bytes(), &jwks); err != nil || len(jwks.Keys) != 1 {
+		t.Fatalf("jwks output: %v\n%s", err, set.String())
+	}
+	if k := jwks.Keys[0]; k["kid"] != "rot-1" || k["n"] != pub["n"] || k["d"] != nil {
+		t.Errorf("jwks key = %v, want the generated public key", k)
 	}
 }

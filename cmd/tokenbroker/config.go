@@ -190,6 +190,9 @@ type KeyConfig struct {
 	Signer string `yaml:"signer"`
 	// Algorithm is RS256 (default), RS384 or RS512.
 	Algorithm string `yaml:"algorithm"`
+	// AllowLoosePermissions lets a key file be readable by group or
+	// others; such files are refused otherwise.
+	AllowLoosePermissions bool `yaml:"allow_loose_permissions"`
 	// Expires is when Maskinporten stops accepting the key (a registered
 	// key expires a year after upload): a date (2027-11-25) or an RFC 3339
 	// time. Optional; it feeds the expiry metric and start-up warnings.

@@ -7,6 +7,8 @@
 //	tokenbroker token ...             get a token and show its claims
 //	tokenbroker explain ...           show the grant that would be sent
 //	tokenbroker check --config FILE   validate a config, load every key
+//	tokenbroker keygen --out FILE     write a new key, print its public JWK
+//	tokenbroker jwks --config FILE    print the public JWKs of the config
 package main
 
 import (
@@ -58,6 +60,9 @@ const usage = `usage:
   tokenbroker explain --config FILE --org ORG --scope SCOPE
                                     show the grant that would be sent (never signed)
   tokenbroker check --config FILE   validate a config and load every key
+  tokenbroker keygen --out FILE [--bits 2048|3072] [--kid KID]
+                                    write a new RSA key (0600) and print its public JWK
+  tokenbroker jwks --config FILE    print the public JWK set of every configured key
 `
 
 // run dispatches a subcommand. It returns when ctx ends or the command fails.
@@ -77,6 +82,10 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runExplain(args[1:], stdout, stderr)
 	case "check":
 		return runCheck(args[1:], stdout, stderr)
+	case "keygen":
+		return runKeygen(args[1:], stdout, stderr)
+	case "jwks":
+		return runJWKS(args[1:], stdout, stderr)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil

@@ -58,7 +58,11 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 	}
 	switch backend {
 	case "file":
-		return filesigner.Load(resolvePath(baseDir, loc), k.KID, alg)
+		var opts []filesigner.Option
+		if k.AllowLoosePermissions {
+			opts = append(opts, filesigner.AllowLoosePermissions())
+		}
+		return filesigner.Load(resolvePath(baseDir, loc), k.KID, alg, opts...)
 	default:
 		return nil, fmt.Errorf("unsupported signer backend %q", backend)
 	}

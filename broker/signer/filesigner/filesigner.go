@@ -27,17 +27,34 @@ import (
 // MaxFileSize bounds the size of a key file.
 const MaxFileSize = 1 << 20
 
+// Option changes how Load reads a key file.
+type Option func(*options)
+
+type options struct{ loosePermissions bool }
+
+// AllowLoosePermissions lets Load read a key file that group or others may
+// read or write. Use it only where the file system itself is private.
+func AllowLoosePermissions() Option { return func(o *options) { o.loosePermissions = true } }
+
 // Load reads the key file at path. kid is the key id registered at
 // Maskinporten; it may be empty for a JWK that carries its own kid, and must
 // match that kid when both are given. alg selects the grant algorithm (empty
-// means RS256).
-func Load(path, kid string, alg signer.Algorithm) (*signer.Key, error) {
+// means RS256). A file that group or others may access is refused, unless
+// AllowLoosePermissions is given.
+func Load(path, kid string, alg signer.Algorithm, opts ...Option) (*signer.Key, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
 	st, err := os.Stat(path)
 	if err != nil {
 		return nil, fmt.Errorf("key file: %w", err)
 	}
 	if !st.Mode().IsRegular() {
 		return nil, fmt.Errorf("key file %s: not a regular file", path)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 && !o.loosePermissions {
+		return nil, fmt.Errorf("key file %s: mode %04o lets group or others read it; chmod 600 it (or set key.allow_loose_permissions)", path, perm)
 	}
 	if st.Size() > MaxFileSize {
 		return nil, fmt.Errorf("key file %s: larger than %d bytes", path, MaxFileSize)

@@ -131,6 +131,28 @@ func TestLoadRefuses(t *testing.T) {
 	}
 }
 
+func TestLoadPermissions(t *testing.T) {
+	t.Parallel()
+	path := writeFile(t, signertest.PEM(t, "rsa-a.pkcs8.pem"))
+	for _, mode := range []os.FileMode{0o640, 0o604, 0o660, 0o644} {
+		if err := os.Chmod(path, mode); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := filesigner.Load(path, "k", ""); err == nil || !strings.Contains(err.Error(), "chmod 600") {
+			t.Errorf("mode %04o: error %v, want a refusal", mode, err)
+		}
+		if _, err := filesigner.Load(path, "k", "", filesigner.AllowLoosePermissions()); err != nil {
+			t.Errorf("mode %04o with AllowLoosePermissions: %v", mode, err)
+		}
+	}
+	if err := os.Chmod(path, 0o400); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := filesigner.Load(path, "k", ""); err != nil {
+		t.Errorf("mode 0400: %v", err)
+	}
+}
+
 func TestLoadMissingFile(t *testing.T) {
 	t.Parallel()
 	_, err := filesigner.Load(filepath.Join(t.TempDir(), "nope.pem"), "k", "")
