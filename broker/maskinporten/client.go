@@ -74,7 +74,7 @@ type RetryPolicy struct {
 // use.
 type Client struct {
 	clientID         string
-	key              *signer.Key
+	key              atomic.Pointer[signer.Key]
 	env              Environment
 	http             *http.Client
 	grantLifetime    time.Duration
@@ -101,7 +101,6 @@ func New(cfg Config) (*Client, error) {
 	}
 	c := &Client{
 		clientID:         cfg.ClientID,
-		key:              cfg.Key,
 		env:              cfg.Environment,
 		http:             cfg.HTTPClient,
 		grantLifetime:    cfg.GrantLifetime,
@@ -112,6 +111,7 @@ func New(cfg Config) (*Client, error) {
 		breaker:          cfg.Breaker,
 		onAttempt:        cfg.OnAttempt,
 	}
+	c.key.Store(cfg.Key)
 	if c.retry.MaxAttempts <= 0 {
 		c.retry.MaxAttempts = 3
 	}
@@ -143,7 +143,17 @@ func New(cfg Config) (*Client, error) {
 func (c *Client) ClientID() string { return c.clientID }
 
 // KeyID returns the kid of the key that signs the grants.
-func (c *Client) KeyID() string { return c.key.KeyID }
+func (c *Client) KeyID() string { return c.key.Load().KeyID }
+
+// SetKey makes k the key that signs grants from now on (key rotation).
+// Grants being signed keep the key they started with.
+func (c *Client) SetKey(k *signer.Key) error {
+	if k == nil {
+		return errors.New("maskinporten: no signing key")
+	}
+	c.key.Store(k)
+	return nil
+}
 
 // Environment returns the environment the client talks to.
 func (c *Client) Environment() Environment { return c.env }

@@ -104,7 +104,7 @@ func (c *Client) Sign(cl *Claims) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("grant: %w", err)
 	}
-	key := c.key
+	key := c.key.Load()
 	hdr := jws.NewHeaders()
 	if err := hdr.Set(jws.KeyIDKey, key.KeyID); err != nil {
 		return "", fmt.Errorf("grant: %w", err)

@@ -187,7 +187,13 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	key, err := openKey(cc.Key, filepath.Dir(*configPath))
+	var kc KeyConfig
+	for _, k := range cc.keyList() {
+		if k.Active || len(cc.keyList()) == 1 {
+			kc = k
+		}
+	}
+	key, err := openKey(kc, filepath.Dir(*configPath))
 	if err != nil {
 		return fmt.Errorf("explain: clients %s key: %w", cc.Name, err)
 	}
@@ -239,19 +245,25 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	fmt.Fprintf(stdout, "config %s: listen %s (%s), environment %s (token URL %s), %d policy rules\n",
 		*configPath, cfg.Listen, transport, env.Name, env.TokenURL, len(cfg.Policy))
 	for i, c := range cfg.Clients {
-		key, err := openKey(c.Key, baseDir)
-		if err != nil {
-			return fmt.Errorf("clients[%d] (%s).key: %w", i, c.Name, err)
-		}
-		expiry := "expiry not configured"
-		if t, _ := c.Key.expiry(); !t.IsZero() {
-			expiry = fmt.Sprintf("expires %s (in %d days)", t.UTC().Format(time.DateOnly), int(time.Until(t).Hours()/24))
-			if time.Until(t) < ExpiryWarning {
-				expiry += ": register a new key and rotate"
+		for _, kc := range c.keyList() {
+			key, err := openKey(kc, baseDir)
+			if err != nil {
+				return fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
 			}
+			expiry := "expiry not configured"
+			if t, _ := kc.expiry(); !t.IsZero() {
+				expiry = fmt.Sprintf("expires %s (in %d days)", t.UTC().Format(time.DateOnly), int(time.Until(t).Hours()/24))
+				if time.Until(t) < ExpiryWarning {
+					expiry += ": register a new key and rotate"
+				}
+			}
+			state := ""
+			if len(c.keyList()) > 1 && kc.Active {
+				state = " (active)"
+			}
+			fmt.Fprintf(stdout, "client %s: client_id %s, kid %s%s, %s backend, %s, %s\n",
+				c.Name, c.ClientID, key.KeyID, state, key.Backend, key.Algorithm, expiry)
 		}
-		fmt.Fprintf(stdout, "client %s: client_id %s, kid %s, %s backend, %s, %s\n",
-			c.Name, c.ClientID, key.KeyID, key.Backend, key.Algorithm, expiry)
 	}
 	fmt.Fprintln(stdout, "ok")
 	return nil

@@ -174,8 +174,13 @@ type ClientConfig struct {
 	ClientID string `yaml:"client_id"`
 	// Scopes callers may ask for with this client.
 	Scopes []string `yaml:"scopes"`
-	// Key is the signing key registered on the client.
+	// Key is the signing key registered on the client. Use Keys instead
+	// for several keys (rotation).
 	Key KeyConfig `yaml:"key"`
+	// Keys are several keys registered on the client, each with its kid;
+	// exactly one is active and signs grants. A reload (SIGHUP) may add
+	// keys, switch the active one, or remove an inactive one.
+	Keys []KeyConfig `yaml:"keys"`
 	// ResourceAsString sends the grant's resource claim as a string
 	// instead of an array.
 	ResourceAsString bool `yaml:"resource_as_string"`
@@ -185,6 +190,8 @@ type ClientConfig struct {
 type KeyConfig struct {
 	// KID is the key id registered at Maskinporten.
 	KID string `yaml:"kid"`
+	// Active marks the key that signs grants, when a client has several.
+	Active bool `yaml:"active"`
 	// Signer is a URI whose scheme picks the backend: file:PATH (relative
 	// paths are relative to the config file).
 	Signer string `yaml:"signer"`
@@ -353,19 +360,70 @@ func (c *Config) check() error {
 			return fmt.Errorf("%s.client_id: required", where)
 		case len(cl.Scopes) == 0:
 			return fmt.Errorf("%s.scopes: at least one scope is required", where)
-		case cl.Key.Signer == "":
-			return fmt.Errorf("%s.key.signer: required (e.g. file:mp-key.pem)", where)
 		}
 		names[cl.Name] = true
-		if _, err := signer.ParseAlgorithm(cl.Key.Algorithm); err != nil {
-			return fmt.Errorf("%s.key.algorithm: %w", where, err)
+		if err := cl.checkKeys(where); err != nil {
+			return err
 		}
-		if _, _, err := parseSignerURI(cl.Key.Signer); err != nil {
-			return fmt.Errorf("%s.key.signer: %w", where, err)
+	}
+	return nil
+}
+
+// keyList returns the client's keys: Keys, or Key alone.
+func (c ClientConfig) keyList() []KeyConfig {
+	if len(c.Keys) > 0 {
+		return c.Keys
+	}
+	return []KeyConfig{c.Key}
+}
+
+// activeKID returns the kid of the active key; with a single key, its kid
+// (possibly empty, for a JWK that names its own).
+func (c ClientConfig) activeKID() string {
+	for _, k := range c.keyList() {
+		if k.Active || len(c.keyList()) == 1 {
+			return k.KID
 		}
-		if _, err := cl.Key.expiry(); err != nil {
-			return fmt.Errorf("%s.key.expires: %w", where, err)
+	}
+	return ""
+}
+
+func (c ClientConfig) checkKeys(where string) error {
+	if len(c.Keys) > 0 && c.Key != (KeyConfig{}) {
+		return fmt.Errorf("%s: set key or keys, not both", where)
+	}
+	keys := c.keyList()
+	active, kids := 0, map[string]bool{}
+	for i, k := range keys {
+		kw := where + ".key"
+		if len(c.Keys) > 0 {
+			kw = fmt.Sprintf("%s.keys[%d]", where, i)
+			if k.KID == "" {
+				return fmt.Errorf("%s.kid: required when a client has several keys", kw)
+			}
+			if kids[k.KID] {
+				return fmt.Errorf("%s.kid: %q used twice", kw, k.KID)
+			}
+			kids[k.KID] = true
 		}
+		if k.Active {
+			active++
+		}
+		if k.Signer == "" {
+			return fmt.Errorf("%s.signer: required (e.g. file:mp-key.pem)", kw)
+		}
+		if _, err := signer.ParseAlgorithm(k.Algorithm); err != nil {
+			return fmt.Errorf("%s.algorithm: %w", kw, err)
+		}
+		if _, _, err := parseSignerURI(k.Signer); err != nil {
+			return fmt.Errorf("%s.signer: %w", kw, err)
+		}
+		if _, err := k.expiry(); err != nil {
+			return fmt.Errorf("%s.expires: %w", kw, err)
+		}
+	}
+	if len(keys) > 1 && active != 1 {
+		return fmt.Errorf("%s.keys: exactly one key must be active: true (found %d)", where, active)
 	}
 	return nil
 }

@@ -98,16 +98,18 @@ func runJWKS(args []string, stdout, stderr io.Writer) error {
 	}
 	set := jwk.NewSet()
 	for i, c := range cfg.Clients {
-		key, err := openKey(c.Key, filepath.Dir(*configPath))
-		if err != nil {
-			return fmt.Errorf("clients[%d] (%s).key: %w", i, c.Name, err)
-		}
-		pub, err := key.PublicJWK()
-		if err != nil {
-			return err
-		}
-		if err := set.AddKey(pub); err != nil {
-			return fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
+		for _, kc := range c.keyList() {
+			key, err := openKey(kc, filepath.Dir(*configPath))
+			if err != nil {
+				return fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
+			}
+			pub, err := key.PublicJWK()
+			if err != nil {
+				return err
+			}
+			if err := set.AddKey(pub); err != nil {
+				return fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
+			}
 		}
 	}
 	return writeJSON(stdout, set)

@@ -35,7 +35,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/audit"
 	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
@@ -133,10 +132,11 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	}
 	defer stopTracing()
 	m := metrics.New()
-	b, err := buildBroker(ctx, cfg, baseDir, log, telemetry{metrics: m, tracer: tp})
+	rt, err := buildBroker(ctx, cfg, baseDir, log, telemetry{metrics: m, tracer: tp})
 	if err != nil {
 		return err
 	}
+	b := rt.broker
 	defer b.Close()
 	m.ObserveBroker(b)
 
@@ -204,7 +204,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		}
 		defer stopHTTP()
 	}
-	go reloadPolicy(ctx, *configPath, b, log, hooks.reload)
+	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload)
 	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
 		slog.Int("policy_rules", len(cfg.Policy)))
 	if hooks.ready != nil {
@@ -224,9 +224,10 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	return first
 }
 
-// reloadPolicy replaces the broker's policy whenever reload (or SIGHUP)
-// fires, until ctx ends.
-func reloadPolicy(ctx context.Context, path string, b *broker.Broker, log *slog.Logger, reload <-chan struct{}) {
+// reloadOnSignal reloads the config whenever reload (or SIGHUP) fires,
+// until ctx ends: keys and policy change atomically per client; a config
+// that fails to load changes nothing.
+func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Logger, reload <-chan struct{}) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -238,17 +239,14 @@ func reloadPolicy(ctx context.Context, path string, b *broker.Broker, log *slog.
 		case <-reload:
 		}
 		cfg, err := loadConfig(path)
+		if err == nil {
+			err = rt.reload(ctx, cfg, filepath.Dir(path))
+		}
 		if err != nil {
-			log.Error("reload failed; keeping the running policy", slog.String("error", err.Error()))
+			log.Error("reload failed; keeping the running keys and policy", slog.String("error", err.Error()))
 			continue
 		}
-		p, err := cfg.policy()
-		if err != nil {
-			log.Error("reload failed; keeping the running policy", slog.String("error", err.Error()))
-			continue
-		}
-		b.SetPolicy(p)
-		log.Info("policy reloaded; other config changes need a restart", slog.Int("policy_rules", len(cfg.Policy)))
+		log.Info("config reloaded: keys and policy (other changes need a restart)", slog.Int("policy_rules", len(cfg.Policy)))
 	}
 }
 

@@ -262,7 +262,7 @@ func TestServeRefusesToStart(t *testing.T) {
 	}{
 		{"missing_config", filepath.Join(dir, "nope.yaml"), "nope.yaml"},
 		{"unknown_key", write("unknown.yaml", string(base)+"colour: blue\n"), "colour"},
-		{"unknown_nested_key", write("nested.yaml", replace("    key:\n", "    keys: x\n    key:\n")), "keys"},
+		{"unknown_nested_key", write("nested.yaml", replace("    key:\n", "    keyz: x\n    key:\n")), "keyz"},
 		{"missing_key_file", write("missing.yaml", replace("file:mp-key.pem", "file:absent.pem")), "absent.pem"},
 		{"unparsable_key", write("garbage.yaml", replace("file:mp-key.pem", "file:garbage.pem")), "garbage.pem"},
 		{"unknown_signer_scheme", write("scheme.yaml", replace("file:mp-key.pem", "vault:secret/mp")), "unsupported signer scheme"},

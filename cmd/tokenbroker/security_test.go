@@ -199,7 +199,7 @@ audit:
 		t.Fatal(err)
 	}
 	reload <- struct{}{}
-	waitUntil(t, "the reload", func() bool { return strings.Contains(stderr.String(), "policy reloaded") })
+	waitUntil(t, "the reload", func() bool { return strings.Contains(stderr.String(), "config reloaded") })
 	_, err = get(payroll, "310904473")
 	expect("payroll after reload", err, codes.OK)
 	// A broken config on reload keeps the running policy.

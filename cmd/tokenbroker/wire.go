@@ -117,7 +117,18 @@ type telemetry struct {
 	tracer  trace.TracerProvider
 }
 
-func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry) (*broker.Broker, error) {
+// running is what a config reload may change in a running broker: the
+// policy, and each client's keys.
+type running struct {
+	broker  *broker.Broker
+	clients map[string]*maskinporten.Client
+	tel     telemetry
+	log     *slog.Logger
+	// expiryMetrics remembers the keys whose expiry gauge is registered.
+	expiryMetrics map[string]bool
+}
+
+func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry) (*running, error) {
 	env, err := cfg.environment()
 	if err != nil {
 		return nil, fmt.Errorf("maskinporten: %w", err)
@@ -149,19 +160,19 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		MaxEntries:         cfg.Cache.MaxEntries,
 		NegativeTTL:        time.Duration(cfg.Cache.NegativeTTL),
 	}
+	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{}}
 	for i, c := range cfg.Clients {
-		key, err := openKey(c.Key, baseDir)
+		active, err := rt.loadKeys(ctx, i, c, baseDir)
 		if err != nil {
-			return nil, fmt.Errorf("clients[%d] (%s).key: %w", i, c.Name, err)
+			return nil, err
 		}
 		var onAttempt func(time.Duration, error)
 		if tel.metrics != nil {
-			key.Signer = tel.metrics.TimeSigner(key.Backend, key.Signer)
 			onAttempt = tel.metrics.ObserveAttempt(c.Name)
 		}
 		mp, err := maskinporten.New(maskinporten.Config{
 			ClientID:         c.ClientID,
-			Key:              key,
+			Key:              active,
 			Environment:      env,
 			HTTPClient:       httpClient,
 			GrantLifetime:    time.Duration(cfg.Maskinporten.GrantLifetime),
@@ -178,15 +189,81 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		if err != nil {
 			return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
 		}
+		rt.clients[c.Name] = mp
 		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp})
-		expires, _ := c.Key.expiry()
-		if tel.metrics != nil && !expires.IsZero() {
-			tel.metrics.KeyExpiry(c.Name, key.KeyID, expires)
-		}
-		warnExpiry(ctx, log, c.Name, key.KeyID, expires)
 		log.InfoContext(ctx, "client ready", slog.String("client", c.Name), slog.String("client_id", c.ClientID),
-			slog.String("kid", key.KeyID), slog.String("backend", key.Backend), slog.String("algorithm", string(key.Algorithm)),
-			slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))
+			slog.String("kid", active.KeyID), slog.String("backend", active.Backend), slog.String("algorithm", string(active.Algorithm)),
+			slog.Int("keys", len(c.keyList())), slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))
 	}
-	return broker.New(bc)
+	b, err := broker.New(bc)
+	if err != nil {
+		return nil, err
+	}
+	rt.broker = b
+	return rt, nil
+}
+
+// loadKeys opens every key of client c (failing on the first that does not
+// load), instruments them, warns about expiry, and returns the active one.
+func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir string) (*signer.Key, error) {
+	var active *signer.Key
+	for _, kc := range c.keyList() {
+		key, err := openKey(kc, baseDir)
+		if err != nil {
+			return nil, fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
+		}
+		if rt.tel.metrics != nil {
+			key.Signer = rt.tel.metrics.TimeSigner(key.Backend, key.Signer)
+		}
+		expires, _ := kc.expiry()
+		if id := c.Name + "\x00" + key.KeyID; rt.tel.metrics != nil && !expires.IsZero() && !rt.expiryMetrics[id] {
+			rt.tel.metrics.KeyExpiry(c.Name, key.KeyID, expires)
+			rt.expiryMetrics[id] = true
+		}
+		warnExpiry(ctx, rt.log, c.Name, key.KeyID, expires)
+		if kc.Active || len(c.keyList()) == 1 {
+			active = key
+		}
+	}
+	return active, nil
+}
+
+// reload applies a new config to the running broker: every client's keys
+// (the active one may change; the one active now must still be listed) and
+// the policy. It changes nothing unless all of it loads. Other changes need
+// a restart.
+func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) error {
+	pol, err := cfg.policy()
+	if err != nil {
+		return err
+	}
+	next := map[string]*signer.Key{}
+	for i, c := range cfg.Clients {
+		mp, ok := rt.clients[c.Name]
+		if !ok {
+			return fmt.Errorf("clients[%d] (%s): adding a client needs a restart", i, c.Name)
+		}
+		current := mp.KeyID()
+		listed := false
+		for _, k := range c.keyList() {
+			listed = listed || k.KID == current
+		}
+		if !listed && c.activeKID() != "" {
+			return fmt.Errorf("clients[%d] (%s): the active key %q was removed; make another key active, reload, and only then remove it",
+				i, c.Name, current)
+		}
+		active, err := rt.loadKeys(ctx, i, c, baseDir)
+		if err != nil {
+			return err
+		}
+		next[c.Name] = active
+	}
+	for name, k := range next {
+		if old := rt.clients[name].KeyID(); old != k.KeyID {
+			rt.log.InfoContext(ctx, "active key changed", slog.String("client", name), slog.String("from", old), slog.String("to", k.KeyID))
+		}
+		_ = rt.clients[name].SetKey(k)
+	}
+	rt.broker.SetPolicy(pol)
+	return nil
 }
