@@ -68,7 +68,9 @@ clients:
 	defer cancel()
 	var stderr syncBuffer
 	ready, reload, done := make(chan string, 1), make(chan struct{}), make(chan error, 1)
-	go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, reload: reload}) }()
+	go func() {
+		done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, reload: reload})
+	}()
 	var addr string
 	select {
 	case addr = <-ready:
