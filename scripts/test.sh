@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=()   # system packages the tests need; none yet
+DEBIAN_PACKAGES=(softhsm2)   # SoftHSM2: the PKCS#11 backend is tested against it
 
 step() { printf '\n== %s\n' "$*"; }
 

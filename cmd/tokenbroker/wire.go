@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -18,12 +19,20 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
 // parseSignerURI splits a key.signer URI into its backend and location.
-// Supported: file:PATH, file:///ABSOLUTE/PATH.
+// Supported: file:PATH, file:///ABSOLUTE/PATH, and pkcs11:... (RFC 7512,
+// checked by package pkcs11signer).
 func parseSignerURI(raw string) (backend, location string, err error) {
+	if strings.HasPrefix(raw, "pkcs11:") {
+		if _, err := pkcs11signer.ParseURI(raw); err != nil {
+			return "", "", err
+		}
+		return "pkcs11", raw, nil
+	}
 	u, err := url.Parse(raw)
 	if err != nil || u.Scheme == "" {
 		return "", "", fmt.Errorf("%q is not a URI such as file:mp-key.pem", raw)
@@ -42,7 +51,7 @@ func parseSignerURI(raw string) (backend, location string, err error) {
 		}
 		return "file", p, nil
 	default:
-		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file)", u.Scheme)
+		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11)", u.Scheme)
 	}
 }
 
@@ -63,6 +72,11 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 			opts = append(opts, filesigner.AllowLoosePermissions())
 		}
 		return filesigner.Load(resolvePath(baseDir, loc), k.KID, alg, opts...)
+	case "pkcs11":
+		if k.KID == "" {
+			return nil, errors.New("kid: required for a pkcs11 key")
+		}
+		return pkcs11signer.Open(loc, k.KID, alg)
 	default:
 		return nil, fmt.Errorf("unsupported signer backend %q", backend)
 	}
