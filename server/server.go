@@ -70,6 +70,7 @@ type Server struct {
 	audit        *audit.Log
 	limits       *limiters
 	ready        atomic.Bool
+	stopping     atomic.Bool
 }
 
 // New builds the gRPC server and registers the services. It does not listen.
@@ -121,8 +122,24 @@ func New(cfg Config) (*Server, error) {
 }
 
 // Ready mirrors the gRPC health status: true while serving, false once a
-// stop has begun.
+// stop has begun or while SetServing(false) holds.
 func (s *Server) Ready() bool { return s.ready.Load() }
+
+// SetServing sets the health status of the server and of the token service
+// (NOT_SERVING while a signing backend is down, say). After a stop began
+// it does nothing.
+func (s *Server) SetServing(ok bool) {
+	if s.stopping.Load() {
+		return
+	}
+	st := healthpb.HealthCheckResponse_NOT_SERVING
+	if ok {
+		st = healthpb.HealthCheckResponse_SERVING
+	}
+	s.health.SetServingStatus("", st)
+	s.health.SetServingStatus(tokenbrokerv1.TokenBrokerService_ServiceDesc.ServiceName, st)
+	s.ready.Store(ok)
+}
 
 // GRPC returns the underlying server, for registering more services.
 func (s *Server) GRPC() *grpc.Server { return s.grpc }
@@ -138,6 +155,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		return err
 	case <-ctx.Done():
 	}
+	s.stopping.Store(true)
 	s.ready.Store(false)
 	s.health.Shutdown()
 	stopped := make(chan struct{})

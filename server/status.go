@@ -33,6 +33,7 @@ func toStatus(err error) error {
 	var (
 		fe *broker.FieldError
 		me *maskinporten.Error
+		se *maskinporten.SignError
 	)
 	switch {
 	case errors.As(err, &fe):
@@ -44,6 +45,8 @@ func toStatus(err error) error {
 			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: "min_validity", Description: err.Error()}}})
 	case errors.As(err, &me):
 		return maskinportenStatus(err, me)
+	case errors.As(err, &se):
+		return status.Error(codes.Unavailable, "the signing backend is unavailable, retry later: "+err.Error())
 	case errors.Is(err, broker.ErrUpstreamSlow):
 		return status.Error(codes.Unavailable, err.Error()+"; retry later")
 	case errors.Is(err, context.DeadlineExceeded):

@@ -97,6 +97,18 @@ func (c *Client) Grant(r Request, now time.Time) (*Claims, error) {
 	return cl, nil
 }
 
+// SignError is a failure of the signing backend (an HSM, a KMS, a signer
+// process): the grant was never sent. It is worth retrying later.
+type SignError struct {
+	Key string
+	Err error
+}
+
+func (e *SignError) Error() string { return fmt.Sprintf("signing with %s failed: %v", e.Key, e.Err) }
+
+// Unwrap returns the backend's error.
+func (e *SignError) Unwrap() error { return e.Err }
+
 // Sign serialises and signs claims with the client's key: a compact JWS whose
 // header carries alg and kid. The result is a credential: never log it.
 func (c *Client) Sign(cl *Claims) (string, error) {
@@ -112,7 +124,7 @@ func (c *Client) Sign(cl *Claims) (string, error) {
 	signed, err := jws.Sign(payload, jws.WithKey(key.Algorithm.JWA(), key.Signer, jws.WithProtectedHeaders(hdr)))
 	if err != nil {
 		// The error comes from the signer and carries no key material.
-		return "", fmt.Errorf("grant: sign with %s: %w", key, err)
+		return "", &SignError{Key: key.String(), Err: err}
 	}
 	return string(signed), nil
 }

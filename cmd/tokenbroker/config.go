@@ -128,6 +128,8 @@ type MaskinportenConfig struct {
 	Breaker BreakerConfig `yaml:"breaker"`
 	// GrantLifetime is exp - iat of each grant; default 60s, at most 120s.
 	GrantLifetime Duration `yaml:"grant_lifetime"`
+	// SignTimeout bounds one signature by the key backend; default 5s.
+	SignTimeout Duration `yaml:"sign_timeout"`
 }
 
 // RetryConfig is maskinporten.retry.

@@ -38,6 +38,26 @@ func TestBackendConformance(t *testing.T) {
 			return "file:k.json"
 		}},
 		{"pkcs11_softhsm", func(string) string { return signertest.SoftHSM(t, signertest.KeyA) }},
+		{"grpc_signer_over_pkcs11", func(string) string {
+			sockDir, err := os.MkdirTemp("", "tbconf")
+			if err != nil {
+				t.Fatal(err)
+			}
+			sock := filepath.Join(sockDir, "s.sock")
+			ctx, cancel := context.WithCancel(context.Background())
+			ready, done := make(chan string, 1), make(chan error, 1)
+			var out syncBuffer
+			go func() {
+				done <- runSigner(ctx, []string{"serve", "--key", signertest.SoftHSM(t, signertest.KeyA), "--kid", "hsm-a", "--listen", "unix:" + sock}, &out, ready)
+			}()
+			select {
+			case <-ready:
+			case err := <-done:
+				t.Fatalf("signer: %v\n%s", err, out.String())
+			}
+			t.Cleanup(func() { cancel(); <-done; os.RemoveAll(sockDir) })
+			return "grpc:unix:" + sock
+		}},
 	}
 	for _, be := range backends {
 		t.Run(be.name, func(t *testing.T) {

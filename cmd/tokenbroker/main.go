@@ -62,6 +62,8 @@ const usage = `usage:
   tokenbroker keygen --out FILE [--bits 2048|3072] [--kid KID]
                                     write a new RSA key (0600) and print its public JWK
   tokenbroker jwks --config FILE    print the public JWK set of every configured key
+  tokenbroker signer serve --key URI --kid KID --listen unix:/path | host:port [--tls-cert F --tls-key F --client-ca F]
+                                    run an external signer holding one key
 `
 
 // run dispatches a subcommand. It returns when ctx ends or the command fails.
@@ -85,6 +87,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runKeygen(args[1:], stdout, stderr)
 	case "jwks":
 		return runJWKS(args[1:], stdout, stderr)
+	case "signer":
+		return runSigner(ctx, args[1:], stderr, nil)
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
@@ -100,6 +104,8 @@ type serveHooks struct {
 	ready chan<- string
 	// reload, when it receives, reloads the policy as SIGHUP does.
 	reload <-chan struct{}
+	// probeInterval replaces signerProbeInterval when not zero.
+	probeInterval time.Duration
 }
 
 // runServe serves with a config file until ctx ends. SIGHUP (or
@@ -179,6 +185,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	servers := []*server.Server{srv}
 	serving := []func() error{func() error { return srv.Serve(ctx, lis) }}
 	if cfg.Unix.Path != "" {
 		ulis, err := listenUnix(resolvePath(baseDir, cfg.Unix.Path), cfg.Unix.Mode)
@@ -193,6 +200,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		if err != nil {
 			return err
 		}
+		servers = append(servers, usrv)
 		serving = append(serving, func() error { return usrv.Serve(ctx, ulis) })
 		log.Info("serving on unix socket", slog.String("path", ulis.Addr().String()))
 	}
@@ -204,6 +212,18 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		}
 		defer stopHTTP()
 	}
+	rt.mu.Lock()
+	rt.setReady = func(ok bool) {
+		for _, s := range servers {
+			s.SetServing(ok)
+		}
+	}
+	rt.mu.Unlock()
+	probe := signerProbeInterval
+	if hooks.probeInterval > 0 {
+		probe = hooks.probeInterval
+	}
+	go rt.probeSigners(ctx, probe)
 	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload)
 	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
 		slog.Int("policy_rules", len(cfg.Policy)))
@@ -223,6 +243,10 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	log.Info("stopped")
 	return first
 }
+
+// signerProbeInterval is how often every active key signs a throwaway
+// digest, so that readiness follows the signing backends without traffic.
+const signerProbeInterval = 15 * time.Second
 
 // reloadOnSignal reloads the config whenever reload (or SIGHUP) fires,
 // until ctx ends: keys and policy change atomically per client; a config

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -9,6 +10,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -19,6 +21,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/grpcsigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
@@ -27,6 +30,12 @@ import (
 // Supported: file:PATH, file:///ABSOLUTE/PATH, and pkcs11:... (RFC 7512,
 // checked by package pkcs11signer).
 func parseSignerURI(raw string) (backend, location string, err error) {
+	if strings.HasPrefix(raw, "grpc:") {
+		if _, err := grpcsigner.ParseURI(raw, ""); err != nil {
+			return "", "", err
+		}
+		return "grpc", raw, nil
+	}
 	if strings.HasPrefix(raw, "pkcs11:") {
 		if _, err := pkcs11signer.ParseURI(raw); err != nil {
 			return "", "", err
@@ -51,7 +60,7 @@ func parseSignerURI(raw string) (backend, location string, err error) {
 		}
 		return "file", p, nil
 	default:
-		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11)", u.Scheme)
+		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11, grpc)", u.Scheme)
 	}
 }
 
@@ -77,6 +86,15 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 			return nil, errors.New("kid: required for a pkcs11 key")
 		}
 		return pkcs11signer.Open(loc, k.KID, alg)
+	case "grpc":
+		if k.KID == "" {
+			return nil, errors.New("kid: required for a grpc signer key")
+		}
+		t, err := grpcsigner.ParseURI(loc, baseDir)
+		if err != nil {
+			return nil, err
+		}
+		return grpcsigner.Open(context.Background(), t, k.KID, alg)
 	default:
 		return nil, fmt.Errorf("unsupported signer backend %q", backend)
 	}
@@ -140,6 +158,59 @@ type running struct {
 	log     *slog.Logger
 	// expiryMetrics remembers the keys whose expiry gauge is registered.
 	expiryMetrics map[string]bool
+	signTimeout   time.Duration
+
+	mu sync.Mutex
+	// active holds each client's active key, guarded.
+	active map[string]*signer.Guarded
+	// setReady receives the readiness the signers allow: true when every
+	// active key signs.
+	setReady func(bool)
+	// pendingGuard is the guard of the active key loadKeys found last;
+	// buildBroker and reload make it the client's active one.
+	pendingGuard *signer.Guarded
+}
+
+// signerChanged recomputes readiness after a signer turned healthy or not.
+func (rt *running) signerChanged(bool) {
+	rt.mu.Lock()
+	all := true
+	for _, g := range rt.active {
+		all = all && g.Healthy()
+	}
+	set := rt.setReady
+	rt.mu.Unlock()
+	if set != nil {
+		set(all)
+	}
+	if !all {
+		rt.log.Error("a signing backend fails: readiness is NOT_SERVING until it signs again")
+	} else {
+		rt.log.Info("all signing backends sign: readiness is SERVING")
+	}
+}
+
+// probeSigners signs a throwaway digest with every active key every
+// interval, so that readiness follows the backends even without traffic.
+func (rt *running) probeSigners(ctx context.Context, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rt.mu.Lock()
+		guards := make([]*signer.Guarded, 0, len(rt.active))
+		for _, g := range rt.active {
+			guards = append(guards, g)
+		}
+		rt.mu.Unlock()
+		for _, g := range guards {
+			_ = g.Probe(crypto.SHA256)
+		}
+	}
 }
 
 func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry) (*running, error) {
@@ -174,12 +245,14 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		MaxEntries:         cfg.Cache.MaxEntries,
 		NegativeTTL:        time.Duration(cfg.Cache.NegativeTTL),
 	}
-	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{}}
+	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{},
+		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}}
 	for i, c := range cfg.Clients {
 		active, err := rt.loadKeys(ctx, i, c, baseDir)
 		if err != nil {
 			return nil, err
 		}
+		rt.active[c.Name] = rt.pendingGuard
 		var onAttempt func(time.Duration, error)
 		if tel.metrics != nil {
 			onAttempt = tel.metrics.ObserveAttempt(c.Name)
@@ -219,8 +292,13 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 
 // loadKeys opens every key of client c (failing on the first that does not
 // load), instruments them, warns about expiry, and returns the active one.
-func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir string) (*signer.Key, error) {
-	var active *signer.Key
+func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir string) (active *signer.Key, err error) {
+	var activeGuard *signer.Guarded
+	defer func() {
+		if err == nil {
+			rt.pendingGuard = activeGuard
+		}
+	}()
 	for _, kc := range c.keyList() {
 		key, err := openKey(kc, baseDir)
 		if err != nil {
@@ -229,6 +307,8 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 		if rt.tel.metrics != nil {
 			key.Signer = rt.tel.metrics.TimeSigner(key.Backend, key.Signer)
 		}
+		guard := signer.Guard(key.Signer, rt.signTimeout, rt.signerChanged)
+		key.Signer = guard
 		expires, _ := kc.expiry()
 		if id := c.Name + "\x00" + key.KeyID; rt.tel.metrics != nil && !expires.IsZero() && !rt.expiryMetrics[id] {
 			rt.tel.metrics.KeyExpiry(c.Name, key.KeyID, expires)
@@ -236,7 +316,7 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 		}
 		warnExpiry(ctx, rt.log, c.Name, key.KeyID, expires)
 		if kc.Active || len(c.keyList()) == 1 {
-			active = key
+			active, activeGuard = key, guard
 		}
 	}
 	return active, nil
@@ -252,6 +332,7 @@ func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) erro
 		return err
 	}
 	next := map[string]*signer.Key{}
+	guards := map[string]*signer.Guarded{}
 	for i, c := range cfg.Clients {
 		mp, ok := rt.clients[c.Name]
 		if !ok {
@@ -271,7 +352,13 @@ func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) erro
 			return err
 		}
 		next[c.Name] = active
+		guards[c.Name] = rt.pendingGuard
 	}
+	rt.mu.Lock()
+	for name, g := range guards {
+		rt.active[name] = g
+	}
+	rt.mu.Unlock()
 	for name, k := range next {
 		if old := rt.clients[name].KeyID(); old != k.KeyID {
 			rt.log.InfoContext(ctx, "active key changed", slog.String("client", name), slog.String("from", old), slog.String("to", k.KeyID))

@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwk"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+// TestGRPCSigner: the broker signs through an external signer process over
+// a unix socket; when the signer dies, calls that need a grant get
+// Unavailable and readiness turns NOT_SERVING; when it comes back, both
+// recover without a broker restart.
+func TestGRPCSigner(t *testing.T) {
+	t.Parallel()
+	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
+	dir, err := os.MkdirTemp("", "tbsig") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	keyPath := filepath.Join(dir, "a.pem")
+	writeSecret(t, keyPath, signertest.PEM(t, "rsa-a.pkcs8.pem"))
+	sock := filepath.Join(dir, "s.sock")
+	startSigner := func() (stop func()) {
+		t.Helper()
+		ctx, cancel := context.WithCancel(context.Background())
+		ready, done := make(chan string, 1), make(chan error, 1)
+		var stderr syncBuffer
+		go func() {
+			done <- runSigner(ctx, []string{"serve", "--key", "file:" + keyPath, "--kid", "sig-a", "--listen", "unix:" + sock}, &stderr, ready)
+		}()
+		select {
+		case <-ready:
+		case err := <-done:
+			t.Fatalf("signer: %v\n%s", err, stderr.String())
+		}
+		return func() { cancel(); <-done }
+	}
+	stopSigner := startSigner()
+
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
+	pub, _ := signertest.Key(t, signertest.KeyA, "sig-a").PublicJWK()
+	if err := emu.AddClient(maskinportentest.Client{ID: clientID, Org: "991825827", SystemID: "991825827_x",
+		Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, org := range []string{"310904473", "314250052"} {
+		emu.ApproveSystemUser(clientID, org, "")
+	}
+	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
+	cfg, _ := os.ReadFile(path)
+	cfgS := strings.Replace(string(cfg), "signer: file:mp-key.pem", `signer: "grpc:unix:`+sock+`"`, 1)
+	cfgS = strings.Replace(cfgS, "kid: smartcloud-2026", "kid: sig-a", 1)
+	writeSecret(t, path, []byte(cfgS))
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stderr syncBuffer
+	ready, done := make(chan string, 1), make(chan error, 1)
+	go func() {
+		done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, probeInterval: 100 * time.Millisecond})
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("serve: %v\n%s", err, stderr.String())
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	c := tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+	hc := healthpb.NewHealthClient(conn)
+	get := func(org string) error {
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer rcancel()
+		_, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: org, Scopes: []string{demoScope}})
+		return err
+	}
+	serving := func() healthpb.HealthCheckResponse_ServingStatus {
+		r, err := hc.Check(ctx, &healthpb.HealthCheckRequest{})
+		if err != nil {
+			return healthpb.HealthCheckResponse_UNKNOWN
+		}
+		return r.GetStatus()
+	}
+	if err := get("310904473"); err != nil {
+		t.Fatalf("through the signer: %v", err)
+	}
+
+	stopSigner()
+	if err := get("314250052"); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "signing backend") {
+		t.Fatalf("signer down: %v, want Unavailable naming the signing backend", err)
+	}
+	if err := get("310904473"); err != nil {
+		t.Errorf("cached token while the signer is down: %v", err)
+	}
+	waitUntil(t, "NOT_SERVING", func() bool { return serving() == healthpb.HealthCheckResponse_NOT_SERVING })
+
+	stopSigner = startSigner()
+	defer stopSigner()
+	waitUntil(t, "SERVING again", func() bool { return serving() == healthpb.HealthCheckResponse_SERVING })
+	if err := get("314250052"); err != nil {
+		t.Fatalf("after the signer came back: %v", err)
+	}
+	cancel()
+	<-done
+}
