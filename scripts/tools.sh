@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Installs the pinned Go tools of tools/go.mod (buf, protoc-gen-go,
-# protoc-gen-go-grpc, grpcurl) into .tmp/bin. Offline once the module cache
-# holds them.
+# Installs the pinned Go tools into .tmp/bin: tools/go.mod (buf,
+# protoc-gen-go, protoc-gen-go-grpc, grpcurl) and tools/localkms/go.mod
+# (local-kms, the AWS KMS emulator the tests start). Each tool module has its
+# own go.mod so that their dependency graphs do not mix. Offline once the
+# module cache holds them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 mkdir -p .tmp/bin
 stamp=.tmp/bin/.tools.sum
-want="$(sha256sum tools/go.mod tools/go.sum | sha256sum | cut -d' ' -f1)"
+want="$(sha256sum tools/go.mod tools/go.sum tools/localkms/go.mod tools/localkms/go.sum | sha256sum | cut -d' ' -f1)"
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 GOBIN="$PWD/.tmp/bin" go install -modfile=tools/go.mod tool
+GOBIN="$PWD/.tmp/bin" go install -modfile=tools/localkms/go.mod tool
 echo "$want" > "$stamp"

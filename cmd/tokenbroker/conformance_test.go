@@ -38,6 +38,7 @@ func TestBackendConformance(t *testing.T) {
 			return "file:k.json"
 		}},
 		{"pkcs11_softhsm", func(string) string { return signertest.SoftHSM(t, signertest.KeyA) }},
+		{"awskms_local", func(string) string { return signertest.LocalKMS(t) }},
 		{"grpc_signer_over_pkcs11", func(string) string {
 			sockDir, err := os.MkdirTemp("", "tbconf")
 			if err != nil {

@@ -20,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/grpcsigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
@@ -35,6 +36,12 @@ func parseSignerURI(raw string) (backend, location string, err error) {
 			return "", "", err
 		}
 		return "grpc", raw, nil
+	}
+	if strings.HasPrefix(raw, "awskms:") {
+		if _, err := awskmssigner.ParseURI(raw); err != nil {
+			return "", "", err
+		}
+		return "awskms", raw, nil
 	}
 	if strings.HasPrefix(raw, "pkcs11:") {
 		if _, err := pkcs11signer.ParseURI(raw); err != nil {
@@ -60,7 +67,7 @@ func parseSignerURI(raw string) (backend, location string, err error) {
 		}
 		return "file", p, nil
 	default:
-		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11, grpc)", u.Scheme)
+		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11, awskms, grpc)", u.Scheme)
 	}
 }
 
@@ -86,6 +93,11 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 			return nil, errors.New("kid: required for a pkcs11 key")
 		}
 		return pkcs11signer.Open(loc, k.KID, alg)
+	case "awskms":
+		if k.KID == "" {
+			return nil, errors.New("kid: required for an awskms key")
+		}
+		return awskmssigner.Open(context.Background(), loc, k.KID, alg)
 	case "grpc":
 		if k.KID == "" {
 			return nil, errors.New("kid: required for a grpc signer key")
