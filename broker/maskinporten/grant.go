@@ -1,6 +1,7 @@
 package maskinporten
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lestrrat-go/jwx/v2/cert"
 	"github.com/lestrrat-go/jwx/v2/jws"
 )
 
@@ -118,7 +120,19 @@ func (c *Client) Sign(cl *Claims) (string, error) {
 	}
 	key := c.key.Load()
 	hdr := jws.NewHeaders()
-	if err := hdr.Set(jws.KeyIDKey, key.KeyID); err != nil {
+	if len(key.Chain) > 0 {
+		// An enterprise certificate: x5c, the chain as base64 DER strings,
+		// and no kid.
+		var chain cert.Chain
+		for _, c := range key.Chain {
+			if err := chain.AddString(base64.StdEncoding.EncodeToString(c.Raw)); err != nil {
+				return "", fmt.Errorf("grant: x5c: %w", err)
+			}
+		}
+		if err := hdr.Set(jws.X509CertChainKey, &chain); err != nil {
+			return "", fmt.Errorf("grant: %w", err)
+		}
+	} else if err := hdr.Set(jws.KeyIDKey, key.KeyID); err != nil {
 		return "", fmt.Errorf("grant: %w", err)
 	}
 	signed, err := jws.Sign(payload, jws.WithKey(key.Algorithm.JWA(), key.Signer, jws.WithProtectedHeaders(hdr)))

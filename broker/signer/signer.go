@@ -8,10 +8,12 @@ package signer
 import (
 	"crypto"
 	"crypto/rsa"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -72,6 +74,19 @@ type Key struct {
 	Signer crypto.Signer
 	// Backend names where the key lives ("file", "memory", ...), for logs.
 	Backend string
+	// Chain, when not empty, is the key's certificate chain, leaf first
+	// (an enterprise certificate, "virksomhetssertifikat"): grants then
+	// carry it as x5c instead of a kid.
+	Chain []*x509.Certificate
+}
+
+// NotAfter returns the leaf certificate's expiry, or the zero time for a
+// key without a certificate.
+func (k *Key) NotAfter() time.Time {
+	if len(k.Chain) == 0 {
+		return time.Time{}
+	}
+	return k.Chain[0].NotAfter
 }
 
 // New checks that s holds an RSA key of at least MinRSABits and returns a
@@ -80,7 +95,8 @@ func New(kid string, alg Algorithm, s crypto.Signer, backend string) (*Key, erro
 	if strings.TrimSpace(kid) == "" {
 		return nil, errors.New("key id (kid) is empty")
 	}
-	if _, err := ParseAlgorithm(string(alg)); err != nil {
+	alg, err := ParseAlgorithm(string(alg))
+	if err != nil {
 		return nil, err
 	}
 	pub, ok := s.Public().(*rsa.PublicKey)

@@ -199,6 +199,11 @@ type KeyConfig struct {
 	Signer string `yaml:"signer"`
 	// Algorithm is RS256 (default), RS384 or RS512.
 	Algorithm string `yaml:"algorithm"`
+	// PasswordFile or PasswordEnv give the password of a PKCS#12 key file
+	// (.p12/.pfx): a file holding it, or an environment variable. Never
+	// inline.
+	PasswordFile string `yaml:"password_file"`
+	PasswordEnv  string `yaml:"password_env"`
 	// AllowLoosePermissions lets a key file be readable by group or
 	// others; such files are refused otherwise.
 	AllowLoosePermissions bool `yaml:"allow_loose_permissions"`

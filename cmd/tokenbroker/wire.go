@@ -9,6 +9,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"os"
+	"path/filepath"
 	"strings"
 	"sync"
 	"time"
@@ -87,7 +89,18 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 		if k.AllowLoosePermissions {
 			opts = append(opts, filesigner.AllowLoosePermissions())
 		}
-		return filesigner.Load(resolvePath(baseDir, loc), k.KID, alg, opts...)
+		path := resolvePath(baseDir, loc)
+		if ext := strings.ToLower(filepath.Ext(path)); ext == ".p12" || ext == ".pfx" {
+			pw, err := keyPassword(k, baseDir)
+			if err != nil {
+				return nil, err
+			}
+			return filesigner.LoadPKCS12(path, pw, k.KID, alg, opts...)
+		}
+		if k.PasswordFile != "" || k.PasswordEnv != "" {
+			return nil, errors.New("password_file/password_env: only PKCS#12 files (.p12, .pfx) take a password")
+		}
+		return filesigner.Load(path, k.KID, alg, opts...)
 	case "pkcs11":
 		if k.KID == "" {
 			return nil, errors.New("kid: required for a pkcs11 key")
@@ -150,6 +163,29 @@ func newHTTPClient(connectTimeout time.Duration) *http.Client {
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     true,
 	}}
+}
+
+// keyPassword reads a PKCS#12 password from the file or environment
+// variable the key config names.
+func keyPassword(k KeyConfig, baseDir string) (string, error) {
+	switch {
+	case k.PasswordFile != "" && k.PasswordEnv != "":
+		return "", errors.New("password_file and password_env: set one")
+	case k.PasswordFile != "":
+		b, err := os.ReadFile(resolvePath(baseDir, k.PasswordFile))
+		if err != nil {
+			return "", fmt.Errorf("password_file: %w", err)
+		}
+		return strings.TrimRight(string(b), "\r\n"), nil
+	case k.PasswordEnv != "":
+		pw, ok := os.LookupEnv(k.PasswordEnv)
+		if !ok {
+			return "", fmt.Errorf("password_env: %s is not set", k.PasswordEnv)
+		}
+		return pw, nil
+	default:
+		return "", errors.New("a PKCS#12 key needs password_file or password_env")
+	}
 }
 
 // buildBroker loads every key and builds the broker. Any failure names the
@@ -322,6 +358,9 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 		guard := signer.Guard(key.Signer, rt.signTimeout, rt.signerChanged)
 		key.Signer = guard
 		expires, _ := kc.expiry()
+		if expires.IsZero() {
+			expires = key.NotAfter() // a certificate's own expiry
+		}
 		if id := c.Name + "\x00" + key.KeyID; rt.tel.metrics != nil && !expires.IsZero() && !rt.expiryMetrics[id] {
 			rt.tel.metrics.KeyExpiry(c.Name, key.KeyID, expires)
 			rt.expiryMetrics[id] = true

@@ -22,6 +22,8 @@ package maskinportentest
 import (
 	"crypto/rand"
 	"crypto/rsa"
+	"crypto/x509"
+	"encoding/asn1"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -36,6 +38,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/lestrrat-go/jwx/v2/cert"
 	"github.com/lestrrat-go/jwx/v2/jwa"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 	"github.com/lestrrat-go/jwx/v2/jws"
@@ -63,6 +66,10 @@ type Client struct {
 	Scopes []string
 	// Keys are the public keys registered on the client, each with a kid.
 	Keys []jwk.Key
+	// CertificateCAs, when not nil, lets the client authenticate with an
+	// enterprise certificate (x5c) issued under these CAs, whose subject
+	// serialNumber (or organizationIdentifier NTRNO-...) is Org.
+	CertificateCAs *x509.CertPool
 }
 
 // Config configures an Emulator.
@@ -389,11 +396,9 @@ func (e *Emulator) verify(assertion string) (*grant, *oauthError) {
 	if alg != jwa.RS256 && alg != jwa.RS384 && alg != jwa.RS512 {
 		return nil, fail(400, "invalid_grant", "MP-124", fmt.Sprintf("Invalid JWT signature: unsupported alg %q", alg))
 	}
-	if c := hdr.X509CertChain(); c != nil && c.Len() > 0 {
-		return nil, fail(400, "invalid_grant", "MP-123", "x5c grants are not emulated")
-	}
+	chain := hdr.X509CertChain()
 	kid := hdr.KeyID()
-	if kid == "" {
+	if kid == "" && (chain == nil || chain.Len() == 0) {
 		return nil, fail(400, "invalid_grant", "MP-124", "Invalid assertion: kid or x5c is required")
 	}
 
@@ -412,16 +417,26 @@ func (e *Emulator) verify(assertion string) (*grant, *oauthError) {
 	if client == nil {
 		return nil, fail(400, "invalid_grant", "MP-100", "Invalid assertion. Client authentication failed: unknown client")
 	}
-	var pub jwk.Key
-	for _, k := range client.Keys {
-		if k.KeyID() == kid {
-			pub = k
+	var verifyKey any
+	if chain != nil && chain.Len() > 0 {
+		leaf, oerr := checkCertificate(chain, client)
+		if oerr != nil {
+			return nil, oerr
 		}
+		verifyKey = leaf.PublicKey
+	} else {
+		var pub jwk.Key
+		for _, k := range client.Keys {
+			if k.KeyID() == kid {
+				pub = k
+			}
+		}
+		if pub == nil {
+			return nil, fail(400, "invalid_grant", "MP-124", "Invalid JWT signature: kid is not registered on the client")
+		}
+		verifyKey = pub
 	}
-	if pub == nil {
-		return nil, fail(400, "invalid_grant", "MP-124", "Invalid JWT signature: kid is not registered on the client")
-	}
-	if _, err := jws.Verify([]byte(assertion), jws.WithKey(alg, pub)); err != nil {
+	if _, err := jws.Verify([]byte(assertion), jws.WithKey(alg, verifyKey)); err != nil {
 		return nil, fail(400, "invalid_grant", "MP-124", "Invalid JWT signature")
 	}
 
@@ -473,6 +488,47 @@ func (e *Emulator) verify(assertion string) (*grant, *oauthError) {
 		return nil, oerr
 	}
 	return g, nil
+}
+
+// oidOrganizationIdentifier is the X.520 organizationIdentifier attribute,
+// where newer Norwegian enterprise certificates put "NTRNO-<orgno>".
+var oidOrganizationIdentifier = asn1.ObjectIdentifier{2, 5, 4, 97}
+
+// checkCertificate verifies an x5c chain against the client's CAs and that
+// the leaf names the client's organisation.
+func checkCertificate(chain *cert.Chain, client *Client) (*x509.Certificate, *oauthError) {
+	if client.CertificateCAs == nil {
+		return nil, fail(400, "invalid_grant", "MP-120", "the client has no enterprise certificate registered")
+	}
+	var certs []*x509.Certificate
+	for i := 0; i < chain.Len(); i++ {
+		b, _ := chain.Get(i)
+		c, err := cert.Parse(b)
+		if err != nil {
+			return nil, fail(400, "invalid_grant", "MP-123", "x5c must be an array of base64 DER certificates")
+		}
+		certs = append(certs, c)
+	}
+	inter := x509.NewCertPool()
+	for _, c := range certs[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: client.CertificateCAs, Intermediates: inter,
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return nil, fail(400, "invalid_grant", "MP-124", "certificate not valid: "+err.Error())
+	}
+	org := certs[0].Subject.SerialNumber
+	for _, n := range certs[0].Subject.Names {
+		if n.Type.Equal(oidOrganizationIdentifier) {
+			if v, ok := n.Value.(string); ok {
+				org = strings.TrimPrefix(v, "NTRNO-")
+			}
+		}
+	}
+	if org != client.Org {
+		return nil, fail(400, "invalid_grant", "MP-122", "the certificate's organisation number is not the client's")
+	}
+	return certs[0], nil
 }
 
 func (e *Emulator) checkTimes(claims map[string]json.RawMessage) *oauthError {

@@ -10,8 +10,10 @@ package filesigner
 import (
 	"bytes"
 	"crypto/rsa"
+	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -20,6 +22,7 @@ import (
 	"strings"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
+	"software.sslmate.com/src/go-pkcs12"
 
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
@@ -68,6 +71,54 @@ func Load(path, kid string, alg signer.Algorithm, opts ...Option) (*signer.Key, 
 		return nil, fmt.Errorf("key file %s: %w", path, err)
 	}
 	return key, nil
+}
+
+// LoadPKCS12 reads a PKCS#12 file (.p12/.pfx: an enterprise certificate
+// with its RSA key and chain) protected by password. The key signs grants
+// with the chain as x5c. kid only names the key in logs and the cache; empty
+// means "cert-" and the start of the leaf certificate's SHA-256.
+func LoadPKCS12(path, password, kid string, alg signer.Algorithm, opts ...Option) (*signer.Key, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 && !o.loosePermissions {
+		return nil, fmt.Errorf("key file %s: mode %04o lets group or others read it; chmod 600 it (or set key.allow_loose_permissions)", path, perm)
+	}
+	if st.Size() > MaxFileSize {
+		return nil, fmt.Errorf("key file %s: larger than %d bytes", path, MaxFileSize)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	priv, leaf, cas, err := pkcs12.DecodeChain(data, password)
+	if err != nil {
+		// The error says what failed (a wrong password, say), never the
+		// password.
+		return nil, fmt.Errorf("key file %s: PKCS#12: %v", path, err)
+	}
+	rk, ok := priv.(*rsa.PrivateKey)
+	if !ok {
+		return nil, fmt.Errorf("key file %s: PKCS#12 key is %T, want RSA", path, priv)
+	}
+	if !rk.PublicKey.Equal(leaf.PublicKey) {
+		return nil, fmt.Errorf("key file %s: the certificate does not belong to the key", path)
+	}
+	if kid == "" {
+		sum := sha256.Sum256(leaf.Raw)
+		kid = "cert-" + hex.EncodeToString(sum[:8])
+	}
+	k, err := signer.New(kid, alg, rk, "file")
+	if err != nil {
+		return nil, fmt.Errorf("key file %s: %w", path, err)
+	}
+	k.Chain = append([]*x509.Certificate{leaf}, cas...)
+	return k, nil
 }
 
 // Parse is Load for key material already in memory.

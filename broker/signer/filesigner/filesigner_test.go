@@ -185,3 +185,29 @@ func TestPublicJWK(t *testing.T) {
 		t.Errorf("public JWK holds the private exponent: %s", b)
 	}
 }
+
+func TestLoadPKCS12(t *testing.T) {
+	t.Parallel()
+	p12, _ := signertest.EnterpriseCert(t, "991825827", "s3cret-pw")
+	path := writeFile(t, p12)
+	k, err := filesigner.LoadPKCS12(path, "s3cret-pw", "", signer.RS256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(k.Chain) != 2 || k.Chain[0].Subject.SerialNumber != "991825827" || !strings.HasPrefix(k.KeyID, "cert-") || k.NotAfter().IsZero() {
+		t.Errorf("key %v chain %d", k, len(k.Chain))
+	}
+	if !k.Signer.Public().(*rsa.PublicKey).Equal(&signertest.RSA(t, signertest.KeyA).PublicKey) {
+		t.Error("wrong key")
+	}
+	_, err = filesigner.LoadPKCS12(path, "wrong-pw", "", "")
+	if err == nil || strings.Contains(err.Error(), "wrong-pw") || strings.Contains(err.Error(), "s3cret") {
+		t.Errorf("wrong password: %v (must fail without showing a password)", err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := filesigner.LoadPKCS12(path, "s3cret-pw", "", ""); err == nil {
+		t.Error("a world-readable PKCS#12 file loaded")
+	}
+}
