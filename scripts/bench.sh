@@ -5,7 +5,7 @@
 #      in tools/ghz/go.mod), same server, same concurrency;
 #   2. cold path vs raw RSA signing (Go benchmark);
 #   3. stampedes (Go tests);  4. heap per entry (Go benchmark);
-#   5. outage (Go test).
+#   5. outage (Go test);  sign latency per key backend vs the file backend.
 # Usage: bash scripts/bench.sh [ROUNDS]   (default 5 ghz rounds per call,
 # alternating health and token runs; the figure is the median of the
 # per-round ratios, which cancels most of the machine's drift)
@@ -24,6 +24,9 @@ echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(grep 
 echo "== figures 2-5 (Go)"
 go test -count=1 -run 'TestFigure' -v ./broker/ | grep FIGURE | sed 's/^ *figures_test.go:[0-9]*: //'
 go test -count=1 -run '^$' -bench 'BenchmarkFigure' -benchtime 3x ./broker/ | grep -o 'FIGURE.*runs=3$'
+
+echo "== signing backends (Go benchmark, 400 sequential signatures each)"
+go test -count=1 -run '^$' -bench 'BenchmarkFigureSignLatency' -benchtime 1x ./cmd/tokenbroker/ | grep -o 'FIGURE.*'
 
 echo "== figure 1 (ghz, concurrency $conc, $total requests per run, $rounds rounds)"
 go build -o .tmp/tokenbroker ./cmd/tokenbroker

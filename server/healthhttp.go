@@ -3,6 +3,7 @@ package server
 import (
 	"encoding/json"
 	"net/http"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker"
 )
@@ -13,6 +14,21 @@ type healthReport struct {
 	Status  string                  `json:"status"`
 	Clients map[string]clientReport `json:"clients"`
 	Cache   cacheReport             `json:"cache"`
+	Keys    []KeyStatus             `json:"keys,omitempty"`
+}
+
+// KeyStatus describes one configured signing key for /healthz.
+type KeyStatus struct {
+	Client  string `json:"client"`
+	KeyID   string `json:"kid"`
+	Backend string `json:"backend"`
+	Active  bool   `json:"active"`
+	// Signing is false while the key's backend fails.
+	Signing bool `json:"signing"`
+	// Expires is when Maskinporten stops accepting the key, if known.
+	Expires *time.Time `json:"expires,omitempty"`
+	// ExpiresSoon is true within 30 days of Expires, or after it.
+	ExpiresSoon bool `json:"expires_soon"`
 }
 
 type clientReport struct {
@@ -38,7 +54,10 @@ type cacheReport struct {
 //   - /readyz: 200 while ready() is true (the gRPC health status is
 //     SERVING), 503 otherwise;
 //   - /metrics: metrics, when not nil.
-func HTTPHandler(b *broker.Broker, ready func() bool, metrics http.Handler) http.Handler {
+//
+// keys, when not nil, lists the signing keys for /healthz; status turns
+// "degraded" when one expires soon or an active one does not sign.
+func HTTPHandler(b *broker.Broker, ready func() bool, metrics http.Handler, keys func() []KeyStatus) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
@@ -69,6 +88,14 @@ func HTTPHandler(b *broker.Broker, ready func() bool, metrics http.Handler) http
 				rep.Status = "degraded"
 			}
 			rep.Clients[name] = cr
+		}
+		if keys != nil {
+			rep.Keys = keys()
+			for _, k := range rep.Keys {
+				if k.ExpiresSoon || (k.Active && !k.Signing) {
+					rep.Status = "degraded"
+				}
+			}
 		}
 		w.Header().Set("Content-Type", "application/json")
 		w.Header().Set("Cache-Control", "no-store")

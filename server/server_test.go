@@ -364,7 +364,7 @@ func TestHealthHTTP(t *testing.T) {
 	if _, err := h.get(t, validRequest()); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(server.HTTPHandler(h.broker, nil, nil))
+	srv := httptest.NewServer(server.HTTPHandler(h.broker, nil, nil, nil))
 	defer srv.Close()
 	resp, err := http.Get(srv.URL + "/healthz")
 	if err != nil {

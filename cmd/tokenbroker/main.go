@@ -205,7 +205,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		log.Info("serving on unix socket", slog.String("path", ulis.Addr().String()))
 	}
 	if cfg.HTTPListen != "" {
-		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler()), log)
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler(), rt.keyStatus), log)
 		if err != nil {
 			lis.Close()
 			return err

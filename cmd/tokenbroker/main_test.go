@@ -192,6 +192,21 @@ func TestServeWithConfig(t *testing.T) {
 		}
 	}
 	checkLabels(t, scrape)
+	hz := regexp.MustCompile(`"healthz":"(http://[^"]+)"`).FindStringSubmatch(stderr.String())
+	if hz == nil {
+		t.Fatal("no healthz URL in the log")
+	}
+	hresp, err := http.Get(hz[1])
+	if err != nil {
+		t.Fatal(err)
+	}
+	hbody, _ := io.ReadAll(hresp.Body)
+	hresp.Body.Close()
+	for _, want := range []string{`"status":"degraded"`, `"kid":"smartcloud-2026"`, `"active":true`, `"signing":true`, `"expires_soon":true`} {
+		if !strings.Contains(string(hbody), want) {
+			t.Errorf("/healthz lacks %s: %s", want, hbody)
+		}
+	}
 	emu.CheckNoLeaks(t, "the metrics", scrape)
 	cancel()
 	if err := <-done; err != nil {

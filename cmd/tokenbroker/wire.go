@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -26,6 +27,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/grpcsigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
+	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
@@ -214,9 +216,39 @@ type running struct {
 	// setReady receives the readiness the signers allow: true when every
 	// active key signs.
 	setReady func(bool)
+	// keys describes every loaded key, by client, for /healthz.
+	keys map[string][]keyInfo
 	// pendingGuard is the guard of the active key loadKeys found last;
 	// buildBroker and reload make it the client's active one.
 	pendingGuard *signer.Guarded
+}
+
+// keyInfo is what /healthz shows of a key.
+type keyInfo struct {
+	kid, backend string
+	active       bool
+	expires      time.Time
+	guard        *signer.Guarded
+}
+
+// keyStatus lists the keys for /healthz.
+func (rt *running) keyStatus() []server.KeyStatus {
+	rt.mu.Lock()
+	defer rt.mu.Unlock()
+	var out []server.KeyStatus
+	for client, keys := range rt.keys {
+		for _, k := range keys {
+			ks := server.KeyStatus{Client: client, KeyID: k.kid, Backend: k.backend, Active: k.active, Signing: k.guard.Healthy()}
+			if !k.expires.IsZero() {
+				e := k.expires
+				ks.Expires = &e
+				ks.ExpiresSoon = time.Until(e) < ExpiryWarning
+			}
+			out = append(out, ks)
+		}
+	}
+	slices.SortFunc(out, func(a, b server.KeyStatus) int { return strings.Compare(a.Client+a.KeyID, b.Client+b.KeyID) })
+	return out
 }
 
 // signerChanged recomputes readiness after a signer turned healthy or not.
@@ -294,7 +326,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		NegativeTTL:        time.Duration(cfg.Cache.NegativeTTL),
 	}
 	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{},
-		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}}
+		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}, keys: map[string][]keyInfo{}}
 	for i, c := range cfg.Clients {
 		active, err := rt.loadKeys(ctx, i, c, baseDir)
 		if err != nil {
@@ -342,9 +374,13 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 // load), instruments them, warns about expiry, and returns the active one.
 func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir string) (active *signer.Key, err error) {
 	var activeGuard *signer.Guarded
+	var infos []keyInfo
 	defer func() {
 		if err == nil {
 			rt.pendingGuard = activeGuard
+			rt.mu.Lock()
+			rt.keys[c.Name] = infos
+			rt.mu.Unlock()
 		}
 	}()
 	for _, kc := range c.keyList() {
@@ -366,9 +402,11 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 			rt.expiryMetrics[id] = true
 		}
 		warnExpiry(ctx, rt.log, c.Name, key.KeyID, expires)
-		if kc.Active || len(c.keyList()) == 1 {
+		isActive := kc.Active || len(c.keyList()) == 1
+		if isActive {
 			active, activeGuard = key, guard
 		}
+		infos = append(infos, keyInfo{kid: key.KeyID, backend: key.Backend, active: isActive, expires: expires, guard: guard})
 	}
 	return active, nil
 }
