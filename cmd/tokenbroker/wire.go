@@ -24,7 +24,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/azurekvsigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/gcpkmssigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/grpcsigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
 	"github.com/tokenbroker/tokenbroker/server"
@@ -40,6 +42,18 @@ func parseSignerURI(raw string) (backend, location string, err error) {
 			return "", "", err
 		}
 		return "grpc", raw, nil
+	}
+	if strings.HasPrefix(raw, "gcpkms:") {
+		if _, err := gcpkmssigner.ParseURI(raw); err != nil {
+			return "", "", err
+		}
+		return "gcpkms", raw, nil
+	}
+	if strings.HasPrefix(raw, "azurekv:") {
+		if _, err := azurekvsigner.ParseURI(raw); err != nil {
+			return "", "", err
+		}
+		return "azurekv", raw, nil
 	}
 	if strings.HasPrefix(raw, "awskms:") {
 		if _, err := awskmssigner.ParseURI(raw); err != nil {
@@ -71,7 +85,7 @@ func parseSignerURI(raw string) (backend, location string, err error) {
 		}
 		return "file", p, nil
 	default:
-		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11, awskms, grpc)", u.Scheme)
+		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11, awskms, gcpkms, azurekv, grpc)", u.Scheme)
 	}
 }
 
@@ -108,11 +122,14 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 			return nil, errors.New("kid: required for a pkcs11 key")
 		}
 		return pkcs11signer.Open(loc, k.KID, alg)
-	case "awskms":
+	case "awskms", "gcpkms", "azurekv":
 		if k.KID == "" {
-			return nil, errors.New("kid: required for an awskms key")
+			return nil, fmt.Errorf("kid: required for a %s key", backend)
 		}
-		return awskmssigner.Open(context.Background(), loc, k.KID, alg)
+		open := map[string]func(context.Context, string, string, signer.Algorithm) (*signer.Key, error){
+			"awskms": awskmssigner.Open, "gcpkms": gcpkmssigner.Open, "azurekv": azurekvsigner.Open,
+		}[backend]
+		return open(context.Background(), loc, k.KID, alg)
 	case "grpc":
 		if k.KID == "" {
 			return nil, errors.New("kid: required for a grpc signer key")
