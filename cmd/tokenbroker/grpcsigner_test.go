@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/server/tlstest"
 )
 
 // TestGRPCSigner: the broker signs through an external signer process over
@@ -121,4 +124,61 @@ func TestGRPCSigner(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestGRPCSignerTCP: over TCP the signer demands the broker's client
+// certificate, and the broker verifies the signer's.
+func TestGRPCSignerTCP(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	keyPath := filepath.Join(dir, "a.pem")
+	writeSecret(t, keyPath, signertest.PEM(t, "rsa-a.pkcs8.pem"))
+	ca := tlstest.NewCA(t, "signer-ca")
+	sCert, sKey := ca.Issue(t, tlstest.Leaf{CN: "signer", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true}).WriteFiles(t, dir, "signer")
+	bCert, bKey := ca.Issue(t, tlstest.Leaf{CN: "broker"}).WriteFiles(t, dir, "broker")
+	caPath := filepath.Join(dir, "ca.pem")
+	writeSecret(t, caPath, ca.PEM)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ready, done := make(chan string, 1), make(chan error, 1)
+	var out syncBuffer
+	go func() {
+		done <- runSigner(ctx, []string{"serve", "--key", "file:" + keyPath, "--kid", "a", "--listen", "127.0.0.1:0",
+			"--tls-cert", sCert, "--tls-key", sKey, "--client-ca", caPath}, &out, ready)
+	}()
+	var addr string
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		t.Fatalf("signer: %v\n%s", err, out.String())
+	}
+	key, err := openKey(KeyConfig{KID: "a", Signer: fmt.Sprintf("grpc:%s?ca=%s&cert=%s&key=%s", addr, caPath, bCert, bKey)}, "")
+	if err != nil {
+		t.Fatalf("open over mTLS: %v", err)
+	}
+	signertest.Conformance(t, key)
+
+	// Without a client certificate the signer refuses the connection.
+	other := tlstest.NewCA(t, "other")
+	oCert, oKey := other.Issue(t, tlstest.Leaf{CN: "intruder"}).WriteFiles(t, dir, "intruder")
+	if _, err := openKey(KeyConfig{KID: "a", Signer: fmt.Sprintf("grpc:%s?ca=%s&cert=%s&key=%s", addr, caPath, oCert, oKey)}, ""); err == nil {
+		t.Error("a client certificate from another CA got the public key")
+	}
+	if _, err := runSignerArgsError(t, []string{"serve", "--key", "file:" + keyPath, "--kid", "a", "--listen", "127.0.0.1:0"}); err == nil ||
+		!strings.Contains(err.Error(), "TCP needs") {
+		t.Errorf("TCP without TLS: %v", err)
+	}
+	cancel()
+	<-done
+}
+
+// runSignerArgsError runs the signer with args that must fail at start.
+func runSignerArgsError(t *testing.T, args []string) (string, error) {
+	t.Helper()
+	var out syncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	err := runSigner(ctx, args, &out, nil)
+	return out.String(), err
 }
