@@ -27,36 +27,26 @@ func TestBackendConformance(t *testing.T) {
 	jwkJSON, _ := json.Marshal(jwkA)
 	backends := []struct {
 		name   string
-		signer func(dir string) string
+		signer func(t *testing.T, dir string) string
 	}{
-		{"file_pem", func(dir string) string {
+		{"file_pem", func(t *testing.T, dir string) string {
 			writeSecret(t, filepath.Join(dir, "k.pem"), signertest.PEM(t, "rsa-a.pkcs1.pem"))
 			return "file:k.pem"
 		}},
-		{"file_jwk", func(dir string) string {
+		{"file_jwk", func(t *testing.T, dir string) string {
 			writeSecret(t, filepath.Join(dir, "k.json"), jwkJSON)
 			return "file:k.json"
 		}},
-		{"pkcs11_softhsm", func(string) string { return signertest.SoftHSM(t, signertest.KeyA) }},
-		{"awskms_local", func(string) string { return signertest.LocalKMS(t) }},
-		{"grpc_signer_over_pkcs11", func(string) string {
+		{"pkcs11_softhsm", func(t *testing.T, _ string) string { return signertest.SoftHSM(t, signertest.KeyA) }},
+		{"awskms_local", func(t *testing.T, _ string) string { return signertest.LocalKMS(t) }},
+		{"grpc_signer_over_pkcs11", func(t *testing.T, _ string) string {
 			sockDir, err := os.MkdirTemp("", "tbconf")
 			if err != nil {
 				t.Fatal(err)
 			}
+			t.Cleanup(func() { os.RemoveAll(sockDir) })
 			sock := filepath.Join(sockDir, "s.sock")
-			ctx, cancel := context.WithCancel(context.Background())
-			ready, done := make(chan string, 1), make(chan error, 1)
-			var out syncBuffer
-			go func() {
-				done <- runSigner(ctx, []string{"serve", "--key", signertest.SoftHSM(t, signertest.KeyA), "--kid", "hsm-a", "--listen", "unix:" + sock}, &out, ready)
-			}()
-			select {
-			case <-ready:
-			case err := <-done:
-				t.Fatalf("signer: %v\n%s", err, out.String())
-			}
-			t.Cleanup(func() { cancel(); <-done; os.RemoveAll(sockDir) })
+			startSigner(t, "--key", signertest.SoftHSM(t, signertest.KeyA), "--kid", "hsm-a", "--listen", "unix:"+sock)
 			return "grpc:unix:" + sock
 		}},
 	}
@@ -67,7 +57,7 @@ func TestBackendConformance(t *testing.T) {
 			path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
 			dir := filepath.Dir(path)
 			cfg, _ := os.ReadFile(path)
-			cfg = bytes.Replace(cfg, []byte("signer: file:mp-key.pem"), []byte("signer: \""+be.signer(dir)+"\""), 1)
+			cfg = bytes.Replace(cfg, []byte("signer: file:mp-key.pem"), []byte("signer: \""+be.signer(t, dir)+"\""), 1)
 			writeSecret(t, path, cfg)
 
 			var set, errOut bytes.Buffer
@@ -88,18 +78,8 @@ func TestBackendConformance(t *testing.T) {
 			}
 			emu.ApproveSystemUser("7ee41fce-9f6e-4c32-8195-0fe2c1517f43", "310904473", "")
 
-			ctx, cancel := context.WithCancel(context.Background())
-			defer cancel()
-			var stderr syncBuffer
-			ready, done := make(chan string, 1), make(chan error, 1)
-			go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready}) }()
-			var addr string
-			select {
-			case addr = <-ready:
-			case err := <-done:
-				t.Fatalf("serve: %v\n%s", err, stderr.String())
-			}
-			rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+			addr, stderr, stop := startServe(t, path, serveHooks{})
+			rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer rcancel()
 			resp, err := dial(t, addr).GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{demoScope}})
 			if err != nil || resp.GetKeyId() != "smartcloud-2026" {
@@ -108,8 +88,7 @@ func TestBackendConformance(t *testing.T) {
 			if emu.Issued() != 1 {
 				t.Errorf("emulator issued %d tokens", emu.Issued())
 			}
-			cancel()
-			<-done
+			_ = stop()
 			emu.CheckNoLeaks(t, "the log", stderr.String())
 		})
 	}

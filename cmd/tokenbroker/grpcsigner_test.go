@@ -38,22 +38,8 @@ func TestGRPCSigner(t *testing.T) {
 	keyPath := filepath.Join(dir, "a.pem")
 	writeSecret(t, keyPath, signertest.PEM(t, "rsa-a.pkcs8.pem"))
 	sock := filepath.Join(dir, "s.sock")
-	startSigner := func() (stop func()) {
-		t.Helper()
-		ctx, cancel := context.WithCancel(context.Background())
-		ready, done := make(chan string, 1), make(chan error, 1)
-		var stderr syncBuffer
-		go func() {
-			done <- runSigner(ctx, []string{"serve", "--key", "file:" + keyPath, "--kid", "sig-a", "--listen", "unix:" + sock}, &stderr, ready)
-		}()
-		select {
-		case <-ready:
-		case err := <-done:
-			t.Fatalf("signer: %v\n%s", err, stderr.String())
-		}
-		return func() { cancel(); <-done }
-	}
-	stopSigner := startSigner()
+	signerArgs := []string{"--key", "file:" + keyPath, "--kid", "sig-a", "--listen", "unix:" + sock}
+	_, stopSigner := startSigner(t, signerArgs...)
 
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	pub, _ := signertest.Key(t, signertest.KeyA, "sig-a").PublicJWK()
@@ -70,19 +56,8 @@ func TestGRPCSigner(t *testing.T) {
 	cfgS = strings.Replace(cfgS, "kid: smartcloud-2026", "kid: sig-a", 1)
 	writeSecret(t, path, []byte(cfgS))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stderr syncBuffer
-	ready, done := make(chan string, 1), make(chan error, 1)
-	go func() {
-		done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, probeInterval: 100 * time.Millisecond})
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("serve: %v\n%s", err, stderr.String())
-	}
+	addr, _, _ := startServe(t, path, serveHooks{probeInterval: 100 * time.Millisecond})
+	ctx := context.Background()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -116,14 +91,11 @@ func TestGRPCSigner(t *testing.T) {
 	}
 	waitUntil(t, "NOT_SERVING", func() bool { return serving() == healthpb.HealthCheckResponse_NOT_SERVING })
 
-	stopSigner = startSigner()
-	defer stopSigner()
+	startSigner(t, signerArgs...)
 	waitUntil(t, "SERVING again", func() bool { return serving() == healthpb.HealthCheckResponse_SERVING })
 	if err := get("314250052"); err != nil {
 		t.Fatalf("after the signer came back: %v", err)
 	}
-	cancel()
-	<-done
 }
 
 // TestGRPCSignerTCP: over TCP the signer demands the broker's client
@@ -139,20 +111,8 @@ func TestGRPCSignerTCP(t *testing.T) {
 	caPath := filepath.Join(dir, "ca.pem")
 	writeSecret(t, caPath, ca.PEM)
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready, done := make(chan string, 1), make(chan error, 1)
-	var out syncBuffer
-	go func() {
-		done <- runSigner(ctx, []string{"serve", "--key", "file:" + keyPath, "--kid", "a", "--listen", "127.0.0.1:0",
-			"--tls-cert", sCert, "--tls-key", sKey, "--client-ca", caPath}, &out, ready)
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("signer: %v\n%s", err, out.String())
-	}
+	addr, _ := startSigner(t, "--key", "file:"+keyPath, "--kid", "a", "--listen", "127.0.0.1:0",
+		"--tls-cert", sCert, "--tls-key", sKey, "--client-ca", caPath)
 	key, err := openKey(KeyConfig{KID: "a", Signer: fmt.Sprintf("grpc:%s?ca=%s&cert=%s&key=%s", addr, caPath, bCert, bKey)}, "")
 	if err != nil {
 		t.Fatalf("open over mTLS: %v", err)
@@ -169,8 +129,6 @@ func TestGRPCSignerTCP(t *testing.T) {
 		!strings.Contains(err.Error(), "TCP needs") {
 		t.Errorf("TCP without TLS: %v", err)
 	}
-	cancel()
-	<-done
 }
 
 // runSignerArgsError runs the signer with args that must fail at start.

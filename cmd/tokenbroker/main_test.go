@@ -145,17 +145,8 @@ func TestServeWithConfig(t *testing.T) {
 	emu.ApproveSystemUser("7ee41fce-9f6e-4c32-8195-0fe2c1517f43", "310904473", "")
 	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
 
-	ctx, cancel := context.WithCancel(context.Background())
-	var stderr syncBuffer
-	ready := make(chan string, 1)
-	done := make(chan error, 1)
-	go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready}) }()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("serve stopped: %v\n%s", err, stderr.String())
-	}
+	addr, stderr, stop := startServe(t, path, serveHooks{})
+	ctx := context.Background()
 	c := dial(t, addr)
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer rcancel()
@@ -208,8 +199,7 @@ func TestServeWithConfig(t *testing.T) {
 		}
 	}
 	emu.CheckNoLeaks(t, "the metrics", scrape)
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("serve: %v", err)
 	}
 	log := stderr.String()
@@ -337,4 +327,49 @@ func TestUsage(t *testing.T) {
 	if err := run(context.Background(), []string{"serve"}, &out, &out); err == nil || !strings.Contains(err.Error(), "--config") {
 		t.Errorf("serve without config: %v", err)
 	}
+}
+
+// startServe runs runServe on the config at path until the test ends or
+// stop is called; stop returns runServe's error. hooks.ready is set here.
+func startServe(t *testing.T, path string, hooks serveHooks) (addr string, log *syncBuffer, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	log = &syncBuffer{}
+	ready, done := make(chan string, 1), make(chan error, 1)
+	hooks.ready = ready
+	go func() { done <- runServe(ctx, []string{"--config", path}, log, hooks) }()
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("serve: %v\n%s", err, log.String())
+	}
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return addr, log, stop
+}
+
+// startSigner runs `tokenbroker signer serve args...` until the test ends or
+// stop is called, and returns its address.
+func startSigner(tb testing.TB, args ...string) (addr string, stop func()) {
+	tb.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready, done := make(chan string, 1), make(chan error, 1)
+	var out syncBuffer
+	go func() { done <- runSigner(ctx, append([]string{"serve"}, args...), &out, ready) }()
+	select {
+	case addr = <-ready:
+	case err := <-done:
+		cancel()
+		tb.Fatalf("signer: %v\n%s", err, out.String())
+	}
+	var once sync.Once
+	stop = func() { once.Do(func() { cancel(); <-done }) }
+	tb.Cleanup(stop)
+	return addr, stop
 }

@@ -64,19 +64,9 @@ clients:
 	active := ", active: true"
 	writeKeys(fmt.Sprintf(keyA, active))
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stderr syncBuffer
-	ready, reload, done := make(chan string, 1), make(chan struct{}), make(chan error, 1)
-	go func() {
-		done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, reload: reload})
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("serve: %v\n%s", err, stderr.String())
-	}
+	reload := make(chan struct{})
+	addr, stderr, stop := startServe(t, path, serveHooks{reload: reload})
+	ctx := context.Background()
 	c := dial(t, addr)
 	get := func(org string) *tokenbrokerv1.GetTokenResponse {
 		t.Helper()
@@ -137,8 +127,7 @@ clients:
 	if kids["key-a"] != 1 || kids["key-b"] != 3 {
 		t.Errorf("grants by kid = %v, want key-a 1, key-b 3", kids)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Error(err)
 	}
 }

@@ -88,21 +88,9 @@ audit:
 		t.Fatal(err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stderr syncBuffer
-	ready := make(chan string, 1)
 	reload := make(chan struct{})
-	done := make(chan error, 1)
-	go func() {
-		done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready, reload: reload})
-	}()
-	var addr string
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		t.Fatalf("serve: %v\n%s", err, stderr.String())
-	}
+	addr, stderr, stop := startServe(t, path, serveHooks{reload: reload})
+	ctx := context.Background()
 
 	dialTLS := func(cert *tlstest.Issued) *grpc.ClientConn {
 		cfg := &tls.Config{RootCAs: callersCA.Pool(), ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
@@ -211,8 +199,7 @@ audit:
 	_, err = get(payroll, "310904473")
 	expect("payroll after a failed reload", err, codes.OK)
 
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("serve: %v", err)
 	}
 	auditLog, err := os.ReadFile(filepath.Join(dir, "audit.jsonl"))

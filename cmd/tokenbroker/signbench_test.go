@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
@@ -31,18 +30,8 @@ func BenchmarkFigureSignLatency(b *testing.B) {
 		b.Fatal(err)
 	}
 	sock := filepath.Join(dir, "s.sock")
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	ready, done := make(chan string, 1), make(chan error, 1)
-	var out syncBuffer
-	go func() {
-		done <- runSigner(ctx, []string{"serve", "--key", "file:" + keyPath, "--kid", "a", "--listen", "unix:" + sock}, &out, ready)
-	}()
-	select {
-	case <-ready:
-	case err := <-done:
-		b.Fatalf("signer: %v", err)
-	}
+	_, stop := startSigner(b, "--key", "file:"+keyPath, "--kid", "a", "--listen", "unix:"+sock)
+	defer stop()
 	backends := []struct{ name, uri string }{
 		{"file", "file:" + keyPath},
 		{"pkcs11_softhsm2", signertest.SoftHSM(b, signertest.KeyA)},
@@ -75,6 +64,4 @@ func BenchmarkFigureSignLatency(b *testing.B) {
 			float64(s.median.Microseconds()), float64(s.p99.Microseconds()),
 			float64(s.median)/float64(base.median), float64(s.p99)/float64(base.p99))
 	}
-	cancel()
-	<-done
 }

@@ -41,22 +41,11 @@ func TestEnterpriseCertificate(t *testing.T) {
 
 	// serveOnce serves the config, makes one GetToken call and stops.
 	serveOnce := func() (error, string) {
-		ctx, cancel := context.WithCancel(context.Background())
-		defer cancel()
-		var stderr syncBuffer
-		ready, done := make(chan string, 1), make(chan error, 1)
-		go func() { done <- runServe(ctx, []string{"--config", path}, &stderr, serveHooks{ready: ready}) }()
-		var addr string
-		select {
-		case addr = <-ready:
-		case err := <-done:
-			t.Fatalf("serve: %v\n%s", err, stderr.String())
-		}
-		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		addr, stderr, stop := startServe(t, path, serveHooks{})
+		rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer rcancel()
 		_, err := dial(t, addr).GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{demoScope}})
-		cancel()
-		<-done
+		_ = stop()
 		return err, stderr.String()
 	}
 	err, log := serveOnce()

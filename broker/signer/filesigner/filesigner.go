@@ -45,26 +45,9 @@ func AllowLoosePermissions() Option { return func(o *options) { o.loosePermissio
 // means RS256). A file that group or others may access is refused, unless
 // AllowLoosePermissions is given.
 func Load(path, kid string, alg signer.Algorithm, opts ...Option) (*signer.Key, error) {
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
-	st, err := os.Stat(path)
+	data, err := readKeyFile(path, opts)
 	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("key file %s: not a regular file", path)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 && !o.loosePermissions {
-		return nil, fmt.Errorf("key file %s: mode %04o lets group or others read it; chmod 600 it (or set key.allow_loose_permissions)", path, perm)
-	}
-	if st.Size() > MaxFileSize {
-		return nil, fmt.Errorf("key file %s: larger than %d bytes", path, MaxFileSize)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
+		return nil, err
 	}
 	key, err := Parse(data, kid, alg)
 	if err != nil {
@@ -78,23 +61,9 @@ func Load(path, kid string, alg signer.Algorithm, opts ...Option) (*signer.Key, 
 // with the chain as x5c. kid only names the key in logs and the cache; empty
 // means "cert-" and the start of the leaf certificate's SHA-256.
 func LoadPKCS12(path, password, kid string, alg signer.Algorithm, opts ...Option) (*signer.Key, error) {
-	var o options
-	for _, opt := range opts {
-		opt(&o)
-	}
-	st, err := os.Stat(path)
+	data, err := readKeyFile(path, opts)
 	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
-	}
-	if perm := st.Mode().Perm(); perm&0o077 != 0 && !o.loosePermissions {
-		return nil, fmt.Errorf("key file %s: mode %04o lets group or others read it; chmod 600 it (or set key.allow_loose_permissions)", path, perm)
-	}
-	if st.Size() > MaxFileSize {
-		return nil, fmt.Errorf("key file %s: larger than %d bytes", path, MaxFileSize)
-	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return nil, fmt.Errorf("key file: %w", err)
+		return nil, err
 	}
 	priv, leaf, cas, err := pkcs12.DecodeChain(data, password)
 	if err != nil {
@@ -119,6 +88,33 @@ func LoadPKCS12(path, password, kid string, alg signer.Algorithm, opts ...Option
 	}
 	k.Chain = append([]*x509.Certificate{leaf}, cas...)
 	return k, nil
+}
+
+// readKeyFile reads a key file after checking that it is a regular file of
+// bounded size that group and others cannot access (unless allowed).
+func readKeyFile(path string, opts []Option) ([]byte, error) {
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("key file %s: not a regular file", path)
+	}
+	if perm := st.Mode().Perm(); perm&0o077 != 0 && !o.loosePermissions {
+		return nil, fmt.Errorf("key file %s: mode %04o lets group or others read it; chmod 600 it (or set key.allow_loose_permissions)", path, perm)
+	}
+	if st.Size() > MaxFileSize {
+		return nil, fmt.Errorf("key file %s: larger than %d bytes", path, MaxFileSize)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("key file: %w", err)
+	}
+	return data, nil
 }
 
 // Parse is Load for key material already in memory.
