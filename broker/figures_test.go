@@ -144,7 +144,7 @@ func TestFigureOutage(t *testing.T) {
 	const (
 		ttl      = 4 * time.Second
 		callers  = 50
-		deadline = 250 * time.Millisecond
+		deadline = 500 * time.Millisecond
 	)
 	brk := breaker.New(breaker.Config{Failures: 3, OpenFor: 200 * time.Millisecond})
 	env := newEmuEnv(t, emuOptions{
