@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 )
@@ -38,6 +39,14 @@ type Client struct {
 	Scopes []string
 	// Source fetches the tokens.
 	Source TokenSource
+	// Exchanger, when not nil, trades Maskinporten tokens for Altinn
+	// tokens (requests of KindAltinn). *altinn.Exchanger implements it.
+	Exchanger Exchanger
+}
+
+// Exchanger trades a Maskinporten token for an Altinn token.
+type Exchanger interface {
+	Exchange(ctx context.Context, mp *maskinporten.Token) (*maskinporten.Token, error)
 }
 
 // Config configures a Broker.
@@ -323,6 +332,8 @@ type Token struct {
 	CustomerOrg string
 	// Cached is true when the token came from the cache.
 	Cached bool
+	// Kind is KindMaskinporten or KindAltinn.
+	Kind string
 	// UpstreamLatency is how long the Maskinporten fetch this call waited
 	// for took; zero for a cache hit.
 	UpstreamLatency time.Duration
@@ -365,7 +376,15 @@ func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
 		}
 	}
 	kid := c.Source.KeyID()
+	kind := ""
+	if v.Kind == KindAltinn {
+		if c.Exchanger == nil {
+			return nil, fieldError("kind", "client %q has no Altinn exchange configured", c.Name)
+		}
+		kind = KindAltinn
+	}
 	key := cacheKey{
+		kind:        kind,
 		client:      c.Name,
 		keyID:       kid,
 		issuer:      c.Source.Environment().Issuer,
@@ -387,7 +406,10 @@ func (b *Broker) GetToken(ctx context.Context, r Request) (*Token, error) {
 		return e
 	})
 	e.touch(now)
-	out := &Token{Client: c.Name, KeyID: kid, CustomerOrg: v.CustomerOrg}
+	out := &Token{Client: c.Name, KeyID: kid, CustomerOrg: v.CustomerOrg, Kind: KindMaskinporten}
+	if kind == KindAltinn {
+		out.Kind = KindAltinn
+	}
 	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(now) >= minValidity {
 		if now.UnixNano() >= e.refreshAt.Load() {
 			b.refreshAsync(e)
@@ -494,7 +516,7 @@ func (b *Broker) run(e *entry, f *flight) {
 	defer cancel()
 	c, r := e.client, e.req
 	start := b.now()
-	tok, err := b.fetchSafely(ctx, c, r)
+	tok, err := b.fetchFor(ctx, e)
 	now := b.now()
 	latency := now.Sub(start)
 	var me *maskinporten.Error
@@ -530,6 +552,38 @@ func (b *Broker) run(e *entry, f *flight) {
 		return
 	}
 	b.log.Info("token fetched", append(attrs, slog.String("jti", tok.JWTID), slog.Time("expires_at", tok.ExpiresAt))...)
+}
+
+// exchangeMinValidity is how long the Maskinporten token must still live
+// when it is exchanged for an Altinn token.
+const exchangeMinValidity = 15 * time.Second
+
+// fetchFor gets a fresh token for e: from the source for a Maskinporten
+// token; for an Altinn token, by exchanging the (cached, single-flighted)
+// Maskinporten token of the same key, refetched once if Altinn rejects it.
+func (b *Broker) fetchFor(ctx context.Context, e *entry) (*maskinporten.Token, error) {
+	if e.key.kind != KindAltinn {
+		return b.fetchSafely(ctx, e.client, e.req)
+	}
+	mpKey := e.key
+	mpKey.kind = ""
+	for attempt := 0; ; attempt++ {
+		mpe := b.cache.entry(mpKey, func() *entry {
+			n := &entry{key: mpKey, client: e.client, req: e.req}
+			n.lastUsed.Store(b.now().UnixNano())
+			return n
+		})
+		mp, _, _, err := b.fetch(ctx, mpe, exchangeMinValidity)
+		if err != nil {
+			return nil, err
+		}
+		tok, err := e.client.Exchanger.Exchange(ctx, mp)
+		if errors.Is(err, altinn.ErrRejected) && attempt == 0 {
+			mpe.tok.CompareAndSwap(mp, nil)
+			continue
+		}
+		return tok, err
+	}
 }
 
 // fetchSafely calls the source and turns a panic into an error, so that a

@@ -21,6 +21,9 @@ type cacheKey struct {
 	resource    string
 	customerOrg string
 	externalRef string
+	// kind is "" for the Maskinporten token, KindAltinn for the
+	// exchanged one.
+	kind string
 }
 
 // cache maps keys to entries. Lookups and hits take no lock; only eviction

@@ -32,7 +32,16 @@ type Request struct {
 	// MinValidity is how long the token must stay valid; 0 means the
 	// broker's default.
 	MinValidity time.Duration
+	// Kind is KindMaskinporten (or empty) for the Maskinporten token,
+	// KindAltinn for the Altinn token exchanged for it.
+	Kind string
 }
+
+// Token kinds.
+const (
+	KindMaskinporten = "maskinporten"
+	KindAltinn       = "altinn"
+)
 
 // Limits on request fields. They are far above what real requests need and
 // keep every string the broker handles small.
@@ -95,6 +104,11 @@ func validate(r Request) (*validRequest, error) {
 		return nil, fieldError("min_validity", "negative")
 	case r.MinValidity > MaxMinValidity:
 		return nil, fieldError("min_validity", "%v exceeds the maximum of %v", r.MinValidity, MaxMinValidity)
+	}
+	switch r.Kind {
+	case "", KindMaskinporten, KindAltinn:
+	default:
+		return nil, fieldError("kind", "want MASKINPORTEN or ALTINN")
 	}
 	v := &validRequest{Request: r, scopes: maskinporten.SortedScopes(r.Scopes)}
 	v.CustomerOrg = org

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"errors"
 	"fmt"
 	"io"
@@ -17,6 +18,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
@@ -97,7 +99,8 @@ func newEmuEnv(t testing.TB, o emuOptions) *emuEnv {
 	}
 	env := &emuEnv{emu: emu, clk: clk, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	cfg := o.broker
-	cfg.Clients = []broker.Client{{Name: "demo", Scopes: []string{scope, "other:scope"}, Source: mp}}
+	cfg.Clients = []broker.Client{{Name: "demo", Scopes: []string{scope, "other:scope"}, Source: mp,
+		Exchanger: altinn.NewExchanger(srv.URL+maskinportentest.ExchangePath, nil)}}
 	cfg.Now = now
 	if cfg.Policy == nil {
 		cfg.Policy = policy.AllowAll()
@@ -535,4 +538,71 @@ func TestClockSkewReported(t *testing.T) {
 	if !logged {
 		t.Error("skew not logged")
 	}
+}
+
+func TestAltinnExchange(t *testing.T) {
+	t.Parallel()
+	env := newEmuEnv(t, emuOptions{})
+	ctx := context.Background()
+	r := req("310904473")
+	r.Kind = broker.KindAltinn
+	tok, err := env.b.GetToken(ctx, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp, _ := tokenClaims(tok.AccessToken)
+	if tok.Kind != broker.KindAltinn || tok.Cached || !strings.Contains(decodePayload(tok.AccessToken), `"urn:altinn:orgNumber":"991825827"`) {
+		t.Errorf("altinn token: kind %q cached %v claims %s", tok.Kind, tok.Cached, decodePayload(tok.AccessToken))
+	}
+	if d := exp.Sub(env.clk.Now()); d < 29*time.Minute || tok.ExpiresAt.Sub(env.clk.Now()) < 29*time.Minute {
+		t.Errorf("altinn token lives %v, want its own 30 minutes", d)
+	}
+	// Cached by its own key; the Maskinporten token of the same key is
+	// cached too, from the one grant.
+	if again, err := env.b.GetToken(ctx, r); err != nil || !again.Cached || again.AccessToken != tok.AccessToken {
+		t.Errorf("second altinn call: %v cached=%v", err, again != nil && again.Cached)
+	}
+	mp, err := env.b.GetToken(ctx, req("310904473"))
+	if err != nil || !mp.Cached || mp.Kind != broker.KindMaskinporten || mp.AccessToken == tok.AccessToken {
+		t.Errorf("maskinporten call after the exchange: %v cached=%v", err, mp != nil && mp.Cached)
+	}
+	if env.emu.Requests() != 1 || env.emu.Exchanges() != 1 {
+		t.Errorf("%d grants and %d exchanges, want 1 and 1", env.emu.Requests(), env.emu.Exchanges())
+	}
+	// 130 s on, both have gone stale for Maskinporten's 120 s tokens, but the
+	// Altinn token lives on by its own exp: still a cache hit.
+	env.clk.Advance(130 * time.Second)
+	if again, err := env.b.GetToken(ctx, r); err != nil || !again.Cached {
+		t.Errorf("altinn token after the maskinporten token expired: %v", err)
+	}
+}
+
+func TestAltinnRejectsRefetches(t *testing.T) {
+	t.Parallel()
+	env := newEmuEnv(t, emuOptions{})
+	var rejected atomic.Bool
+	env.emu.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == maskinportentest.ExchangePath && rejected.CompareAndSwap(false, true) {
+			w.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		return false
+	})
+	r := req("310904473")
+	r.Kind = broker.KindAltinn
+	if _, err := env.b.GetToken(context.Background(), r); err != nil {
+		t.Fatalf("after one 401 from Altinn: %v", err)
+	}
+	if env.emu.Requests() != 2 || env.emu.Exchanges() != 1 {
+		t.Errorf("%d grants and %d exchanges, want 2 (a fresh token after the 401) and 1", env.emu.Requests(), env.emu.Exchanges())
+	}
+}
+
+func decodePayload(tok string) string {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return ""
+	}
+	b, _ := base64.RawURLEncoding.DecodeString(parts[1])
+	return string(b)
 }

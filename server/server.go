@@ -196,6 +196,13 @@ func (t *tokenService) GetToken(ctx context.Context, req *tokenbrokerv1.GetToken
 		ExternalRef: req.GetExternalRef(),
 		Resource:    req.GetResource(),
 	}
+	switch req.GetKind() {
+	case tokenbrokerv1.TokenKind_TOKEN_KIND_UNSPECIFIED, tokenbrokerv1.TokenKind_TOKEN_KIND_MASKINPORTEN:
+	case tokenbrokerv1.TokenKind_TOKEN_KIND_ALTINN:
+		r.Kind = broker.KindAltinn
+	default:
+		return nil, invalidArgument("kind", "want TOKEN_KIND_MASKINPORTEN or TOKEN_KIND_ALTINN")
+	}
 	// The audit record is built only when there is an audit log: a cache
 	// hit should cost as little as the transport allows.
 	var rec *audit.Record
@@ -241,7 +248,15 @@ func (t *tokenService) GetToken(ctx context.Context, req *tokenbrokerv1.GetToken
 		CustomerOrg:  tok.CustomerOrg,
 		IssuedAt:     timestamppb.New(tok.IssuedAt),
 		Cached:       tok.Cached,
+		Kind:         kindOf(tok.Kind),
 	}, nil
+}
+
+func kindOf(k string) tokenbrokerv1.TokenKind {
+	if k == broker.KindAltinn {
+		return tokenbrokerv1.TokenKind_TOKEN_KIND_ALTINN
+	}
+	return tokenbrokerv1.TokenKind_TOKEN_KIND_MASKINPORTEN
 }
 
 // decisionOf classifies a GetToken failure for the audit log.

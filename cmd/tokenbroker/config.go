@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
@@ -57,6 +58,8 @@ type Config struct {
 	Maskinporten MaskinportenConfig `yaml:"maskinporten"`
 	// Cache tunes the token cache.
 	Cache CacheConfig `yaml:"cache"`
+	// Altinn configures Altinn's exchange endpoint (for ALTINN tokens).
+	Altinn AltinnConfig `yaml:"altinn"`
 	// Clients are the Maskinporten clients the broker holds keys for.
 	Clients []ClientConfig `yaml:"clients"`
 }
@@ -105,6 +108,14 @@ type LimitsConfig struct {
 	CallerBurst int `yaml:"caller_burst"`
 	// MaxConcurrentStreams per connection; default 256.
 	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+}
+
+// AltinnConfig is the altinn section.
+type AltinnConfig struct {
+	// ExchangeURL overrides the exchange endpoint that pairs with the
+	// Maskinporten environment (TT02 for test, production for prod); one
+	// of the other environment is refused.
+	ExchangeURL string `yaml:"exchange_url"`
 }
 
 // MaskinportenConfig is the maskinporten section.
@@ -333,6 +344,9 @@ func (c *Config) check() error {
 	}
 	if _, err := c.environment(); err != nil {
 		return fmt.Errorf("maskinporten: %w", err)
+	}
+	if _, err := altinn.ExchangeURLFor(c.Maskinporten.Environment, c.Altinn.ExchangeURL); err != nil {
+		return fmt.Errorf("altinn.exchange_url: %w", err)
 	}
 	if gl := time.Duration(c.Maskinporten.GrantLifetime); gl != 0 && (gl < time.Second || gl > maskinporten.MaxGrantLifetime) {
 		return fmt.Errorf("maskinporten.grant_lifetime: %v, want 1s to 120s", gl)

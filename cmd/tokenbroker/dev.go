@@ -17,6 +17,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
@@ -107,9 +108,10 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 		return err
 	}
 	b, err := broker.New(broker.Config{
-		Clients: []broker.Client{{Name: devClientName, Scopes: []string{devScope}, Source: mp}},
-		Policy:  policy.AllowAll(),
-		Logger:  log,
+		Clients: []broker.Client{{Name: devClientName, Scopes: []string{devScope}, Source: mp,
+			Exchanger: altinn.NewExchanger(base+maskinportentest.ExchangePath, nil)}},
+		Policy: policy.AllowAll(),
+		Logger: log,
 	})
 	if err != nil {
 		return err

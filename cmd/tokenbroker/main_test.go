@@ -78,7 +78,12 @@ func TestDevMode(t *testing.T) {
 	if _, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "210493352", ExternalRef: "tenant-42", Scopes: []string{"altinn:systembruker.demo"}}); err != nil {
 		t.Fatalf("external ref customer: %v", err)
 	}
-	_, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "889640782", Scopes: []string{"altinn:systembruker.demo"}})
+	alt, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{"altinn:systembruker.demo"},
+		Kind: tokenbrokerv1.TokenKind_TOKEN_KIND_ALTINN})
+	if err != nil || alt.GetKind() != tokenbrokerv1.TokenKind_TOKEN_KIND_ALTINN || time.Until(alt.GetExpiresAt().AsTime()) < 29*time.Minute {
+		t.Fatalf("altinn token in dev mode: %v %v", alt, err)
+	}
+	_, err = c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "889640782", Scopes: []string{"altinn:systembruker.demo"}})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("unapproved org: %v, want FailedPrecondition", err)
 	}
@@ -278,6 +283,7 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"bad_grpc_uri", write("grpc.yaml", replace("file:mp-key.pem", "'grpc:host:1'")), "mutual TLS"},
 		{"signer_not_uri", write("nouri.yaml", replace("file:mp-key.pem", "mp-key.pem")), "not a URI"},
 		{"bad_token_url", write("badurl.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "ftp:/x"`)), "token_url"},
+		{"mixed_altinn_environment", write("altinnmix.yaml", string(base)+"altinn:\n  exchange_url: https://platform.altinn.no/authentication/api/v1/exchange/maskinporten\n"), "altinn.exchange_url"},
 		{"mixed_environments", write("mixed.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "https://maskinporten.no/token"`)), "Maskinporten prod"},
 		{"bad_environment", write("env.yaml", replace("environment: test", "environment: staging")), "staging"},
 		{"no_clients", write("noclients.yaml", "listen: 127.0.0.1:0\nmaskinporten:\n  environment: test\n"), "clients"},

@@ -20,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
@@ -342,6 +343,11 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		MaxEntries:         cfg.Cache.MaxEntries,
 		NegativeTTL:        time.Duration(cfg.Cache.NegativeTTL),
 	}
+	exURL, err := altinn.ExchangeURLFor(cfg.Maskinporten.Environment, cfg.Altinn.ExchangeURL)
+	if err != nil {
+		return nil, err
+	}
+	exchanger := altinn.NewExchanger(exURL, httpClient)
 	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{},
 		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}, keys: map[string][]keyInfo{}}
 	for i, c := range cfg.Clients {
@@ -374,7 +380,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
 		}
 		rt.clients[c.Name] = mp
-		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp})
+		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp, Exchanger: exchanger})
 		log.InfoContext(ctx, "client ready", slog.String("client", c.Name), slog.String("client_id", c.ClientID),
 			slog.String("kid", active.KeyID), slog.String("backend", active.Backend), slog.String("algorithm", string(active.Algorithm)),
 			slog.Int("keys", len(c.keyList())), slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))

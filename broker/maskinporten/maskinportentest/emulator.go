@@ -109,9 +109,10 @@ type Emulator struct {
 	tokens      []string
 	record      bool
 
-	hook     atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
-	requests atomic.Int64
-	issued   atomic.Int64
+	hook      atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
+	requests  atomic.Int64
+	issued    atomic.Int64
+	exchanges atomic.Int64
 }
 
 type systemUserKey struct{ clientID, org, externalRef string }
@@ -292,6 +293,8 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch r.URL.Path {
 	case "/token":
 		e.serveToken(w, r)
+	case ExchangePath:
+		e.serveExchange(w, r)
 	case "/jwk":
 		writeJSON(w, http.StatusOK, e.PublicJWKS())
 	case "/.well-known/oauth-authorization-server":
@@ -309,6 +312,76 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		http.NotFound(w, r)
 	}
+}
+
+// ExchangePath is where the emulator serves Altinn's token exchange.
+const ExchangePath = "/authentication/api/v1/exchange/maskinporten"
+
+// AltinnTokenTTL is the lifetime of exchanged Altinn tokens, as Altinn's
+// default configuration has it.
+const AltinnTokenTTL = 30 * time.Minute
+
+// Exchanges returns how many Altinn tokens the emulator handed out.
+func (e *Emulator) Exchanges() int64 { return e.exchanges.Load() }
+
+// serveExchange emulates Altinn's exchange of a Maskinporten token it
+// trusts (one this emulator issued, unexpired within 10 s, with a consumer)
+// for an Altinn token, answered as a JSON string. Anything else is a 401
+// with an empty body, as Altinn answers.
+func (e *Emulator) serveExchange(w http.ResponseWriter, r *http.Request) {
+	if r.Method != http.MethodGet {
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		return
+	}
+	bearer, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	if !ok || bearer == "" {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	key := jws.WithKey(jwa.RS256, &e.signingKey.PublicKey)
+	if e.hmacKey != nil {
+		key = jws.WithKey(jwa.HS256, e.hmacKey)
+	}
+	payload, err := jws.Verify([]byte(bearer), key)
+	var claims map[string]any
+	if err != nil || json.Unmarshal(payload, &claims) != nil {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	exp, _ := claims["exp"].(float64)
+	consumer, _ := claims["consumer"].(map[string]any)
+	if claims["iss"] != e.Issuer() || consumer == nil || !time.Unix(int64(exp), 0).After(e.now().Add(-ClockSkew)) {
+		w.WriteHeader(http.StatusUnauthorized)
+		return
+	}
+	for _, k := range []string{"aud", "iss", "client_amr", "sid"} {
+		delete(claims, k)
+	}
+	now := e.now()
+	org, _ := consumer["ID"].(string)
+	claims["iss"] = strings.TrimSuffix(e.Issuer(), "/") + "/altinn"
+	claims["urn:altinn:orgNumber"] = strings.TrimPrefix(org, maskinporten.OrgPrefix)
+	claims["urn:altinn:authenticatemethod"] = "maskinporten"
+	claims["urn:altinn:authlevel"] = 3
+	claims["sid"] = uuid.NewString()
+	claims["iat"], claims["exp"] = now.Unix(), now.Add(AltinnTokenTTL).Unix()
+	out, _ := json.Marshal(claims)
+	signKey := jws.WithKey(jwa.RS256, e.signingKey)
+	if e.hmacKey != nil {
+		signKey = jws.WithKey(jwa.HS256, e.hmacKey)
+	}
+	signed, err := jws.Sign(out, signKey)
+	if err != nil {
+		w.WriteHeader(http.StatusInternalServerError)
+		return
+	}
+	e.exchanges.Add(1)
+	e.mu.Lock()
+	if e.record {
+		e.tokens = append(e.tokens, string(signed))
+	}
+	e.mu.Unlock()
+	writeJSON(w, http.StatusOK, string(signed))
 }
 
 // oauthError is an error answer of the token endpoint.

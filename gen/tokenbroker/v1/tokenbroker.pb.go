@@ -27,6 +27,61 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// TokenKind says which token GetToken returns.
+type TokenKind int32
+
+const (
+	// The Maskinporten token (the default).
+	TokenKind_TOKEN_KIND_UNSPECIFIED TokenKind = 0
+	// The Maskinporten token, named explicitly.
+	TokenKind_TOKEN_KIND_MASKINPORTEN TokenKind = 1
+	// The Altinn token that Altinn's exchange endpoint gives for the
+	// Maskinporten token, for Altinn's platform APIs. It has its own expiry
+	// (about 30 minutes).
+	TokenKind_TOKEN_KIND_ALTINN TokenKind = 2
+)
+
+// Enum value maps for TokenKind.
+var (
+	TokenKind_name = map[int32]string{
+		0: "TOKEN_KIND_UNSPECIFIED",
+		1: "TOKEN_KIND_MASKINPORTEN",
+		2: "TOKEN_KIND_ALTINN",
+	}
+	TokenKind_value = map[string]int32{
+		"TOKEN_KIND_UNSPECIFIED":  0,
+		"TOKEN_KIND_MASKINPORTEN": 1,
+		"TOKEN_KIND_ALTINN":       2,
+	}
+)
+
+func (x TokenKind) Enum() *TokenKind {
+	p := new(TokenKind)
+	*p = x
+	return p
+}
+
+func (x TokenKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (TokenKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_tokenbroker_proto_enumTypes[0].Descriptor()
+}
+
+func (TokenKind) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_tokenbroker_proto_enumTypes[0]
+}
+
+func (x TokenKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use TokenKind.Descriptor instead.
+func (TokenKind) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{0}
+}
+
 // GetTokenRequest names the token a caller wants.
 type GetTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -50,7 +105,9 @@ type GetTokenRequest struct {
 	// The returned token stays valid at least this long. Empty means the
 	// broker's default (30 seconds unless configured otherwise); at most one
 	// hour.
-	MinValidity   *durationpb.Duration `protobuf:"bytes,6,opt,name=min_validity,json=minValidity,proto3" json:"min_validity,omitempty"`
+	MinValidity *durationpb.Duration `protobuf:"bytes,6,opt,name=min_validity,json=minValidity,proto3" json:"min_validity,omitempty"`
+	// Which token to return; empty means the Maskinporten token.
+	Kind          TokenKind `protobuf:"varint,7,opt,name=kind,proto3,enum=tokenbroker.v1.TokenKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -127,6 +184,13 @@ func (x *GetTokenRequest) GetMinValidity() *durationpb.Duration {
 	return nil
 }
 
+func (x *GetTokenRequest) GetKind() TokenKind {
+	if x != nil {
+		return x.Kind
+	}
+	return TokenKind_TOKEN_KIND_UNSPECIFIED
+}
+
 // GetTokenResponse carries the token and what a caller needs to use it.
 type GetTokenResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -155,7 +219,9 @@ type GetTokenResponse struct {
 	// When Maskinporten issued the token.
 	IssuedAt *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=issued_at,json=issuedAt,proto3" json:"issued_at,omitempty"`
 	// True when the token came from the broker's cache.
-	Cached        bool `protobuf:"varint,11,opt,name=cached,proto3" json:"cached,omitempty"`
+	Cached bool `protobuf:"varint,11,opt,name=cached,proto3" json:"cached,omitempty"`
+	// The kind of token returned (MASKINPORTEN or ALTINN).
+	Kind          TokenKind `protobuf:"varint,12,opt,name=kind,proto3,enum=tokenbroker.v1.TokenKind" json:"kind,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -267,18 +333,26 @@ func (x *GetTokenResponse) GetCached() bool {
 	return false
 }
 
+func (x *GetTokenResponse) GetKind() TokenKind {
+	if x != nil {
+		return x.Kind
+	}
+	return TokenKind_TOKEN_KIND_UNSPECIFIED
+}
+
 var File_tokenbroker_v1_tokenbroker_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\n" +
-	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe1\x01\n" +
+	" tokenbroker/v1/tokenbroker.proto\x12\x0etokenbroker.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x90\x02\n" +
 	"\x0fGetTokenRequest\x12\x16\n" +
 	"\x06client\x18\x01 \x01(\tR\x06client\x12!\n" +
 	"\fcustomer_org\x18\x02 \x01(\tR\vcustomerOrg\x12\x16\n" +
 	"\x06scopes\x18\x03 \x03(\tR\x06scopes\x12!\n" +
 	"\fexternal_ref\x18\x04 \x01(\tR\vexternalRef\x12\x1a\n" +
 	"\bresource\x18\x05 \x01(\tR\bresource\x12<\n" +
-	"\fmin_validity\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vminValidity\"\x8c\x03\n" +
+	"\fmin_validity\x18\x06 \x01(\v2\x19.google.protobuf.DurationR\vminValidity\x12-\n" +
+	"\x04kind\x18\a \x01(\x0e2\x19.tokenbroker.v1.TokenKindR\x04kind\"\xbb\x03\n" +
 	"\x10GetTokenResponse\x12!\n" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x12\x1d\n" +
 	"\n" +
@@ -293,7 +367,12 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\fcustomer_org\x18\t \x01(\tR\vcustomerOrg\x127\n" +
 	"\tissued_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12\x16\n" +
-	"\x06cached\x18\v \x01(\bR\x06cached2c\n" +
+	"\x06cached\x18\v \x01(\bR\x06cached\x12-\n" +
+	"\x04kind\x18\f \x01(\x0e2\x19.tokenbroker.v1.TokenKindR\x04kind*[\n" +
+	"\tTokenKind\x12\x1a\n" +
+	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
+	"\x17TOKEN_KIND_MASKINPORTEN\x10\x01\x12\x15\n" +
+	"\x11TOKEN_KIND_ALTINN\x10\x022c\n" +
 	"\x12TokenBrokerService\x12M\n" +
 	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponseB\xc4\x01\n" +
 	"\x12com.tokenbroker.v1B\x10TokenbrokerProtoP\x01ZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1\xa2\x02\x03TXX\xaa\x02\x0eTokenbroker.V1\xca\x02\x0eTokenbroker\\V1\xe2\x02\x1aTokenbroker\\V1\\GPBMetadata\xea\x02\x0fTokenbroker::V1b\x06proto3"
@@ -310,24 +389,28 @@ func file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_tokenbroker_proto_rawDescData
 }
 
+var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
 var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
 var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
-	(*GetTokenRequest)(nil),       // 0: tokenbroker.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),      // 1: tokenbroker.v1.GetTokenResponse
-	(*durationpb.Duration)(nil),   // 2: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 3: google.protobuf.Timestamp
+	(TokenKind)(0),                // 0: tokenbroker.v1.TokenKind
+	(*GetTokenRequest)(nil),       // 1: tokenbroker.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),      // 2: tokenbroker.v1.GetTokenResponse
+	(*durationpb.Duration)(nil),   // 3: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_tokenbroker_proto_depIdxs = []int32{
-	2, // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
-	3, // 1: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	3, // 2: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
-	0, // 3: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
-	1, // 4: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	4, // [4:5] is the sub-list for method output_type
-	3, // [3:4] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3, // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
+	0, // 1: tokenbroker.v1.GetTokenRequest.kind:type_name -> tokenbroker.v1.TokenKind
+	4, // 2: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	4, // 3: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
+	0, // 4: tokenbroker.v1.GetTokenResponse.kind:type_name -> tokenbroker.v1.TokenKind
+	1, // 5: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
+	2, // 6: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	6, // [6:7] is the sub-list for method output_type
+	5, // [5:6] is the sub-list for method input_type
+	5, // [5:5] is the sub-list for extension type_name
+	5, // [5:5] is the sub-list for extension extendee
+	0, // [0:5] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_tokenbroker_proto_init() }
@@ -340,13 +423,14 @@ func file_tokenbroker_v1_tokenbroker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_tokenbroker_proto_rawDesc), len(file_tokenbroker_v1_tokenbroker_proto_rawDesc)),
-			NumEnums:      0,
+			NumEnums:      1,
 			NumMessages:   2,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
 		GoTypes:           file_tokenbroker_v1_tokenbroker_proto_goTypes,
 		DependencyIndexes: file_tokenbroker_v1_tokenbroker_proto_depIdxs,
+		EnumInfos:         file_tokenbroker_v1_tokenbroker_proto_enumTypes,
 		MessageInfos:      file_tokenbroker_v1_tokenbroker_proto_msgTypes,
 	}.Build()
 	File_tokenbroker_v1_tokenbroker_proto = out.File

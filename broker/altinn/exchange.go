@@ -1,0 +1,159 @@
+// Package altinn talks to Altinn 3's authentication API on the vendor's
+// behalf. This file exchanges a Maskinporten token for an Altinn token, as
+// Altinn's platform APIs want one.
+package altinn
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+)
+
+// The exchange endpoints, paired with the Maskinporten environments: test
+// with TT02, prod with production.
+const (
+	TT02ExchangeURL = "https://platform.tt02.altinn.no/authentication/api/v1/exchange/maskinporten"
+	ProdExchangeURL = "https://platform.altinn.no/authentication/api/v1/exchange/maskinporten"
+)
+
+// ExchangeURLFor returns the exchange URL that pairs with the Maskinporten
+// environment env ("test" or "prod"), or override when not empty. An
+// override naming the other environment's Altinn host is refused, so test
+// and production are never mixed.
+func ExchangeURLFor(env, override string) (string, error) {
+	var own, other string
+	switch env {
+	case "test":
+		own, other = TT02ExchangeURL, ProdExchangeURL
+	case "prod":
+		own, other = ProdExchangeURL, TT02ExchangeURL
+	default:
+		return "", fmt.Errorf("altinn: no exchange endpoint for environment %q", env)
+	}
+	if override == "" {
+		return own, nil
+	}
+	u, err := url.Parse(override)
+	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
+		return "", fmt.Errorf("altinn exchange_url %q: want an absolute http(s) URL", override)
+	}
+	if ou, _ := url.Parse(other); strings.EqualFold(u.Hostname(), ou.Hostname()) {
+		return "", fmt.Errorf("altinn exchange_url %q belongs to the other environment than %s", override, env)
+	}
+	return override, nil
+}
+
+// Exchanger exchanges Maskinporten tokens at one exchange URL.
+type Exchanger struct {
+	url  string
+	http *http.Client
+	now  func() time.Time
+}
+
+// NewExchanger returns an Exchanger; a nil client means one with a 30 s
+// timeout.
+func NewExchanger(exchangeURL string, client *http.Client) *Exchanger {
+	if client == nil {
+		client = &http.Client{Timeout: 30 * time.Second}
+	}
+	return &Exchanger{url: exchangeURL, http: client, now: time.Now}
+}
+
+// ErrRejected is wrapped by Exchange when Altinn answers 401: the
+// Maskinporten token was expired or not trusted; fetch a fresh one.
+var ErrRejected = errors.New("altinn rejected the Maskinporten token")
+
+// maxAnswer bounds the exchange answer.
+const maxAnswer = 64 << 10
+
+// Exchange trades mp for an Altinn token. The answer is a JWT, as a quoted
+// JSON string or raw; its own exp is the token's expiry. Failures are
+// *maskinporten.Error values (retryable for 5xx, 429 and network errors),
+// wrapping ErrRejected for a 401. Neither token ever enters an error.
+func (x *Exchanger) Exchange(ctx context.Context, mp *maskinporten.Token) (*maskinporten.Token, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, x.url, nil)
+	if err != nil {
+		return nil, fmt.Errorf("altinn: exchange URL: %w", err)
+	}
+	req.Header.Set("Authorization", "Bearer "+mp.AccessToken)
+	req.Header.Set("Accept", "application/json")
+	resp, err := x.http.Do(req)
+	if err != nil {
+		return nil, &maskinporten.Error{Err: fmt.Errorf("altinn exchange: %s", strings.ReplaceAll(err.Error(), mp.AccessToken, "[token]")), Retryable: true}
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))
+	if err != nil {
+		return nil, &maskinporten.Error{StatusCode: resp.StatusCode, Err: errors.New("altinn exchange: reading the answer failed"), Retryable: true}
+	}
+	switch {
+	case resp.StatusCode == http.StatusUnauthorized:
+		return nil, &maskinporten.Error{StatusCode: 401, Description: "Altinn exchange: the Maskinporten token was not accepted", Retryable: true, Err: ErrRejected}
+	case resp.StatusCode != http.StatusOK:
+		return nil, &maskinporten.Error{StatusCode: resp.StatusCode, Description: fmt.Sprintf("Altinn exchange answered HTTP %d", resp.StatusCode),
+			Retryable: resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests}
+	}
+	tok := strings.TrimSpace(string(body))
+	if strings.HasPrefix(tok, `"`) {
+		var s string
+		if json.Unmarshal([]byte(tok), &s) != nil {
+			return nil, &maskinporten.Error{StatusCode: 200, Description: "Altinn exchange: malformed answer", Retryable: true}
+		}
+		tok = s
+	}
+	exp, iat, ok := jwtTimes(tok)
+	if !ok {
+		return nil, &maskinporten.Error{StatusCode: 200, Description: "Altinn exchange: the answer is not a JWT with exp", Retryable: true}
+	}
+	sum := sha256.Sum256([]byte(tok))
+	out := &maskinporten.Token{
+		AccessToken: tok, TokenType: "Bearer", Scopes: mp.Scopes,
+		IssuedAt: iat, ExpiresAt: exp, SystemUserID: mp.SystemUserID, SystemID: mp.SystemID,
+		JWTID: mp.JWTID, Fingerprint: hex.EncodeToString(sum[:8]),
+	}
+	if out.IssuedAt.IsZero() || out.IssuedAt.After(exp) {
+		out.IssuedAt = x.now()
+	}
+	return out, nil
+}
+
+// jwtTimes reads exp and iat from a JWT's payload, unverified.
+func jwtTimes(tok string) (exp, iat time.Time, ok bool) {
+	parts := strings.Split(tok, ".")
+	if len(parts) != 3 {
+		return time.Time{}, time.Time{}, false
+	}
+	raw, err := base64.RawURLEncoding.DecodeString(parts[1])
+	if err != nil {
+		return time.Time{}, time.Time{}, false
+	}
+	var c struct {
+		Exp json.Number `json:"exp"`
+		Iat json.Number `json:"iat"`
+	}
+	d := json.NewDecoder(bytes.NewReader(raw))
+	d.UseNumber()
+	if d.Decode(&c) != nil {
+		return time.Time{}, time.Time{}, false
+	}
+	e, err := c.Exp.Int64()
+	if err != nil || e <= 0 {
+		return time.Time{}, time.Time{}, false
+	}
+	if i, err := c.Iat.Int64(); err == nil && i > 0 {
+		iat = time.Unix(i, 0)
+	}
+	return time.Unix(e, 0), iat, true
+}
