@@ -60,6 +60,9 @@ type Exchanger struct {
 	url  string
 	http *http.Client
 	now  func() time.Time
+	// OnExchange, when set, is called after every exchange with its
+	// duration and error, for metrics.
+	OnExchange func(time.Duration, error)
 }
 
 // NewExchanger returns an Exchanger; a nil client means one with a 30 s
@@ -82,7 +85,11 @@ const maxAnswer = 64 << 10
 // JSON string or raw; its own exp is the token's expiry. Failures are
 // *maskinporten.Error values (retryable for 5xx, 429 and network errors),
 // wrapping ErrRejected for a 401. Neither token ever enters an error.
-func (x *Exchanger) Exchange(ctx context.Context, mp *maskinporten.Token) (*maskinporten.Token, error) {
+func (x *Exchanger) Exchange(ctx context.Context, mp *maskinporten.Token) (_ *maskinporten.Token, err error) {
+	if x.OnExchange != nil {
+		start := time.Now()
+		defer func() { x.OnExchange(time.Since(start), err) }()
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, x.url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("altinn: exchange URL: %w", err)

@@ -122,6 +122,8 @@ maskinporten:
   environment: test
   issuer: %q
   token_url: %q
+altinn:
+  exchange_url: %q
 clients:
   - name: smartcloud
     client_id: 7ee41fce-9f6e-4c32-8195-0fe2c1517f43
@@ -130,7 +132,7 @@ clients:
       kid: smartcloud-2026
       signer: file:mp-key.pem
       expires: %s
-`, issuer, tokenURL, time.Now().Add(10*24*time.Hour).Format(time.DateOnly)) + strings.Join(extra, "")
+`, issuer, tokenURL, strings.TrimSuffix(tokenURL, "/token")+maskinportentest.ExchangePath, time.Now().Add(10*24*time.Hour).Format(time.DateOnly)) + strings.Join(extra, "")
 	p := filepath.Join(dir, "tokenbroker.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -162,6 +164,10 @@ func TestServeWithConfig(t *testing.T) {
 	if again, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{"altinn:systembruker.demo"}}); err != nil || !again.GetCached() {
 		t.Fatalf("second GetToken = %v, %v", again, err)
 	}
+	if alt, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{"altinn:systembruker.demo"},
+		Kind: tokenbrokerv1.TokenKind_TOKEN_KIND_ALTINN}); err != nil || alt.GetKind() != tokenbrokerv1.TokenKind_TOKEN_KIND_ALTINN {
+		t.Fatalf("altinn token: %v %v", alt, err)
+	}
 	if _, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "123456789", Scopes: []string{"altinn:systembruker.demo"}}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("bad org: %v", err)
 	}
@@ -170,12 +176,14 @@ func TestServeWithConfig(t *testing.T) {
 	}
 	scrape := scrapeMetrics(t, stderr.String())
 	for _, want := range []string{
-		`tokenbroker_grpc_requests_total{code="OK",method="/tokenbroker.v1.TokenBrokerService/GetToken"} 2`,
+		`tokenbroker_grpc_requests_total{code="OK",method="/tokenbroker.v1.TokenBrokerService/GetToken"} 3`,
 		`tokenbroker_grpc_requests_total{code="InvalidArgument",method="/tokenbroker.v1.TokenBrokerService/GetToken"} 1`,
 		`tokenbroker_grpc_requests_total{code="FailedPrecondition",method="/tokenbroker.v1.TokenBrokerService/GetToken"} 1`,
 		`tokenbroker_cache_events_total{event="hit"} 1`,
-		`tokenbroker_cache_events_total{event="miss"} 2`,
-		`tokenbroker_cache_entries 2`,
+		`tokenbroker_cache_events_total{event="miss"} 3`,
+		`tokenbroker_cache_entries 3`,
+		`tokenbroker_altinn_exchanges_total{outcome="ok"} 1`,
+		`tokenbroker_upstream_request_duration_seconds_count{client="",upstream="altinn"} 1`,
 		`tokenbroker_maskinporten_grants_total{client="smartcloud",mp_code="",outcome="ok"} 1`,
 		`tokenbroker_maskinporten_grants_total{client="smartcloud",mp_code="MP-303",outcome="refused"} 1`,
 		`tokenbroker_sign_duration_seconds_count{backend="file"} 2`,
@@ -283,7 +291,8 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"bad_grpc_uri", write("grpc.yaml", replace("file:mp-key.pem", "'grpc:host:1'")), "mutual TLS"},
 		{"signer_not_uri", write("nouri.yaml", replace("file:mp-key.pem", "mp-key.pem")), "not a URI"},
 		{"bad_token_url", write("badurl.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "ftp:/x"`)), "token_url"},
-		{"mixed_altinn_environment", write("altinnmix.yaml", string(base)+"altinn:\n  exchange_url: https://platform.altinn.no/authentication/api/v1/exchange/maskinporten\n"), "altinn.exchange_url"},
+		{"mixed_altinn_environment", write("altinnmix.yaml", regexp.MustCompile(`exchange_url: "[^"]*"`).ReplaceAllString(string(base),
+			`exchange_url: "https://platform.altinn.no/authentication/api/v1/exchange/maskinporten"`)), "altinn.exchange_url"},
 		{"mixed_environments", write("mixed.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "https://maskinporten.no/token"`)), "Maskinporten prod"},
 		{"bad_environment", write("env.yaml", replace("environment: test", "environment: staging")), "staging"},
 		{"no_clients", write("noclients.yaml", "listen: 127.0.0.1:0\nmaskinporten:\n  environment: test\n"), "clients"},

@@ -348,6 +348,9 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		return nil, err
 	}
 	exchanger := altinn.NewExchanger(exURL, httpClient)
+	if tel.metrics != nil {
+		exchanger.OnExchange = tel.metrics.ObserveExchange()
+	}
 	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{},
 		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}, keys: map[string][]keyInfo{}}
 	for i, c := range cfg.Clients {

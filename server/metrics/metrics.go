@@ -23,12 +23,13 @@ import (
 
 // Metrics holds the collectors and their registry.
 type Metrics struct {
-	reg      *prometheus.Registry
-	rpcs     *prometheus.CounterVec
-	rpcTime  *prometheus.HistogramVec
-	grants   *prometheus.CounterVec
-	upstream *prometheus.HistogramVec
-	sign     *prometheus.HistogramVec
+	reg       *prometheus.Registry
+	rpcs      *prometheus.CounterVec
+	rpcTime   *prometheus.HistogramVec
+	grants    *prometheus.CounterVec
+	upstream  *prometheus.HistogramVec
+	sign      *prometheus.HistogramVec
+	exchanges *prometheus.CounterVec
 }
 
 // New returns metrics registered in a fresh registry, with the Go runtime
@@ -51,12 +52,15 @@ func New() *Metrics {
 			Name: "tokenbroker_upstream_request_duration_seconds", Help: "Latency of one request to an upstream (maskinporten).",
 			Buckets: []float64{.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
 		}, []string{"upstream", "client"}),
+		exchanges: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "tokenbroker_altinn_exchanges_total", Help: "Exchanges of Maskinporten tokens for Altinn tokens by outcome.",
+		}, []string{"outcome"}),
 		sign: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name: "tokenbroker_sign_duration_seconds", Help: "Latency of one signature by key backend.",
 			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 		}, []string{"backend"}),
 	}
-	m.reg.MustRegister(m.rpcs, m.rpcTime, m.grants, m.upstream, m.sign,
+	m.reg.MustRegister(m.rpcs, m.rpcTime, m.grants, m.upstream, m.sign, m.exchanges,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -96,6 +100,20 @@ func (m *Metrics) ObserveAttempt(client string) func(time.Duration, error) {
 		if outcome != "circuit_open" {
 			m.upstream.WithLabelValues("maskinporten", client).Observe(d.Seconds())
 		}
+	}
+}
+
+// ObserveExchange returns the hook for altinn.Exchanger.OnExchange: the
+// latency of each exchange, and its outcome in
+// tokenbroker_altinn_exchanges_total.
+func (m *Metrics) ObserveExchange() func(time.Duration, error) {
+	return func(d time.Duration, err error) {
+		outcome := "ok"
+		if err != nil {
+			outcome = "failed"
+		}
+		m.exchanges.WithLabelValues(outcome).Inc()
+		m.upstream.WithLabelValues("altinn", "").Observe(d.Seconds())
 	}
 }
 
