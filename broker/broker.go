@@ -42,6 +42,11 @@ type Client struct {
 	// Exchanger, when not nil, trades Maskinporten tokens for Altinn
 	// tokens (requests of KindAltinn). *altinn.Exchanger implements it.
 	Exchanger Exchanger
+	// SystemID is the client's system in Altinn's system register, and
+	// Vendor the API the system user requests go to; both are needed for
+	// CreateSystemUserRequest and GetSystemUserRequest.
+	SystemID string
+	Vendor   VendorAPI
 }
 
 // Exchanger trades a Maskinporten token for an Altinn token.

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strconv"
+	"strings"
 	"time"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -17,6 +18,7 @@ import (
 	"google.golang.org/protobuf/protoadapt"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
@@ -34,6 +36,7 @@ func toStatus(err error) error {
 		fe *broker.FieldError
 		me *maskinporten.Error
 		se *maskinporten.SignError
+		pe *altinn.ProblemError
 	)
 	switch {
 	case errors.As(err, &fe):
@@ -47,6 +50,8 @@ func toStatus(err error) error {
 		return maskinportenStatus(err, me)
 	case errors.As(err, &se):
 		return status.Error(codes.Unavailable, "the signing backend is unavailable, retry later: "+err.Error())
+	case errors.As(err, &pe):
+		return altinnStatus(pe)
 	case errors.Is(err, broker.ErrUpstreamSlow):
 		return status.Error(codes.Unavailable, err.Error()+"; retry later")
 	case errors.Is(err, context.DeadlineExceeded):
@@ -59,6 +64,29 @@ func toStatus(err error) error {
 }
 
 var errInternal = status.Error(codes.Internal, "internal error")
+
+// altinnStatus maps an error answer of Altinn's vendor API, keeping its
+// AUTH code.
+func altinnStatus(pe *altinn.ProblemError) error {
+	code := codes.FailedPrecondition
+	switch {
+	case pe.StatusCode == 0 || pe.StatusCode >= 500 || pe.StatusCode == 429:
+		code = codes.Unavailable
+	case pe.StatusCode == 404:
+		code = codes.NotFound
+	case pe.Code == "AUTH-00004":
+		code = codes.AlreadyExists
+	case pe.StatusCode == 401 || pe.StatusCode == 403:
+		code = codes.PermissionDenied
+	case strings.HasPrefix(pe.Code, "AUTH.VLD-"), pe.Code == "AUTH-00001", pe.Code == "AUTH-00021":
+		code = codes.InvalidArgument
+	}
+	info := &errdetails.ErrorInfo{Reason: "ALTINN_ERROR", Domain: AltinnDomain, Metadata: map[string]string{"http_status": strconv.Itoa(pe.StatusCode)}}
+	if pe.Code != "" {
+		info.Reason, info.Metadata["code"] = pe.Code, pe.Code
+	}
+	return withDetails(status.New(code, pe.Error()), info)
+}
 
 func maskinportenStatus(err error, me *maskinporten.Error) error {
 	info := &errdetails.ErrorInfo{

@@ -116,6 +116,9 @@ type AltinnConfig struct {
 	// Maskinporten environment (TT02 for test, production for prod); one
 	// of the other environment is refused.
 	ExchangeURL string `yaml:"exchange_url"`
+	// BaseURL overrides the authentication API base
+	// (…/authentication/api/v1) that pairs with the environment.
+	BaseURL string `yaml:"base_url"`
 }
 
 // MaskinportenConfig is the maskinporten section.
@@ -197,6 +200,11 @@ type ClientConfig struct {
 	// ResourceAsString sends the grant's resource claim as a string
 	// instead of an array.
 	ResourceAsString bool `yaml:"resource_as_string"`
+	// SystemID is the client's system in Altinn's system register (e.g.
+	// 991825827_smartcloud), for SystemUserService. The client's
+	// Maskinporten client must then also hold the scopes
+	// altinn:authentication/systemuser.request.write and .read.
+	SystemID string `yaml:"system_id"`
 }
 
 // KeyConfig is a client's signing key.
@@ -347,6 +355,9 @@ func (c *Config) check() error {
 	}
 	if _, err := altinn.ExchangeURLFor(c.Maskinporten.Environment, c.Altinn.ExchangeURL); err != nil {
 		return fmt.Errorf("altinn.exchange_url: %w", err)
+	}
+	if _, err := altinn.BaseURLFor(c.Maskinporten.Environment, c.Altinn.BaseURL); err != nil {
+		return fmt.Errorf("altinn.base_url: %w", err)
 	}
 	if gl := time.Duration(c.Maskinporten.GrantLifetime); gl != 0 && (gl < time.Second || gl > maskinporten.MaxGrantLifetime) {
 		return fmt.Errorf("maskinporten.grant_lifetime: %v, want 1s to 120s", gl)

@@ -92,10 +92,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	}
 	clientID := uuid.NewString()
 	if err := emu.AddClient(maskinportentest.Client{
-		ID: clientID, Org: devVendorOrg, SystemID: devSystemID, Scopes: []string{devScope}, Keys: []jwk.Key{pub},
+		ID: clientID, Org: devVendorOrg, SystemID: devSystemID, Keys: []jwk.Key{pub},
+		Scopes: []string{devScope, altinn.ScopeRequestWrite, altinn.ScopeRequestRead},
 	}); err != nil {
 		return err
 	}
+	emu.AddSystem(maskinportentest.System{ID: devSystemID, Vendor: devVendorOrg, ClientID: clientID})
 	for _, c := range devCustomers {
 		emu.ApproveSystemUser(clientID, c.org, c.externalRef)
 	}
@@ -109,7 +111,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	}
 	b, err := broker.New(broker.Config{
 		Clients: []broker.Client{{Name: devClientName, Scopes: []string{devScope}, Source: mp,
-			Exchanger: altinn.NewExchanger(base+maskinportentest.ExchangePath, nil)}},
+			Exchanger: altinn.NewExchanger(base+maskinportentest.ExchangePath, nil),
+			SystemID:  devSystemID, Vendor: altinn.NewVendor(base+"/authentication/api/v1", nil)}},
 		Policy: policy.AllowAll(),
 		Logger: log,
 	})
@@ -132,7 +135,9 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 customer orgs with an approved system user: 310904473, 314250052, 313775429, and 210493352 with external_ref "tenant-42"
 try:
   grpcurl -plaintext -d '{"customer_org":"310904473","scopes":["%s"]}' %s tokenbroker.v1.TokenBrokerService/GetToken
-`, addr, base, devScope, addr)
+ask a new customer to approve a system user (open the confirm URL it returns, add &action=approve):
+  grpcurl -plaintext -d '{"customer_org":"889640782","rights":["ske-krav-og-betalinger"]}' %s tokenbroker.v1.SystemUserService/CreateSystemUserRequest
+`, addr, base, devScope, addr, addr)
 	if ready != nil {
 		ready <- devEnv{Addr: addr, Emulator: emu}
 	}

@@ -348,6 +348,11 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		return nil, err
 	}
 	exchanger := altinn.NewExchanger(exURL, httpClient)
+	baseURL, err := altinn.BaseURLFor(cfg.Maskinporten.Environment, cfg.Altinn.BaseURL)
+	if err != nil {
+		return nil, err
+	}
+	vendor := altinn.NewVendor(baseURL, httpClient)
 	if tel.metrics != nil {
 		exchanger.OnExchange = tel.metrics.ObserveExchange()
 	}
@@ -383,7 +388,8 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
 		}
 		rt.clients[c.Name] = mp
-		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp, Exchanger: exchanger})
+		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp, Exchanger: exchanger,
+			SystemID: c.SystemID, Vendor: vendor})
 		log.InfoContext(ctx, "client ready", slog.String("client", c.Name), slog.String("client_id", c.ClientID),
 			slog.String("kid", active.KeyID), slog.String("backend", active.Backend), slog.String("algorithm", string(active.Algorithm)),
 			slog.Int("keys", len(c.keyList())), slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))

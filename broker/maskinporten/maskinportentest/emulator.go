@@ -105,6 +105,8 @@ type Emulator struct {
 	clients     map[string]*Client
 	systemUsers map[systemUserKey]string
 	seenJTI     map[string]time.Time
+	systems     map[string]System
+	suRequests  map[string]*systemUserRequest
 	assertions  []string
 	tokens      []string
 	record      bool
@@ -288,6 +290,9 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Date", e.now().UTC().Format(http.TimeFormat))
 	if h := e.hook.Load(); h != nil && (*h)(w, r) {
+		return
+	}
+	if e.serveVendor(w, r) {
 		return
 	}
 	switch r.URL.Path {

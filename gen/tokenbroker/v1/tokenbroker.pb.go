@@ -82,6 +82,67 @@ func (TokenKind) EnumDescriptor() ([]byte, []int) {
 	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{0}
 }
 
+// SystemUserRequestStatus is the state of a system user request.
+type SystemUserRequestStatus int32
+
+const (
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_UNSPECIFIED SystemUserRequestStatus = 0
+	// Waiting for the customer.
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_NEW SystemUserRequestStatus = 1
+	// Approved: the system user exists; GetToken works for the customer.
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_ACCEPTED  SystemUserRequestStatus = 2
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_REJECTED  SystemUserRequestStatus = 3
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_DENIED    SystemUserRequestStatus = 4
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_TIMED_OUT SystemUserRequestStatus = 5
+)
+
+// Enum value maps for SystemUserRequestStatus.
+var (
+	SystemUserRequestStatus_name = map[int32]string{
+		0: "SYSTEM_USER_REQUEST_STATUS_UNSPECIFIED",
+		1: "SYSTEM_USER_REQUEST_STATUS_NEW",
+		2: "SYSTEM_USER_REQUEST_STATUS_ACCEPTED",
+		3: "SYSTEM_USER_REQUEST_STATUS_REJECTED",
+		4: "SYSTEM_USER_REQUEST_STATUS_DENIED",
+		5: "SYSTEM_USER_REQUEST_STATUS_TIMED_OUT",
+	}
+	SystemUserRequestStatus_value = map[string]int32{
+		"SYSTEM_USER_REQUEST_STATUS_UNSPECIFIED": 0,
+		"SYSTEM_USER_REQUEST_STATUS_NEW":         1,
+		"SYSTEM_USER_REQUEST_STATUS_ACCEPTED":    2,
+		"SYSTEM_USER_REQUEST_STATUS_REJECTED":    3,
+		"SYSTEM_USER_REQUEST_STATUS_DENIED":      4,
+		"SYSTEM_USER_REQUEST_STATUS_TIMED_OUT":   5,
+	}
+)
+
+func (x SystemUserRequestStatus) Enum() *SystemUserRequestStatus {
+	p := new(SystemUserRequestStatus)
+	*p = x
+	return p
+}
+
+func (x SystemUserRequestStatus) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SystemUserRequestStatus) Descriptor() protoreflect.EnumDescriptor {
+	return file_tokenbroker_v1_tokenbroker_proto_enumTypes[1].Descriptor()
+}
+
+func (SystemUserRequestStatus) Type() protoreflect.EnumType {
+	return &file_tokenbroker_v1_tokenbroker_proto_enumTypes[1]
+}
+
+func (x SystemUserRequestStatus) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SystemUserRequestStatus.Descriptor instead.
+func (SystemUserRequestStatus) EnumDescriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{1}
+}
+
 // GetTokenRequest names the token a caller wants.
 type GetTokenRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -340,6 +401,427 @@ func (x *GetTokenResponse) GetKind() TokenKind {
 	return TokenKind_TOKEN_KIND_UNSPECIFIED
 }
 
+// SystemUserRequest is a system user request as Altinn keeps it.
+type SystemUserRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The request id; it becomes the system user's id on approval.
+	Id string `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// The configured client whose system the request is for.
+	Client string `protobuf:"bytes,2,opt,name=client,proto3" json:"client,omitempty"`
+	// The system's id in Altinn's system register.
+	SystemId string `protobuf:"bytes,3,opt,name=system_id,json=systemId,proto3" json:"system_id,omitempty"`
+	// The customer organisation asked to approve.
+	CustomerOrg string `protobuf:"bytes,4,opt,name=customer_org,json=customerOrg,proto3" json:"customer_org,omitempty"`
+	// The external reference; Altinn's default is the customer org number.
+	ExternalRef string                  `protobuf:"bytes,5,opt,name=external_ref,json=externalRef,proto3" json:"external_ref,omitempty"`
+	Status      SystemUserRequestStatus `protobuf:"varint,6,opt,name=status,proto3,enum=tokenbroker.v1.SystemUserRequestStatus" json:"status,omitempty"`
+	// Where to send the customer to approve the request.
+	ConfirmUrl  string `protobuf:"bytes,7,opt,name=confirm_url,json=confirmUrl,proto3" json:"confirm_url,omitempty"`
+	RedirectUrl string `protobuf:"bytes,8,opt,name=redirect_url,json=redirectUrl,proto3" json:"redirect_url,omitempty"`
+	// Resource ids of the rights asked for (standard requests).
+	Rights []string `protobuf:"bytes,9,rep,name=rights,proto3" json:"rights,omitempty"`
+	// Access package URNs asked for.
+	AccessPackages []string `protobuf:"bytes,10,rep,name=access_packages,json=accessPackages,proto3" json:"access_packages,omitempty"`
+	// True for an agent (client) system user request.
+	Agent         bool                   `protobuf:"varint,11,opt,name=agent,proto3" json:"agent,omitempty"`
+	Created       *timestamppb.Timestamp `protobuf:"bytes,12,opt,name=created,proto3" json:"created,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SystemUserRequest) Reset() {
+	*x = SystemUserRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SystemUserRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SystemUserRequest) ProtoMessage() {}
+
+func (x *SystemUserRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SystemUserRequest.ProtoReflect.Descriptor instead.
+func (*SystemUserRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *SystemUserRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SystemUserRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *SystemUserRequest) GetSystemId() string {
+	if x != nil {
+		return x.SystemId
+	}
+	return ""
+}
+
+func (x *SystemUserRequest) GetCustomerOrg() string {
+	if x != nil {
+		return x.CustomerOrg
+	}
+	return ""
+}
+
+func (x *SystemUserRequest) GetExternalRef() string {
+	if x != nil {
+		return x.ExternalRef
+	}
+	return ""
+}
+
+func (x *SystemUserRequest) GetStatus() SystemUserRequestStatus {
+	if x != nil {
+		return x.Status
+	}
+	return SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_UNSPECIFIED
+}
+
+func (x *SystemUserRequest) GetConfirmUrl() string {
+	if x != nil {
+		return x.ConfirmUrl
+	}
+	return ""
+}
+
+func (x *SystemUserRequest) GetRedirectUrl() string {
+	if x != nil {
+		return x.RedirectUrl
+	}
+	return ""
+}
+
+func (x *SystemUserRequest) GetRights() []string {
+	if x != nil {
+		return x.Rights
+	}
+	return nil
+}
+
+func (x *SystemUserRequest) GetAccessPackages() []string {
+	if x != nil {
+		return x.AccessPackages
+	}
+	return nil
+}
+
+func (x *SystemUserRequest) GetAgent() bool {
+	if x != nil {
+		return x.Agent
+	}
+	return false
+}
+
+func (x *SystemUserRequest) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+// CreateSystemUserRequestRequest describes the request to create.
+type CreateSystemUserRequestRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Configured client name; may be empty with exactly one client.
+	Client string `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// The customer organisation number (nine digits, "0192:" accepted).
+	CustomerOrg string `protobuf:"bytes,2,opt,name=customer_org,json=customerOrg,proto3" json:"customer_org,omitempty"`
+	// Optional external reference (several system users per customer).
+	ExternalRef string `protobuf:"bytes,3,opt,name=external_ref,json=externalRef,proto3" json:"external_ref,omitempty"`
+	// Resource ids (standard requests).
+	Rights []string `protobuf:"bytes,4,rep,name=rights,proto3" json:"rights,omitempty"`
+	// Access package URNs (urn:altinn:accesspackage:...).
+	AccessPackages []string `protobuf:"bytes,5,rep,name=access_packages,json=accessPackages,proto3" json:"access_packages,omitempty"`
+	// Optional https URL the customer's browser returns to after deciding;
+	// it must be registered on the system.
+	RedirectUrl string `protobuf:"bytes,6,opt,name=redirect_url,json=redirectUrl,proto3" json:"redirect_url,omitempty"`
+	// Create an agent request (access packages only).
+	Agent         bool `protobuf:"varint,7,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSystemUserRequestRequest) Reset() {
+	*x = CreateSystemUserRequestRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSystemUserRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSystemUserRequestRequest) ProtoMessage() {}
+
+func (x *CreateSystemUserRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSystemUserRequestRequest.ProtoReflect.Descriptor instead.
+func (*CreateSystemUserRequestRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *CreateSystemUserRequestRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *CreateSystemUserRequestRequest) GetCustomerOrg() string {
+	if x != nil {
+		return x.CustomerOrg
+	}
+	return ""
+}
+
+func (x *CreateSystemUserRequestRequest) GetExternalRef() string {
+	if x != nil {
+		return x.ExternalRef
+	}
+	return ""
+}
+
+func (x *CreateSystemUserRequestRequest) GetRights() []string {
+	if x != nil {
+		return x.Rights
+	}
+	return nil
+}
+
+func (x *CreateSystemUserRequestRequest) GetAccessPackages() []string {
+	if x != nil {
+		return x.AccessPackages
+	}
+	return nil
+}
+
+func (x *CreateSystemUserRequestRequest) GetRedirectUrl() string {
+	if x != nil {
+		return x.RedirectUrl
+	}
+	return ""
+}
+
+func (x *CreateSystemUserRequestRequest) GetAgent() bool {
+	if x != nil {
+		return x.Agent
+	}
+	return false
+}
+
+// CreateSystemUserRequestResponse carries the request.
+type CreateSystemUserRequestResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Request *SystemUserRequest     `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	// True when Altinn returned a pending request it already had.
+	Existing      bool `protobuf:"varint,2,opt,name=existing,proto3" json:"existing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateSystemUserRequestResponse) Reset() {
+	*x = CreateSystemUserRequestResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateSystemUserRequestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateSystemUserRequestResponse) ProtoMessage() {}
+
+func (x *CreateSystemUserRequestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateSystemUserRequestResponse.ProtoReflect.Descriptor instead.
+func (*CreateSystemUserRequestResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *CreateSystemUserRequestResponse) GetRequest() *SystemUserRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
+func (x *CreateSystemUserRequestResponse) GetExisting() bool {
+	if x != nil {
+		return x.Existing
+	}
+	return false
+}
+
+// GetSystemUserRequestRequest names a request: by id, or by customer_org
+// (and external_ref).
+type GetSystemUserRequestRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Client      string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	Id          string                 `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	CustomerOrg string                 `protobuf:"bytes,3,opt,name=customer_org,json=customerOrg,proto3" json:"customer_org,omitempty"`
+	ExternalRef string                 `protobuf:"bytes,4,opt,name=external_ref,json=externalRef,proto3" json:"external_ref,omitempty"`
+	// Look among agent requests.
+	Agent         bool `protobuf:"varint,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSystemUserRequestRequest) Reset() {
+	*x = GetSystemUserRequestRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSystemUserRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSystemUserRequestRequest) ProtoMessage() {}
+
+func (x *GetSystemUserRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSystemUserRequestRequest.ProtoReflect.Descriptor instead.
+func (*GetSystemUserRequestRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *GetSystemUserRequestRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *GetSystemUserRequestRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *GetSystemUserRequestRequest) GetCustomerOrg() string {
+	if x != nil {
+		return x.CustomerOrg
+	}
+	return ""
+}
+
+func (x *GetSystemUserRequestRequest) GetExternalRef() string {
+	if x != nil {
+		return x.ExternalRef
+	}
+	return ""
+}
+
+func (x *GetSystemUserRequestRequest) GetAgent() bool {
+	if x != nil {
+		return x.Agent
+	}
+	return false
+}
+
+// GetSystemUserRequestResponse carries the request.
+type GetSystemUserRequestResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Request       *SystemUserRequest     `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSystemUserRequestResponse) Reset() {
+	*x = GetSystemUserRequestResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSystemUserRequestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSystemUserRequestResponse) ProtoMessage() {}
+
+func (x *GetSystemUserRequestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSystemUserRequestResponse.ProtoReflect.Descriptor instead.
+func (*GetSystemUserRequestResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *GetSystemUserRequestResponse) GetRequest() *SystemUserRequest {
+	if x != nil {
+		return x.Request
+	}
+	return nil
+}
+
 var File_tokenbroker_v1_tokenbroker_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
@@ -368,13 +850,57 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\tissued_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\bissuedAt\x12\x16\n" +
 	"\x06cached\x18\v \x01(\bR\x06cached\x12-\n" +
-	"\x04kind\x18\f \x01(\x0e2\x19.tokenbroker.v1.TokenKindR\x04kind*[\n" +
+	"\x04kind\x18\f \x01(\x0e2\x19.tokenbroker.v1.TokenKindR\x04kind\"\xb0\x03\n" +
+	"\x11SystemUserRequest\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x16\n" +
+	"\x06client\x18\x02 \x01(\tR\x06client\x12\x1b\n" +
+	"\tsystem_id\x18\x03 \x01(\tR\bsystemId\x12!\n" +
+	"\fcustomer_org\x18\x04 \x01(\tR\vcustomerOrg\x12!\n" +
+	"\fexternal_ref\x18\x05 \x01(\tR\vexternalRef\x12?\n" +
+	"\x06status\x18\x06 \x01(\x0e2'.tokenbroker.v1.SystemUserRequestStatusR\x06status\x12\x1f\n" +
+	"\vconfirm_url\x18\a \x01(\tR\n" +
+	"confirmUrl\x12!\n" +
+	"\fredirect_url\x18\b \x01(\tR\vredirectUrl\x12\x16\n" +
+	"\x06rights\x18\t \x03(\tR\x06rights\x12'\n" +
+	"\x0faccess_packages\x18\n" +
+	" \x03(\tR\x0eaccessPackages\x12\x14\n" +
+	"\x05agent\x18\v \x01(\bR\x05agent\x124\n" +
+	"\acreated\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xf8\x01\n" +
+	"\x1eCreateSystemUserRequestRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12!\n" +
+	"\fcustomer_org\x18\x02 \x01(\tR\vcustomerOrg\x12!\n" +
+	"\fexternal_ref\x18\x03 \x01(\tR\vexternalRef\x12\x16\n" +
+	"\x06rights\x18\x04 \x03(\tR\x06rights\x12'\n" +
+	"\x0faccess_packages\x18\x05 \x03(\tR\x0eaccessPackages\x12!\n" +
+	"\fredirect_url\x18\x06 \x01(\tR\vredirectUrl\x12\x14\n" +
+	"\x05agent\x18\a \x01(\bR\x05agent\"z\n" +
+	"\x1fCreateSystemUserRequestResponse\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.tokenbroker.v1.SystemUserRequestR\arequest\x12\x1a\n" +
+	"\bexisting\x18\x02 \x01(\bR\bexisting\"\xa1\x01\n" +
+	"\x1bGetSystemUserRequestRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12!\n" +
+	"\fcustomer_org\x18\x03 \x01(\tR\vcustomerOrg\x12!\n" +
+	"\fexternal_ref\x18\x04 \x01(\tR\vexternalRef\x12\x14\n" +
+	"\x05agent\x18\x05 \x01(\bR\x05agent\"[\n" +
+	"\x1cGetSystemUserRequestResponse\x12;\n" +
+	"\arequest\x18\x01 \x01(\v2!.tokenbroker.v1.SystemUserRequestR\arequest*[\n" +
 	"\tTokenKind\x12\x1a\n" +
 	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17TOKEN_KIND_MASKINPORTEN\x10\x01\x12\x15\n" +
-	"\x11TOKEN_KIND_ALTINN\x10\x022c\n" +
+	"\x11TOKEN_KIND_ALTINN\x10\x02*\x8c\x02\n" +
+	"\x17SystemUserRequestStatus\x12*\n" +
+	"&SYSTEM_USER_REQUEST_STATUS_UNSPECIFIED\x10\x00\x12\"\n" +
+	"\x1eSYSTEM_USER_REQUEST_STATUS_NEW\x10\x01\x12'\n" +
+	"#SYSTEM_USER_REQUEST_STATUS_ACCEPTED\x10\x02\x12'\n" +
+	"#SYSTEM_USER_REQUEST_STATUS_REJECTED\x10\x03\x12%\n" +
+	"!SYSTEM_USER_REQUEST_STATUS_DENIED\x10\x04\x12(\n" +
+	"$SYSTEM_USER_REQUEST_STATUS_TIMED_OUT\x10\x052c\n" +
 	"\x12TokenBrokerService\x12M\n" +
-	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponseB\xc4\x01\n" +
+	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse2\x82\x02\n" +
+	"\x11SystemUserService\x12z\n" +
+	"\x17CreateSystemUserRequest\x12..tokenbroker.v1.CreateSystemUserRequestRequest\x1a/.tokenbroker.v1.CreateSystemUserRequestResponse\x12q\n" +
+	"\x14GetSystemUserRequest\x12+.tokenbroker.v1.GetSystemUserRequestRequest\x1a,.tokenbroker.v1.GetSystemUserRequestResponseB\xc4\x01\n" +
 	"\x12com.tokenbroker.v1B\x10TokenbrokerProtoP\x01ZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1\xa2\x02\x03TXX\xaa\x02\x0eTokenbroker.V1\xca\x02\x0eTokenbroker\\V1\xe2\x02\x1aTokenbroker\\V1\\GPBMetadata\xea\x02\x0fTokenbroker::V1b\x06proto3"
 
 var (
@@ -389,28 +915,42 @@ func file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP() []byte {
 	return file_tokenbroker_v1_tokenbroker_proto_rawDescData
 }
 
-var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 2)
+var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
 var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
-	(TokenKind)(0),                // 0: tokenbroker.v1.TokenKind
-	(*GetTokenRequest)(nil),       // 1: tokenbroker.v1.GetTokenRequest
-	(*GetTokenResponse)(nil),      // 2: tokenbroker.v1.GetTokenResponse
-	(*durationpb.Duration)(nil),   // 3: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 4: google.protobuf.Timestamp
+	(TokenKind)(0),                          // 0: tokenbroker.v1.TokenKind
+	(SystemUserRequestStatus)(0),            // 1: tokenbroker.v1.SystemUserRequestStatus
+	(*GetTokenRequest)(nil),                 // 2: tokenbroker.v1.GetTokenRequest
+	(*GetTokenResponse)(nil),                // 3: tokenbroker.v1.GetTokenResponse
+	(*SystemUserRequest)(nil),               // 4: tokenbroker.v1.SystemUserRequest
+	(*CreateSystemUserRequestRequest)(nil),  // 5: tokenbroker.v1.CreateSystemUserRequestRequest
+	(*CreateSystemUserRequestResponse)(nil), // 6: tokenbroker.v1.CreateSystemUserRequestResponse
+	(*GetSystemUserRequestRequest)(nil),     // 7: tokenbroker.v1.GetSystemUserRequestRequest
+	(*GetSystemUserRequestResponse)(nil),    // 8: tokenbroker.v1.GetSystemUserRequestResponse
+	(*durationpb.Duration)(nil),             // 9: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),           // 10: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_tokenbroker_proto_depIdxs = []int32{
-	3, // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
-	0, // 1: tokenbroker.v1.GetTokenRequest.kind:type_name -> tokenbroker.v1.TokenKind
-	4, // 2: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	4, // 3: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
-	0, // 4: tokenbroker.v1.GetTokenResponse.kind:type_name -> tokenbroker.v1.TokenKind
-	1, // 5: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
-	2, // 6: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	6, // [6:7] is the sub-list for method output_type
-	5, // [5:6] is the sub-list for method input_type
-	5, // [5:5] is the sub-list for extension type_name
-	5, // [5:5] is the sub-list for extension extendee
-	0, // [0:5] is the sub-list for field type_name
+	9,  // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
+	0,  // 1: tokenbroker.v1.GetTokenRequest.kind:type_name -> tokenbroker.v1.TokenKind
+	10, // 2: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	10, // 3: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
+	0,  // 4: tokenbroker.v1.GetTokenResponse.kind:type_name -> tokenbroker.v1.TokenKind
+	1,  // 5: tokenbroker.v1.SystemUserRequest.status:type_name -> tokenbroker.v1.SystemUserRequestStatus
+	10, // 6: tokenbroker.v1.SystemUserRequest.created:type_name -> google.protobuf.Timestamp
+	4,  // 7: tokenbroker.v1.CreateSystemUserRequestResponse.request:type_name -> tokenbroker.v1.SystemUserRequest
+	4,  // 8: tokenbroker.v1.GetSystemUserRequestResponse.request:type_name -> tokenbroker.v1.SystemUserRequest
+	2,  // 9: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
+	5,  // 10: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:input_type -> tokenbroker.v1.CreateSystemUserRequestRequest
+	7,  // 11: tokenbroker.v1.SystemUserService.GetSystemUserRequest:input_type -> tokenbroker.v1.GetSystemUserRequestRequest
+	3,  // 12: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	6,  // 13: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:output_type -> tokenbroker.v1.CreateSystemUserRequestResponse
+	8,  // 14: tokenbroker.v1.SystemUserService.GetSystemUserRequest:output_type -> tokenbroker.v1.GetSystemUserRequestResponse
+	12, // [12:15] is the sub-list for method output_type
+	9,  // [9:12] is the sub-list for method input_type
+	9,  // [9:9] is the sub-list for extension type_name
+	9,  // [9:9] is the sub-list for extension extendee
+	0,  // [0:9] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_tokenbroker_proto_init() }
@@ -423,10 +963,10 @@ func file_tokenbroker_v1_tokenbroker_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_tokenbroker_proto_rawDesc), len(file_tokenbroker_v1_tokenbroker_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   2,
+			NumEnums:      2,
+			NumMessages:   7,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_tokenbroker_v1_tokenbroker_proto_goTypes,
 		DependencyIndexes: file_tokenbroker_v1_tokenbroker_proto_depIdxs,

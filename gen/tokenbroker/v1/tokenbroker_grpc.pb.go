@@ -159,3 +159,167 @@ var TokenBrokerService_ServiceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "tokenbroker/v1/tokenbroker.proto",
 }
+
+const (
+	SystemUserService_CreateSystemUserRequest_FullMethodName = "/tokenbroker.v1.SystemUserService/CreateSystemUserRequest"
+	SystemUserService_GetSystemUserRequest_FullMethodName    = "/tokenbroker.v1.SystemUserService/GetSystemUserRequest"
+)
+
+// SystemUserServiceClient is the client API for SystemUserService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// SystemUserService carries the vendor's side of the system user
+// lifecycle at Altinn, with the vendor's own Maskinporten tokens exchanged
+// for Altinn tokens: it asks a customer organisation to approve a system
+// user for the client's system and follows the request. Calls follow the
+// caller policy (client, customer org, external ref). Altinn's errors keep
+// their AUTH-000nn code in a google.rpc.ErrorInfo of domain altinn.no.
+type SystemUserServiceClient interface {
+	// CreateSystemUserRequest asks customer_org to approve a system user:
+	// standard (rights and/or access packages) or agent (access packages).
+	// Posting the same request again returns the pending one (existing).
+	CreateSystemUserRequest(ctx context.Context, in *CreateSystemUserRequestRequest, opts ...grpc.CallOption) (*CreateSystemUserRequestResponse, error)
+	// GetSystemUserRequest reads a request by id, or by customer_org and
+	// external_ref.
+	GetSystemUserRequest(ctx context.Context, in *GetSystemUserRequestRequest, opts ...grpc.CallOption) (*GetSystemUserRequestResponse, error)
+}
+
+type systemUserServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewSystemUserServiceClient(cc grpc.ClientConnInterface) SystemUserServiceClient {
+	return &systemUserServiceClient{cc}
+}
+
+func (c *systemUserServiceClient) CreateSystemUserRequest(ctx context.Context, in *CreateSystemUserRequestRequest, opts ...grpc.CallOption) (*CreateSystemUserRequestResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateSystemUserRequestResponse)
+	err := c.cc.Invoke(ctx, SystemUserService_CreateSystemUserRequest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *systemUserServiceClient) GetSystemUserRequest(ctx context.Context, in *GetSystemUserRequestRequest, opts ...grpc.CallOption) (*GetSystemUserRequestResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetSystemUserRequestResponse)
+	err := c.cc.Invoke(ctx, SystemUserService_GetSystemUserRequest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// SystemUserServiceServer is the server API for SystemUserService service.
+// All implementations must embed UnimplementedSystemUserServiceServer
+// for forward compatibility.
+//
+// SystemUserService carries the vendor's side of the system user
+// lifecycle at Altinn, with the vendor's own Maskinporten tokens exchanged
+// for Altinn tokens: it asks a customer organisation to approve a system
+// user for the client's system and follows the request. Calls follow the
+// caller policy (client, customer org, external ref). Altinn's errors keep
+// their AUTH-000nn code in a google.rpc.ErrorInfo of domain altinn.no.
+type SystemUserServiceServer interface {
+	// CreateSystemUserRequest asks customer_org to approve a system user:
+	// standard (rights and/or access packages) or agent (access packages).
+	// Posting the same request again returns the pending one (existing).
+	CreateSystemUserRequest(context.Context, *CreateSystemUserRequestRequest) (*CreateSystemUserRequestResponse, error)
+	// GetSystemUserRequest reads a request by id, or by customer_org and
+	// external_ref.
+	GetSystemUserRequest(context.Context, *GetSystemUserRequestRequest) (*GetSystemUserRequestResponse, error)
+	mustEmbedUnimplementedSystemUserServiceServer()
+}
+
+// UnimplementedSystemUserServiceServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedSystemUserServiceServer struct{}
+
+func (UnimplementedSystemUserServiceServer) CreateSystemUserRequest(context.Context, *CreateSystemUserRequestRequest) (*CreateSystemUserRequestResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateSystemUserRequest not implemented")
+}
+func (UnimplementedSystemUserServiceServer) GetSystemUserRequest(context.Context, *GetSystemUserRequestRequest) (*GetSystemUserRequestResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetSystemUserRequest not implemented")
+}
+func (UnimplementedSystemUserServiceServer) mustEmbedUnimplementedSystemUserServiceServer() {}
+func (UnimplementedSystemUserServiceServer) testEmbeddedByValue()                           {}
+
+// UnsafeSystemUserServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to SystemUserServiceServer will
+// result in compilation errors.
+type UnsafeSystemUserServiceServer interface {
+	mustEmbedUnimplementedSystemUserServiceServer()
+}
+
+func RegisterSystemUserServiceServer(s grpc.ServiceRegistrar, srv SystemUserServiceServer) {
+	// If the following call panics, it indicates UnimplementedSystemUserServiceServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&SystemUserService_ServiceDesc, srv)
+}
+
+func _SystemUserService_CreateSystemUserRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateSystemUserRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemUserServiceServer).CreateSystemUserRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemUserService_CreateSystemUserRequest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemUserServiceServer).CreateSystemUserRequest(ctx, req.(*CreateSystemUserRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SystemUserService_GetSystemUserRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSystemUserRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemUserServiceServer).GetSystemUserRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemUserService_GetSystemUserRequest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemUserServiceServer).GetSystemUserRequest(ctx, req.(*GetSystemUserRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// SystemUserService_ServiceDesc is the grpc.ServiceDesc for SystemUserService service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var SystemUserService_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "tokenbroker.v1.SystemUserService",
+	HandlerType: (*SystemUserServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "CreateSystemUserRequest",
+			Handler:    _SystemUserService_CreateSystemUserRequest_Handler,
+		},
+		{
+			MethodName: "GetSystemUserRequest",
+			Handler:    _SystemUserService_GetSystemUserRequest_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "tokenbroker/v1/tokenbroker.proto",
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"io"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/server"
+)
+
+// TestSystemUserFlow runs Altinn's vendor flow in dev mode: a request for a
+// new customer, GetToken refused until the customer approves at the confirm
+// URL, then granted; an idempotent repost, lookups by id and external ref,
+// an agent request that is rejected, and Altinn's errors with their codes.
+func TestSystemUserFlow(t *testing.T) {
+	t.Parallel()
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var stdout, stderr syncBuffer
+	ready, done := make(chan devEnv, 1), make(chan error, 1)
+	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &stdout, &stderr, ready) }()
+	var env devEnv
+	select {
+	case env = <-ready:
+	case err := <-done:
+		t.Fatalf("dev: %v", err)
+	}
+	defer func() { cancel(); <-done }()
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	su := tokenbrokerv1.NewSystemUserServiceClient(conn)
+	tb := tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+	rctx, rcancel := context.WithTimeout(ctx, 20*time.Second)
+	defer rcancel()
+	const customer = "889640782"
+	getToken := func() error {
+		_, err := tb.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: customer, Scopes: []string{devScope}})
+		return err
+	}
+	visit := func(u string) {
+		t.Helper()
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d %s", u, resp.StatusCode, body)
+		}
+	}
+
+	created, err := su.CreateSystemUserRequest(rctx, &tokenbrokerv1.CreateSystemUserRequestRequest{
+		CustomerOrg: customer, Rights: []string{"ske-krav-og-betalinger"}, RedirectUrl: "https://vendor.example/done"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := created.GetRequest()
+	if req.GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_NEW || req.GetConfirmUrl() == "" ||
+		req.GetSystemId() != devSystemID || req.GetCustomerOrg() != customer || created.GetExisting() || len(req.GetRights()) != 1 {
+		t.Fatalf("created %v", created)
+	}
+	if status.Code(getToken()) != codes.FailedPrecondition {
+		t.Error("GetToken before approval did not answer FailedPrecondition")
+	}
+	again, err := su.CreateSystemUserRequest(rctx, &tokenbrokerv1.CreateSystemUserRequestRequest{
+		CustomerOrg: customer, Rights: []string{"ske-krav-og-betalinger"}, RedirectUrl: "https://vendor.example/done"})
+	if err != nil || !again.GetExisting() || again.GetRequest().GetId() != req.GetId() {
+		t.Errorf("repost: %v %v, want the same pending request", again, err)
+	}
+	byID, err := su.GetSystemUserRequest(rctx, &tokenbrokerv1.GetSystemUserRequestRequest{Id: req.GetId()})
+	if err != nil || byID.GetRequest().GetId() != req.GetId() {
+		t.Errorf("get by id: %v %v", byID, err)
+	}
+
+	visit(req.GetConfirmUrl() + "&action=approve")
+	byRef, err := su.GetSystemUserRequest(rctx, &tokenbrokerv1.GetSystemUserRequestRequest{CustomerOrg: customer})
+	if err != nil || byRef.GetRequest().GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_ACCEPTED {
+		t.Fatalf("get by external ref after approval: %v %v", byRef, err)
+	}
+	if err := getToken(); err != nil {
+		t.Errorf("GetToken after approval: %v", err)
+	}
+	_, err = su.CreateSystemUserRequest(rctx, &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: customer, Rights: []string{"ske-krav-og-betalinger"}})
+	if st := status.Convert(err); st.Code() != codes.AlreadyExists || !hasAltinnCode(st, "AUTH-00004") {
+		t.Errorf("request for an existing system user: %v, want AlreadyExists with AUTH-00004", err)
+	}
+
+	// An agent request, rejected by the customer.
+	agent, err := su.CreateSystemUserRequest(rctx, &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: "313775429", ExternalRef: "clients",
+		Agent: true, AccessPackages: []string{"urn:altinn:accesspackage:regnskapsforer-med-signeringsrettighet"}})
+	if err != nil || !agent.GetRequest().GetAgent() || !strings.Contains(agent.GetRequest().GetConfirmUrl(), "agentrequest") {
+		t.Fatalf("agent request: %v %v", agent, err)
+	}
+	if err := env.Emulator.Decide(agent.GetRequest().GetId(), false); err != nil {
+		t.Fatal(err)
+	}
+	got, err := su.GetSystemUserRequest(rctx, &tokenbrokerv1.GetSystemUserRequestRequest{Id: agent.GetRequest().GetId(), Agent: true})
+	if err != nil || got.GetRequest().GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_REJECTED {
+		t.Errorf("rejected agent request: %v %v", got, err)
+	}
+
+	// Errors: bad input before any call, Altinn's own after.
+	for name, tc := range map[string]struct {
+		req  *tokenbrokerv1.CreateSystemUserRequestRequest
+		code codes.Code
+		word string
+	}{
+		"bad_org":           {&tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: "123456789", Rights: []string{"r"}}, codes.InvalidArgument, "customer_org"},
+		"nothing_asked":     {&tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: customer}, codes.InvalidArgument, "rights"},
+		"agent_with_rights": {&tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: customer, Agent: true, Rights: []string{"r"}}, codes.InvalidArgument, "rights"},
+		"bad_package":       {&tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: customer, AccessPackages: []string{"package"}}, codes.InvalidArgument, "access_packages"},
+		"http_redirect":     {&tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: customer, Rights: []string{"r"}, RedirectUrl: "http://x"}, codes.InvalidArgument, "redirect_url"},
+	} {
+		_, err := su.CreateSystemUserRequest(rctx, tc.req)
+		if st := status.Convert(err); st.Code() != tc.code || !strings.HasPrefix(st.Message(), tc.word) {
+			t.Errorf("%s: %v, want %v naming %s", name, err, tc.code, tc.word)
+		}
+	}
+	_, err = su.GetSystemUserRequest(rctx, &tokenbrokerv1.GetSystemUserRequestRequest{Id: "8f7d0c52-7a39-4e2f-9f55-0c3f3c3e9b11"})
+	if st := status.Convert(err); st.Code() != codes.NotFound || !hasAltinnCode(st, "AUTH-00010") {
+		t.Errorf("unknown request: %v, want NotFound with AUTH-00010", err)
+	}
+}
+
+func hasAltinnCode(st *status.Status, code string) bool {
+	for _, d := range st.Details() {
+		if i, ok := d.(*errdetails.ErrorInfo); ok && i.GetDomain() == server.AltinnDomain && i.GetReason() == code {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,84 @@
+package server
+
+import (
+	"context"
+	"strings"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+)
+
+// AltinnDomain is the ErrorInfo domain of errors that carry Altinn's
+// AUTH-000nn codes.
+const AltinnDomain = "altinn.no"
+
+// systemUserService implements SystemUserService on the broker.
+type systemUserService struct {
+	tokenbrokerv1.UnimplementedSystemUserServiceServer
+	broker *broker.Broker
+}
+
+func (s *systemUserService) CreateSystemUserRequest(ctx context.Context, req *tokenbrokerv1.CreateSystemUserRequestRequest) (*tokenbrokerv1.CreateSystemUserRequestResponse, error) {
+	caller, _ := CallerFromContext(ctx)
+	r, existing, err := s.broker.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{
+		Caller: caller, Client: req.GetClient(), CustomerOrg: req.GetCustomerOrg(), ExternalRef: req.GetExternalRef(),
+		RedirectURL: req.GetRedirectUrl(), Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), Agent: req.GetAgent(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &tokenbrokerv1.CreateSystemUserRequestResponse{Request: toProtoRequest(r, req.GetClient(), req.GetAgent()), Existing: existing}, nil
+}
+
+func (s *systemUserService) GetSystemUserRequest(ctx context.Context, req *tokenbrokerv1.GetSystemUserRequestRequest) (*tokenbrokerv1.GetSystemUserRequestResponse, error) {
+	caller, _ := CallerFromContext(ctx)
+	r, err := s.broker.GetSystemUserRequest(ctx, broker.SystemUserLookup{
+		Caller: caller, Client: req.GetClient(), ID: req.GetId(), CustomerOrg: req.GetCustomerOrg(),
+		ExternalRef: req.GetExternalRef(), Agent: req.GetAgent(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &tokenbrokerv1.GetSystemUserRequestResponse{Request: toProtoRequest(r, req.GetClient(), req.GetAgent())}, nil
+}
+
+func toProtoRequest(r *altinn.Request, client string, agent bool) *tokenbrokerv1.SystemUserRequest {
+	out := &tokenbrokerv1.SystemUserRequest{
+		Id: r.ID, Client: client, SystemId: r.SystemID, CustomerOrg: r.PartyOrgNo, ExternalRef: r.ExternalRef,
+		Status: statusOf(r.Status), ConfirmUrl: r.ConfirmURL, RedirectUrl: r.RedirectURL, Agent: agent,
+	}
+	for _, right := range r.Rights {
+		for _, a := range right.Resource {
+			out.Rights = append(out.Rights, a.Value)
+		}
+	}
+	for _, p := range r.AccessPackages {
+		out.AccessPackages = append(out.AccessPackages, p.URN)
+	}
+	if !r.Created.IsZero() {
+		out.Created = timestamppb.New(r.Created)
+	}
+	return out
+}
+
+// statusOf compares Altinn's status case-insensitively (its documentation
+// and its code disagree on case).
+func statusOf(s string) tokenbrokerv1.SystemUserRequestStatus {
+	switch strings.ToLower(s) {
+	case "new":
+		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_NEW
+	case "accepted":
+		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_ACCEPTED
+	case "rejected":
+		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_REJECTED
+	case "denied":
+		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_DENIED
+	case "timedout":
+		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_TIMED_OUT
+	default:
+		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_UNSPECIFIED
+	}
+}
