@@ -2,6 +2,7 @@ package broker
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net/url"
 	"strings"
@@ -19,6 +20,9 @@ type VendorAPI interface {
 	CreateRequest(ctx context.Context, token string, agent bool, r altinn.Request) (*altinn.Request, bool, error)
 	GetRequest(ctx context.Context, token string, agent bool, id string) (*altinn.Request, error)
 	GetRequestByExternalRef(ctx context.Context, token string, agent bool, systemID, org, ref string) (*altinn.Request, error)
+	ListRequests(ctx context.Context, token string, agent bool, systemID, pageURL string) ([]altinn.Request, string, error)
+	ListSystemUsers(ctx context.Context, token, systemID, pageURL string) ([]altinn.SystemUser, string, error)
+	RegisterSystem(ctx context.Context, token string, s altinn.System, update bool) error
 }
 
 // SystemUserRequestParams describe a system user request to create.
@@ -199,4 +203,155 @@ func (b *Broker) vendorToken(ctx context.Context, c *Client, scope string) (*mas
 	}
 	t, _, _, err := b.fetch(ctx, e, vendorMinValidity)
 	return t, err
+}
+
+// requireAll checks that the caller may act for every customer of client:
+// its policy rule must list customer_orgs "*". Lists and the system
+// register span customers.
+func (b *Broker) requireAll(caller string, c *Client) error {
+	if err := b.policy.Load().Check(caller, policy.Request{Client: c.Name, CustomerOrg: "*"}); err != nil {
+		return fmt.Errorf("%w: %w (listing and registering need customer_orgs \"*\")", ErrPermissionDenied, err)
+	}
+	return nil
+}
+
+// pageURL decodes a page token (the base64url of Altinn's next link).
+func pageURL(token string) (string, error) {
+	if token == "" {
+		return "", nil
+	}
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err != nil || len(b) > 2048 {
+		return "", fieldError("page_token", "not a page token from this service")
+	}
+	return string(b), nil
+}
+
+// PageToken encodes Altinn's next link as an opaque page token.
+func PageToken(next string) string {
+	if next == "" {
+		return ""
+	}
+	return base64.RawURLEncoding.EncodeToString([]byte(next))
+}
+
+// ListSystemUserRequests returns one page of the client's requests and the
+// next page token ("" on the last page).
+func (b *Broker) ListSystemUserRequests(ctx context.Context, caller, client string, agent bool, pageToken string) ([]altinn.Request, string, error) {
+	c, page, err := b.listSetup(caller, client, pageToken)
+	if err != nil {
+		return nil, "", err
+	}
+	tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestRead)
+	if err != nil {
+		return nil, "", err
+	}
+	list, next, err := c.Vendor.ListRequests(ctx, tok.AccessToken, agent, c.SystemID, page)
+	return list, PageToken(next), err
+}
+
+// ListSystemUsers returns one page of the client's system users and the next
+// page token.
+func (b *Broker) ListSystemUsers(ctx context.Context, caller, client, pageToken string) ([]altinn.SystemUser, string, error) {
+	c, page, err := b.listSetup(caller, client, pageToken)
+	if err != nil {
+		return nil, "", err
+	}
+	tok, err := b.vendorToken(ctx, c, altinn.ScopeSystemRegisterWrite)
+	if err != nil {
+		return nil, "", err
+	}
+	list, next, err := c.Vendor.ListSystemUsers(ctx, tok.AccessToken, c.SystemID, page)
+	return list, PageToken(next), err
+}
+
+func (b *Broker) listSetup(caller, client, pageToken string) (*Client, string, error) {
+	if err := checkString("client", client, MaxClientLen); err != nil {
+		return nil, "", err
+	}
+	page, err := pageURL(pageToken)
+	if err != nil {
+		return nil, "", err
+	}
+	c, err := b.systemUserClient(client)
+	if err != nil {
+		return nil, "", err
+	}
+	if err := b.requireAll(caller, c); err != nil {
+		return nil, "", err
+	}
+	return c, page, nil
+}
+
+// SystemRegistration describes the client's system for the register.
+type SystemRegistration struct {
+	Caller, Client                       string
+	Name, Description                    map[string]string
+	Rights, AccessPackages, RedirectURLs []string
+	Update                               bool
+}
+
+// RegisterSystem creates (or replaces) the client's system in Altinn's
+// system register with the client's client_id, and returns its id.
+func (b *Broker) RegisterSystem(ctx context.Context, r SystemRegistration) (string, error) {
+	if err := checkString("client", r.Client, MaxClientLen); err != nil {
+		return "", err
+	}
+	if len(r.Name) == 0 {
+		return "", fieldError("name", "at least one language (nb, nn, en) is required")
+	}
+	for lang, text := range r.Name {
+		if err := checkString("name", lang+text, 256); err != nil {
+			return "", err
+		}
+	}
+	for lang, text := range r.Description {
+		if err := checkString("description", lang+text, 2048); err != nil {
+			return "", err
+		}
+	}
+	var rights []altinn.Right
+	for _, id := range r.Rights {
+		if msg := checkScope(id); msg != "" {
+			return "", fieldError("rights", "resource id %q: %s", id, msg)
+		}
+		rights = append(rights, altinn.Right{Resource: []altinn.Attribute{{ID: "urn:altinn:resource", Value: id}}})
+	}
+	var packages []altinn.AccessPackage
+	for _, a := range r.AccessPackages {
+		if !strings.HasPrefix(a, AccessPackagePrefix) || checkScope(a) != "" {
+			return "", fieldError("access_packages", "want an URN starting with %s", AccessPackagePrefix)
+		}
+		packages = append(packages, altinn.AccessPackage{URN: a})
+	}
+	for _, u := range r.RedirectURLs {
+		if pu, err := url.Parse(u); err != nil || pu.Scheme != "https" || pu.Host == "" || len(u) > MaxResourceLen {
+			return "", fieldError("allowed_redirect_urls", "want absolute https URLs")
+		}
+	}
+	c, err := b.systemUserClient(r.Client)
+	if err != nil {
+		return "", err
+	}
+	if err := b.requireAll(r.Caller, c); err != nil {
+		return "", err
+	}
+	vendor, _, _ := strings.Cut(c.SystemID, "_")
+	if !orgno.Valid(vendor) {
+		return "", fieldError("client", "system_id %q does not start with the vendor's organisation number and _", c.SystemID)
+	}
+	cid, ok := c.Source.(interface{ ClientID() string })
+	if !ok {
+		return "", fieldError("client", "client %q has no Maskinporten client_id", c.Name)
+	}
+	tok, err := b.vendorToken(ctx, c, altinn.ScopeSystemRegisterWrite)
+	if err != nil {
+		return "", err
+	}
+	err = c.Vendor.RegisterSystem(ctx, tok.AccessToken, altinn.System{
+		ID: c.SystemID, Vendor: altinn.OrgID{Authority: maskinporten.OrgAuthority, ID: maskinporten.OrgPrefix + vendor},
+		Name: r.Name, Description: r.Description, Rights: rights, AccessPackages: packages,
+		ClientID: []string{cid.ClientID()}, AllowedRedirectURLs: r.RedirectURLs, IsVisible: true,
+	}, r.Update)
+	return c.SystemID, err
 }

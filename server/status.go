@@ -74,11 +74,11 @@ func altinnStatus(pe *altinn.ProblemError) error {
 		code = codes.Unavailable
 	case pe.StatusCode == 404:
 		code = codes.NotFound
-	case pe.Code == "AUTH-00004":
+	case pe.Code == "AUTH-00004", pe.Code == "AUTH.VLD-00002":
 		code = codes.AlreadyExists
 	case pe.StatusCode == 401 || pe.StatusCode == 403:
 		code = codes.PermissionDenied
-	case strings.HasPrefix(pe.Code, "AUTH.VLD-"), pe.Code == "AUTH-00001", pe.Code == "AUTH-00021":
+	case strings.HasPrefix(pe.Code, "AUTH.VLD-"), pe.Code == "AUTH-00001", pe.Code == "AUTH-00021", pe.StatusCode == 400 && pe.Code == "":
 		code = codes.InvalidArgument
 	}
 	info := &errdetails.ErrorInfo{Reason: "ALTINN_ERROR", Domain: AltinnDomain, Metadata: map[string]string{"http_status": strconv.Itoa(pe.StatusCode)}}

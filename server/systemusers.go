@@ -82,3 +82,49 @@ func statusOf(s string) tokenbrokerv1.SystemUserRequestStatus {
 		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_UNSPECIFIED
 	}
 }
+
+func (s *systemUserService) ListSystemUserRequests(ctx context.Context, req *tokenbrokerv1.ListSystemUserRequestsRequest) (*tokenbrokerv1.ListSystemUserRequestsResponse, error) {
+	caller, _ := CallerFromContext(ctx)
+	list, next, err := s.broker.ListSystemUserRequests(ctx, caller, req.GetClient(), req.GetAgent(), req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &tokenbrokerv1.ListSystemUserRequestsResponse{NextPageToken: next}
+	for i := range list {
+		out.Requests = append(out.Requests, toProtoRequest(&list[i], req.GetClient(), req.GetAgent()))
+	}
+	return out, nil
+}
+
+func (s *systemUserService) ListSystemUsers(ctx context.Context, req *tokenbrokerv1.ListSystemUsersRequest) (*tokenbrokerv1.ListSystemUsersResponse, error) {
+	caller, _ := CallerFromContext(ctx)
+	list, next, err := s.broker.ListSystemUsers(ctx, caller, req.GetClient(), req.GetPageToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &tokenbrokerv1.ListSystemUsersResponse{NextPageToken: next}
+	for _, u := range list {
+		if u.IsDeleted {
+			continue
+		}
+		su := &tokenbrokerv1.SystemUser{Id: u.ID, SystemId: u.SystemID, CustomerOrg: u.ReporteeOrgNo, ExternalRef: u.ExternalRef,
+			Agent: strings.EqualFold(u.UserType, "agent"), IntegrationTitle: u.IntegrationTitle}
+		if !u.Created.IsZero() {
+			su.Created = timestamppb.New(u.Created)
+		}
+		out.SystemUsers = append(out.SystemUsers, su)
+	}
+	return out, nil
+}
+
+func (s *systemUserService) RegisterSystem(ctx context.Context, req *tokenbrokerv1.RegisterSystemRequest) (*tokenbrokerv1.RegisterSystemResponse, error) {
+	caller, _ := CallerFromContext(ctx)
+	id, err := s.broker.RegisterSystem(ctx, broker.SystemRegistration{
+		Caller: caller, Client: req.GetClient(), Name: req.GetName(), Description: req.GetDescription(),
+		Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), RedirectURLs: req.GetAllowedRedirectUrls(), Update: req.GetUpdate(),
+	})
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &tokenbrokerv1.RegisterSystemResponse{SystemId: id}, nil
+}

@@ -194,3 +194,110 @@ func (v *Vendor) do(ctx context.Context, token, method, path string, body []byte
 	}
 	return resp.StatusCode, nil
 }
+
+// Scopes the vendor needs for the system register and its system users.
+const ScopeSystemRegisterWrite = "altinn:authentication/systemregister.write"
+
+// SystemUser is a system user of a vendor's system, as Altinn lists it.
+type SystemUser struct {
+	ID               string    `json:"id"`
+	IntegrationTitle string    `json:"integrationTitle"`
+	SystemID         string    `json:"systemId"`
+	ReporteeOrgNo    string    `json:"reporteeOrgNo"`
+	Created          time.Time `json:"created"`
+	IsDeleted        bool      `json:"isDeleted"`
+	ExternalRef      string    `json:"externalRef"`
+	UserType         string    `json:"userType"`
+}
+
+// page is Altinn's paged list shape.
+type page[T any] struct {
+	Links struct {
+		Next *string `json:"next"`
+	} `json:"links"`
+	Data []T `json:"data"`
+}
+
+// ListRequests returns one page of the system's requests and the next
+// page's URL ("" on the last). pageURL "" starts at the first page; other
+// values must be next URLs this client returned (they are checked to stay
+// under the API base).
+func (v *Vendor) ListRequests(ctx context.Context, token string, agent bool, systemID, pageURL string) ([]Request, string, error) {
+	var p page[Request]
+	path, err := v.pagePath(requestPath(agent)+"/bysystem/"+url.PathEscape(systemID), pageURL)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := v.do(ctx, token, http.MethodGet, path, nil, &p); err != nil {
+		return nil, "", err
+	}
+	return p.Data, next(p.Links.Next), nil
+}
+
+// ListSystemUsers returns one page of the system's system users, like
+// ListRequests.
+func (v *Vendor) ListSystemUsers(ctx context.Context, token, systemID, pageURL string) ([]SystemUser, string, error) {
+	var p page[SystemUser]
+	path, err := v.pagePath("/systemuser/vendor/bysystem/"+url.PathEscape(systemID), pageURL)
+	if err != nil {
+		return nil, "", err
+	}
+	if _, err := v.do(ctx, token, http.MethodGet, path, nil, &p); err != nil {
+		return nil, "", err
+	}
+	return p.Data, next(p.Links.Next), nil
+}
+
+func next(n *string) string {
+	if n == nil {
+		return ""
+	}
+	return *n
+}
+
+// pagePath returns the path to request: first for the first page, or the
+// part of pageURL below the API base (anything else is refused, so a page
+// token cannot send the vendor's token elsewhere).
+func (v *Vendor) pagePath(first, pageURL string) (string, error) {
+	if pageURL == "" {
+		return first, nil
+	}
+	rest, ok := strings.CutPrefix(pageURL, v.base)
+	if !ok || !strings.HasPrefix(rest, first) {
+		return "", &ProblemError{StatusCode: 400, Detail: "page_token: does not belong to this list"}
+	}
+	return rest, nil
+}
+
+// System is a system in Altinn's system register, as the vendor registers
+// it.
+type System struct {
+	ID                  string            `json:"id"`
+	Vendor              OrgID             `json:"vendor"`
+	Name                map[string]string `json:"name"`
+	Description         map[string]string `json:"description"`
+	Rights              []Right           `json:"rights,omitempty"`
+	AccessPackages      []AccessPackage   `json:"accessPackages,omitempty"`
+	ClientID            []string          `json:"clientId"`
+	AllowedRedirectURLs []string          `json:"allowedRedirectUrls,omitempty"`
+	IsVisible           bool              `json:"isVisible"`
+}
+
+// OrgID is an ISO 6523 organisation identifier as Altinn writes it.
+type OrgID struct {
+	Authority string `json:"authority"`
+	ID        string `json:"ID"`
+}
+
+// RegisterSystem creates s in the system register, or with update replaces
+// it.
+func (v *Vendor) RegisterSystem(ctx context.Context, token string, s System, update bool) error {
+	body, _ := json.Marshal(s)
+	var ignored json.RawMessage
+	if update {
+		_, err := v.do(ctx, token, http.MethodPut, "/systemregister/vendor/"+url.PathEscape(s.ID), body, &ignored)
+		return err
+	}
+	_, err := v.do(ctx, token, http.MethodPost, "/systemregister/vendor", body, &ignored)
+	return err
+}

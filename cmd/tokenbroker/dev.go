@@ -93,7 +93,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	clientID := uuid.NewString()
 	if err := emu.AddClient(maskinportentest.Client{
 		ID: clientID, Org: devVendorOrg, SystemID: devSystemID, Keys: []jwk.Key{pub},
-		Scopes: []string{devScope, altinn.ScopeRequestWrite, altinn.ScopeRequestRead},
+		Scopes: []string{devScope, altinn.ScopeRequestWrite, altinn.ScopeRequestRead, altinn.ScopeSystemRegisterWrite},
 	}); err != nil {
 		return err
 	}

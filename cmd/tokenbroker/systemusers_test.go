@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"io"
 	"net/http"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -111,6 +113,69 @@ func TestSystemUserFlow(t *testing.T) {
 	got, err := su.GetSystemUserRequest(rctx, &tokenbrokerv1.GetSystemUserRequestRequest{Id: agent.GetRequest().GetId(), Agent: true})
 	if err != nil || got.GetRequest().GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_REJECTED {
 		t.Errorf("rejected agent request: %v %v", got, err)
+	}
+
+	// Lists page through Altinn's links.next (the emulator pages by 2).
+	for _, org := range []string{"123456785", "910753614"} {
+		if _, err := su.CreateSystemUserRequest(rctx, &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: org, Rights: []string{"r"}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var reqs []string
+	pages := 0
+	for token := ""; ; {
+		page, err := su.ListSystemUserRequests(rctx, &tokenbrokerv1.ListSystemUserRequestsRequest{PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pages++
+		for _, r := range page.GetRequests() {
+			reqs = append(reqs, r.GetCustomerOrg())
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if len(reqs) != 3 || pages != 2 {
+		t.Errorf("requests %v over %d pages, want 3 over 2", reqs, pages)
+	}
+	var users []string
+	for token := ""; ; {
+		page, err := su.ListSystemUsers(rctx, &tokenbrokerv1.ListSystemUsersRequest{PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, u := range page.GetSystemUsers() {
+			users = append(users, u.GetCustomerOrg())
+		}
+		if token = page.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if len(users) != len(devCustomers)+1 || !slices.Contains(users, customer) {
+		t.Errorf("system users %v, want the %d dev customers and %s", users, len(devCustomers), customer)
+	}
+	if _, err := su.ListSystemUsers(rctx, &tokenbrokerv1.ListSystemUsersRequest{PageToken: "not base64!"}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("bad page token: %v", err)
+	}
+	foreign := base64.RawURLEncoding.EncodeToString([]byte("https://elsewhere.example/steal?token=2"))
+	if _, err := su.ListSystemUsers(rctx, &tokenbrokerv1.ListSystemUsersRequest{PageToken: foreign}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("page token pointing elsewhere: %v, want InvalidArgument", err)
+	}
+
+	// The system register: the dev system exists, so creating it again is
+	// AlreadyExists; an update works.
+	reg := &tokenbrokerv1.RegisterSystemRequest{Name: map[string]string{"nb": "Demo", "en": "Demo"}, Rights: []string{"ske-krav-og-betalinger"},
+		AllowedRedirectUrls: []string{"https://vendor.example/done"}}
+	if _, err := su.RegisterSystem(rctx, reg); status.Code(err) != codes.AlreadyExists {
+		t.Errorf("registering an existing system: %v, want AlreadyExists", err)
+	}
+	reg.Update = true
+	if r, err := su.RegisterSystem(rctx, reg); err != nil || r.GetSystemId() != devSystemID {
+		t.Errorf("updating the system: %v %v", r, err)
+	}
+	if _, err := su.RegisterSystem(rctx, &tokenbrokerv1.RegisterSystemRequest{}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("registering without a name: %v", err)
 	}
 
 	// Errors: bad input before any call, Altinn's own after.

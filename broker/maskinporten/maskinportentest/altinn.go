@@ -1,9 +1,12 @@
 package maskinportentest
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -17,6 +20,8 @@ import (
 // The Altinn vendor API the emulator serves, under the same base as the
 // exchange (…/authentication/api/v1/).
 const (
+	systemUsersPath  = "/authentication/api/v1/systemuser/vendor/bysystem/"
+	registerPath     = "/authentication/api/v1/systemregister/vendor"
 	requestPath      = "/authentication/api/v1/systemuser/request/vendor"
 	agentRequestPath = "/authentication/api/v1/systemuser/request/vendor/agent"
 	confirmPath      = "/accessmanagement/ui/systemuser/request"
@@ -81,7 +86,15 @@ func (e *Emulator) Decide(id string, approve bool) error {
 	}
 	e.mu.Unlock()
 	if approve {
-		e.ApproveSystemUser(sys.ClientID, r.PartyOrgNo, r.ExternalRef)
+		id := e.ApproveSystemUser(sys.ClientID, r.PartyOrgNo, r.ExternalRef)
+		if r.agent {
+			e.mu.Lock()
+			if e.agentUsers == nil {
+				e.agentUsers = map[string]bool{}
+			}
+			e.agentUsers[id] = true
+			e.mu.Unlock()
+		}
 	}
 	return nil
 }
@@ -117,12 +130,41 @@ func (e *Emulator) vendorOrg(r *http.Request) (string, bool) {
 	return org, true
 }
 
-// serveVendor answers the system user request API; it reports whether the
-// path was one of it.
+// listPageSize is small, so that tests page.
+const listPageSize = 2
+
+// writePage answers one page of list, starting at ?token=N, with Altinn's
+// links.next as an absolute URL.
+func writePage[T any](w http.ResponseWriter, r *http.Request, issuer string, list []T) {
+	start, _ := strconv.Atoi(r.URL.Query().Get("token"))
+	start = min(max(start, 0), len(list))
+	end := min(start+listPageSize, len(list))
+	out := map[string]any{"data": list[start:end], "links": map[string]any{"next": nil}}
+	if end < len(list) {
+		out["links"] = map[string]any{"next": fmt.Sprintf("%s%s?token=%d", strings.TrimSuffix(issuer, "/"), r.URL.Path, end)}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+// serveVendor answers the vendor API (system user requests, system users,
+// system register); it reports whether the path was one of it.
 func (e *Emulator) serveVendor(w http.ResponseWriter, r *http.Request) bool {
 	p := r.URL.Path
-	if p == confirmPath {
+	if p == confirmPath || p == "/accessmanagement/ui/systemuser/agentrequest" {
 		e.serveConfirm(w, r)
+		return true
+	}
+	if strings.HasPrefix(p, systemUsersPath) || strings.HasPrefix(p, registerPath) {
+		vendor, ok := e.vendorOrg(r)
+		if !ok {
+			w.WriteHeader(http.StatusUnauthorized)
+			return true
+		}
+		if strings.HasPrefix(p, systemUsersPath) {
+			e.listSystemUsers(w, r, vendor, strings.TrimPrefix(p, systemUsersPath))
+		} else {
+			e.register(w, r, vendor, strings.Trim(strings.TrimPrefix(p, registerPath), "/"))
+		}
 		return true
 	}
 	agent := strings.HasPrefix(p, agentRequestPath)
@@ -140,6 +182,20 @@ func (e *Emulator) serveVendor(w http.ResponseWriter, r *http.Request) bool {
 	}
 	rest := strings.Trim(strings.TrimPrefix(p, base), "/")
 	switch {
+	case r.Method == http.MethodGet && strings.HasPrefix(rest, "bysystem/"):
+		sysID := strings.TrimPrefix(rest, "bysystem/")
+		e.mu.Lock()
+		var list []*systemUserRequest
+		for _, q := range e.suRequests {
+			if q.SystemID == sysID && q.agent == agent && e.systems[q.SystemID].Vendor == vendor {
+				list = append(list, q)
+			}
+		}
+		e.mu.Unlock()
+		slices.SortFunc(list, func(a, b *systemUserRequest) int {
+			return cmp.Or(a.Created.Compare(b.Created), strings.Compare(a.ID, b.ID))
+		})
+		writePage(w, r, e.Issuer(), list)
 	case r.Method == http.MethodPost && rest == "":
 		e.createRequest(w, r, vendor, agent)
 	case r.Method == http.MethodGet && strings.HasPrefix(rest, "byexternalref/"):
@@ -251,4 +307,91 @@ func (e *Emulator) serveConfirm(w http.ResponseWriter, r *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	fmt.Fprintf(w, "system user request %s\nsystem %s, customer %s, external ref %s: %s\napprove: %s&action=approve\nreject:  %s&action=reject\n",
 		q.ID, q.SystemID, q.PartyOrgNo, q.ExternalRef, q.Status, q.ConfirmURL, q.ConfirmURL)
+}
+
+// systemUser is a system user as the emulator lists it.
+type systemUser struct {
+	ID            string    `json:"id"`
+	SystemID      string    `json:"systemId"`
+	ReporteeOrgNo string    `json:"reporteeOrgNo"`
+	ExternalRef   string    `json:"externalRef"`
+	UserType      string    `json:"userType"`
+	Created       time.Time `json:"created"`
+	IsDeleted     bool      `json:"isDeleted"`
+}
+
+func (e *Emulator) listSystemUsers(w http.ResponseWriter, r *http.Request, vendor, sysID string) {
+	e.mu.Lock()
+	sys, ok := e.systems[sysID]
+	var list []systemUser
+	if ok && sys.Vendor == vendor {
+		for k, id := range e.systemUsers {
+			if k.clientID == sys.ClientID {
+				typ := "standard"
+				if e.agentUsers[id] {
+					typ = "agent"
+				}
+				list = append(list, systemUser{ID: id, SystemID: sysID, ReporteeOrgNo: k.org, ExternalRef: k.externalRef, UserType: typ, Created: e.now().UTC()})
+			}
+		}
+	}
+	e.mu.Unlock()
+	if !ok || sys.Vendor != vendor {
+		problem(w, 404, "AUTH-00011", "unknown systemId")
+		return
+	}
+	slices.SortFunc(list, func(a, b systemUser) int {
+		return strings.Compare(a.ReporteeOrgNo+a.ExternalRef, b.ReporteeOrgNo+b.ExternalRef)
+	})
+	writePage(w, r, e.Issuer(), list)
+}
+
+// register creates (POST) or replaces (PUT /{id}) a system.
+func (e *Emulator) register(w http.ResponseWriter, r *http.Request, vendor, id string) {
+	var in struct {
+		ID     string `json:"id"`
+		Vendor struct {
+			ID string `json:"ID"`
+		} `json:"vendor"`
+		ClientID []string `json:"clientId"`
+	}
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&in); err != nil {
+		problem(w, 400, "AUTH.VLD-00000", "malformed body")
+		return
+	}
+	owner, _, _ := strings.Cut(in.ID, "_")
+	switch {
+	case !strings.HasPrefix(in.Vendor.ID, "0192:"):
+		problem(w, 400, "AUTH.VLD-00000", "vendor must be a 0192 organisation identifier")
+		return
+	case strings.TrimPrefix(in.Vendor.ID, "0192:") != vendor:
+		w.WriteHeader(http.StatusForbidden)
+		return
+	case owner != vendor || strings.ContainsAny(in.ID, " /"):
+		problem(w, 400, "AUTH.VLD-00001", "system id must be <vendor orgno>_<name> without spaces")
+		return
+	case len(in.ClientID) != 1:
+		problem(w, 400, "AUTH.VLD-00004", "want exactly one clientId")
+		return
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.systems == nil {
+		e.systems = map[string]System{}
+		e.suRequests = map[string]*systemUserRequest{}
+	}
+	_, exists := e.systems[in.ID]
+	switch {
+	case r.Method == http.MethodPost && id == "" && exists:
+		problem(w, 400, "AUTH.VLD-00002", "system id already exists")
+		return
+	case r.Method == http.MethodPut && (id != in.ID || !exists):
+		problem(w, 404, "AUTH-00011", "unknown systemId")
+		return
+	case r.Method != http.MethodPost && r.Method != http.MethodPut:
+		w.WriteHeader(http.StatusMethodNotAllowed)
+		return
+	}
+	e.systems[in.ID] = System{ID: in.ID, Vendor: vendor, ClientID: in.ClientID[0]}
+	writeJSON(w, http.StatusOK, uuid.NewString())
 }

@@ -107,6 +107,7 @@ type Emulator struct {
 	seenJTI     map[string]time.Time
 	systems     map[string]System
 	suRequests  map[string]*systemUserRequest
+	agentUsers  map[string]bool
 	assertions  []string
 	tokens      []string
 	record      bool

@@ -822,6 +822,466 @@ func (x *GetSystemUserRequestResponse) GetRequest() *SystemUserRequest {
 	return nil
 }
 
+// ListSystemUserRequestsRequest pages through a system's requests.
+type ListSystemUserRequestsRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// List agent requests instead of standard ones.
+	Agent bool `protobuf:"varint,2,opt,name=agent,proto3" json:"agent,omitempty"`
+	// From a previous answer's next_page_token; empty for the first page.
+	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSystemUserRequestsRequest) Reset() {
+	*x = ListSystemUserRequestsRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSystemUserRequestsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSystemUserRequestsRequest) ProtoMessage() {}
+
+func (x *ListSystemUserRequestsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSystemUserRequestsRequest.ProtoReflect.Descriptor instead.
+func (*ListSystemUserRequestsRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ListSystemUserRequestsRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ListSystemUserRequestsRequest) GetAgent() bool {
+	if x != nil {
+		return x.Agent
+	}
+	return false
+}
+
+func (x *ListSystemUserRequestsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSystemUserRequestsResponse is one page.
+type ListSystemUserRequestsResponse struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Requests []*SystemUserRequest   `protobuf:"bytes,1,rep,name=requests,proto3" json:"requests,omitempty"`
+	// Empty on the last page.
+	NextPageToken string `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSystemUserRequestsResponse) Reset() {
+	*x = ListSystemUserRequestsResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSystemUserRequestsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSystemUserRequestsResponse) ProtoMessage() {}
+
+func (x *ListSystemUserRequestsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSystemUserRequestsResponse.ProtoReflect.Descriptor instead.
+func (*ListSystemUserRequestsResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *ListSystemUserRequestsResponse) GetRequests() []*SystemUserRequest {
+	if x != nil {
+		return x.Requests
+	}
+	return nil
+}
+
+func (x *ListSystemUserRequestsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// SystemUser is a system user of the vendor's system.
+type SystemUser struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	Id       string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	SystemId string                 `protobuf:"bytes,2,opt,name=system_id,json=systemId,proto3" json:"system_id,omitempty"`
+	// The organisation that owns the system user.
+	CustomerOrg string `protobuf:"bytes,3,opt,name=customer_org,json=customerOrg,proto3" json:"customer_org,omitempty"`
+	ExternalRef string `protobuf:"bytes,4,opt,name=external_ref,json=externalRef,proto3" json:"external_ref,omitempty"`
+	// True for an agent (client) system user.
+	Agent            bool                   `protobuf:"varint,5,opt,name=agent,proto3" json:"agent,omitempty"`
+	Created          *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=created,proto3" json:"created,omitempty"`
+	IntegrationTitle string                 `protobuf:"bytes,7,opt,name=integration_title,json=integrationTitle,proto3" json:"integration_title,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
+}
+
+func (x *SystemUser) Reset() {
+	*x = SystemUser{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SystemUser) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SystemUser) ProtoMessage() {}
+
+func (x *SystemUser) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SystemUser.ProtoReflect.Descriptor instead.
+func (*SystemUser) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *SystemUser) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *SystemUser) GetSystemId() string {
+	if x != nil {
+		return x.SystemId
+	}
+	return ""
+}
+
+func (x *SystemUser) GetCustomerOrg() string {
+	if x != nil {
+		return x.CustomerOrg
+	}
+	return ""
+}
+
+func (x *SystemUser) GetExternalRef() string {
+	if x != nil {
+		return x.ExternalRef
+	}
+	return ""
+}
+
+func (x *SystemUser) GetAgent() bool {
+	if x != nil {
+		return x.Agent
+	}
+	return false
+}
+
+func (x *SystemUser) GetCreated() *timestamppb.Timestamp {
+	if x != nil {
+		return x.Created
+	}
+	return nil
+}
+
+func (x *SystemUser) GetIntegrationTitle() string {
+	if x != nil {
+		return x.IntegrationTitle
+	}
+	return ""
+}
+
+// ListSystemUsersRequest pages through a system's system users.
+type ListSystemUsersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSystemUsersRequest) Reset() {
+	*x = ListSystemUsersRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSystemUsersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSystemUsersRequest) ProtoMessage() {}
+
+func (x *ListSystemUsersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSystemUsersRequest.ProtoReflect.Descriptor instead.
+func (*ListSystemUsersRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *ListSystemUsersRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *ListSystemUsersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+// ListSystemUsersResponse is one page.
+type ListSystemUsersResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SystemUsers   []*SystemUser          `protobuf:"bytes,1,rep,name=system_users,json=systemUsers,proto3" json:"system_users,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListSystemUsersResponse) Reset() {
+	*x = ListSystemUsersResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListSystemUsersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListSystemUsersResponse) ProtoMessage() {}
+
+func (x *ListSystemUsersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListSystemUsersResponse.ProtoReflect.Descriptor instead.
+func (*ListSystemUsersResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *ListSystemUsersResponse) GetSystemUsers() []*SystemUser {
+	if x != nil {
+		return x.SystemUsers
+	}
+	return nil
+}
+
+func (x *ListSystemUsersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+// RegisterSystemRequest describes the client's system for the register.
+type RegisterSystemRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// Names by language code (nb, nn, en); at least one.
+	Name        map[string]string `protobuf:"bytes,2,rep,name=name,proto3" json:"name,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Description map[string]string `protobuf:"bytes,3,rep,name=description,proto3" json:"description,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Resource ids the system's users may be given.
+	Rights         []string `protobuf:"bytes,4,rep,name=rights,proto3" json:"rights,omitempty"`
+	AccessPackages []string `protobuf:"bytes,5,rep,name=access_packages,json=accessPackages,proto3" json:"access_packages,omitempty"`
+	// https URLs a customer may be returned to.
+	AllowedRedirectUrls []string `protobuf:"bytes,6,rep,name=allowed_redirect_urls,json=allowedRedirectUrls,proto3" json:"allowed_redirect_urls,omitempty"`
+	// Replace an existing registration instead of creating one.
+	Update        bool `protobuf:"varint,7,opt,name=update,proto3" json:"update,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSystemRequest) Reset() {
+	*x = RegisterSystemRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSystemRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSystemRequest) ProtoMessage() {}
+
+func (x *RegisterSystemRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSystemRequest.ProtoReflect.Descriptor instead.
+func (*RegisterSystemRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RegisterSystemRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *RegisterSystemRequest) GetName() map[string]string {
+	if x != nil {
+		return x.Name
+	}
+	return nil
+}
+
+func (x *RegisterSystemRequest) GetDescription() map[string]string {
+	if x != nil {
+		return x.Description
+	}
+	return nil
+}
+
+func (x *RegisterSystemRequest) GetRights() []string {
+	if x != nil {
+		return x.Rights
+	}
+	return nil
+}
+
+func (x *RegisterSystemRequest) GetAccessPackages() []string {
+	if x != nil {
+		return x.AccessPackages
+	}
+	return nil
+}
+
+func (x *RegisterSystemRequest) GetAllowedRedirectUrls() []string {
+	if x != nil {
+		return x.AllowedRedirectUrls
+	}
+	return nil
+}
+
+func (x *RegisterSystemRequest) GetUpdate() bool {
+	if x != nil {
+		return x.Update
+	}
+	return false
+}
+
+// RegisterSystemResponse confirms the registration.
+type RegisterSystemResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SystemId      string                 `protobuf:"bytes,1,opt,name=system_id,json=systemId,proto3" json:"system_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterSystemResponse) Reset() {
+	*x = RegisterSystemResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterSystemResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterSystemResponse) ProtoMessage() {}
+
+func (x *RegisterSystemResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterSystemResponse.ProtoReflect.Descriptor instead.
+func (*RegisterSystemResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *RegisterSystemResponse) GetSystemId() string {
+	if x != nil {
+		return x.SystemId
+	}
+	return ""
+}
+
 var File_tokenbroker_v1_tokenbroker_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
@@ -884,7 +1344,47 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\fexternal_ref\x18\x04 \x01(\tR\vexternalRef\x12\x14\n" +
 	"\x05agent\x18\x05 \x01(\bR\x05agent\"[\n" +
 	"\x1cGetSystemUserRequestResponse\x12;\n" +
-	"\arequest\x18\x01 \x01(\v2!.tokenbroker.v1.SystemUserRequestR\arequest*[\n" +
+	"\arequest\x18\x01 \x01(\v2!.tokenbroker.v1.SystemUserRequestR\arequest\"l\n" +
+	"\x1dListSystemUserRequestsRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x14\n" +
+	"\x05agent\x18\x02 \x01(\bR\x05agent\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x03 \x01(\tR\tpageToken\"\x87\x01\n" +
+	"\x1eListSystemUserRequestsResponse\x12=\n" +
+	"\brequests\x18\x01 \x03(\v2!.tokenbroker.v1.SystemUserRequestR\brequests\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xf8\x01\n" +
+	"\n" +
+	"SystemUser\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1b\n" +
+	"\tsystem_id\x18\x02 \x01(\tR\bsystemId\x12!\n" +
+	"\fcustomer_org\x18\x03 \x01(\tR\vcustomerOrg\x12!\n" +
+	"\fexternal_ref\x18\x04 \x01(\tR\vexternalRef\x12\x14\n" +
+	"\x05agent\x18\x05 \x01(\bR\x05agent\x124\n" +
+	"\acreated\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\acreated\x12+\n" +
+	"\x11integration_title\x18\a \x01(\tR\x10integrationTitle\"O\n" +
+	"\x16ListSystemUsersRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\x80\x01\n" +
+	"\x17ListSystemUsersResponse\x12=\n" +
+	"\fsystem_users\x18\x01 \x03(\v2\x1a.tokenbroker.v1.SystemUserR\vsystemUsers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd4\x03\n" +
+	"\x15RegisterSystemRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12C\n" +
+	"\x04name\x18\x02 \x03(\v2/.tokenbroker.v1.RegisterSystemRequest.NameEntryR\x04name\x12X\n" +
+	"\vdescription\x18\x03 \x03(\v26.tokenbroker.v1.RegisterSystemRequest.DescriptionEntryR\vdescription\x12\x16\n" +
+	"\x06rights\x18\x04 \x03(\tR\x06rights\x12'\n" +
+	"\x0faccess_packages\x18\x05 \x03(\tR\x0eaccessPackages\x122\n" +
+	"\x15allowed_redirect_urls\x18\x06 \x03(\tR\x13allowedRedirectUrls\x12\x16\n" +
+	"\x06update\x18\a \x01(\bR\x06update\x1a7\n" +
+	"\tNameEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
+	"\x10DescriptionEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"5\n" +
+	"\x16RegisterSystemResponse\x12\x1b\n" +
+	"\tsystem_id\x18\x01 \x01(\tR\bsystemId*[\n" +
 	"\tTokenKind\x12\x1a\n" +
 	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17TOKEN_KIND_MASKINPORTEN\x10\x01\x12\x15\n" +
@@ -897,10 +1397,13 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"!SYSTEM_USER_REQUEST_STATUS_DENIED\x10\x04\x12(\n" +
 	"$SYSTEM_USER_REQUEST_STATUS_TIMED_OUT\x10\x052c\n" +
 	"\x12TokenBrokerService\x12M\n" +
-	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse2\x82\x02\n" +
+	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse2\xc0\x04\n" +
 	"\x11SystemUserService\x12z\n" +
 	"\x17CreateSystemUserRequest\x12..tokenbroker.v1.CreateSystemUserRequestRequest\x1a/.tokenbroker.v1.CreateSystemUserRequestResponse\x12q\n" +
-	"\x14GetSystemUserRequest\x12+.tokenbroker.v1.GetSystemUserRequestRequest\x1a,.tokenbroker.v1.GetSystemUserRequestResponseB\xc4\x01\n" +
+	"\x14GetSystemUserRequest\x12+.tokenbroker.v1.GetSystemUserRequestRequest\x1a,.tokenbroker.v1.GetSystemUserRequestResponse\x12w\n" +
+	"\x16ListSystemUserRequests\x12-.tokenbroker.v1.ListSystemUserRequestsRequest\x1a..tokenbroker.v1.ListSystemUserRequestsResponse\x12b\n" +
+	"\x0fListSystemUsers\x12&.tokenbroker.v1.ListSystemUsersRequest\x1a'.tokenbroker.v1.ListSystemUsersResponse\x12_\n" +
+	"\x0eRegisterSystem\x12%.tokenbroker.v1.RegisterSystemRequest\x1a&.tokenbroker.v1.RegisterSystemResponseB\xc4\x01\n" +
 	"\x12com.tokenbroker.v1B\x10TokenbrokerProtoP\x01ZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1\xa2\x02\x03TXX\xaa\x02\x0eTokenbroker.V1\xca\x02\x0eTokenbroker\\V1\xe2\x02\x1aTokenbroker\\V1\\GPBMetadata\xea\x02\x0fTokenbroker::V1b\x06proto3"
 
 var (
@@ -916,7 +1419,7 @@ func file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 7)
+var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
 var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(TokenKind)(0),                          // 0: tokenbroker.v1.TokenKind
 	(SystemUserRequestStatus)(0),            // 1: tokenbroker.v1.SystemUserRequestStatus
@@ -927,30 +1430,50 @@ var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(*CreateSystemUserRequestResponse)(nil), // 6: tokenbroker.v1.CreateSystemUserRequestResponse
 	(*GetSystemUserRequestRequest)(nil),     // 7: tokenbroker.v1.GetSystemUserRequestRequest
 	(*GetSystemUserRequestResponse)(nil),    // 8: tokenbroker.v1.GetSystemUserRequestResponse
-	(*durationpb.Duration)(nil),             // 9: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),           // 10: google.protobuf.Timestamp
+	(*ListSystemUserRequestsRequest)(nil),   // 9: tokenbroker.v1.ListSystemUserRequestsRequest
+	(*ListSystemUserRequestsResponse)(nil),  // 10: tokenbroker.v1.ListSystemUserRequestsResponse
+	(*SystemUser)(nil),                      // 11: tokenbroker.v1.SystemUser
+	(*ListSystemUsersRequest)(nil),          // 12: tokenbroker.v1.ListSystemUsersRequest
+	(*ListSystemUsersResponse)(nil),         // 13: tokenbroker.v1.ListSystemUsersResponse
+	(*RegisterSystemRequest)(nil),           // 14: tokenbroker.v1.RegisterSystemRequest
+	(*RegisterSystemResponse)(nil),          // 15: tokenbroker.v1.RegisterSystemResponse
+	nil,                                     // 16: tokenbroker.v1.RegisterSystemRequest.NameEntry
+	nil,                                     // 17: tokenbroker.v1.RegisterSystemRequest.DescriptionEntry
+	(*durationpb.Duration)(nil),             // 18: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),           // 19: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_tokenbroker_proto_depIdxs = []int32{
-	9,  // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
+	18, // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
 	0,  // 1: tokenbroker.v1.GetTokenRequest.kind:type_name -> tokenbroker.v1.TokenKind
-	10, // 2: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	10, // 3: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
+	19, // 2: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 3: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
 	0,  // 4: tokenbroker.v1.GetTokenResponse.kind:type_name -> tokenbroker.v1.TokenKind
 	1,  // 5: tokenbroker.v1.SystemUserRequest.status:type_name -> tokenbroker.v1.SystemUserRequestStatus
-	10, // 6: tokenbroker.v1.SystemUserRequest.created:type_name -> google.protobuf.Timestamp
+	19, // 6: tokenbroker.v1.SystemUserRequest.created:type_name -> google.protobuf.Timestamp
 	4,  // 7: tokenbroker.v1.CreateSystemUserRequestResponse.request:type_name -> tokenbroker.v1.SystemUserRequest
 	4,  // 8: tokenbroker.v1.GetSystemUserRequestResponse.request:type_name -> tokenbroker.v1.SystemUserRequest
-	2,  // 9: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
-	5,  // 10: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:input_type -> tokenbroker.v1.CreateSystemUserRequestRequest
-	7,  // 11: tokenbroker.v1.SystemUserService.GetSystemUserRequest:input_type -> tokenbroker.v1.GetSystemUserRequestRequest
-	3,  // 12: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	6,  // 13: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:output_type -> tokenbroker.v1.CreateSystemUserRequestResponse
-	8,  // 14: tokenbroker.v1.SystemUserService.GetSystemUserRequest:output_type -> tokenbroker.v1.GetSystemUserRequestResponse
-	12, // [12:15] is the sub-list for method output_type
-	9,  // [9:12] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	4,  // 9: tokenbroker.v1.ListSystemUserRequestsResponse.requests:type_name -> tokenbroker.v1.SystemUserRequest
+	19, // 10: tokenbroker.v1.SystemUser.created:type_name -> google.protobuf.Timestamp
+	11, // 11: tokenbroker.v1.ListSystemUsersResponse.system_users:type_name -> tokenbroker.v1.SystemUser
+	16, // 12: tokenbroker.v1.RegisterSystemRequest.name:type_name -> tokenbroker.v1.RegisterSystemRequest.NameEntry
+	17, // 13: tokenbroker.v1.RegisterSystemRequest.description:type_name -> tokenbroker.v1.RegisterSystemRequest.DescriptionEntry
+	2,  // 14: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
+	5,  // 15: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:input_type -> tokenbroker.v1.CreateSystemUserRequestRequest
+	7,  // 16: tokenbroker.v1.SystemUserService.GetSystemUserRequest:input_type -> tokenbroker.v1.GetSystemUserRequestRequest
+	9,  // 17: tokenbroker.v1.SystemUserService.ListSystemUserRequests:input_type -> tokenbroker.v1.ListSystemUserRequestsRequest
+	12, // 18: tokenbroker.v1.SystemUserService.ListSystemUsers:input_type -> tokenbroker.v1.ListSystemUsersRequest
+	14, // 19: tokenbroker.v1.SystemUserService.RegisterSystem:input_type -> tokenbroker.v1.RegisterSystemRequest
+	3,  // 20: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	6,  // 21: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:output_type -> tokenbroker.v1.CreateSystemUserRequestResponse
+	8,  // 22: tokenbroker.v1.SystemUserService.GetSystemUserRequest:output_type -> tokenbroker.v1.GetSystemUserRequestResponse
+	10, // 23: tokenbroker.v1.SystemUserService.ListSystemUserRequests:output_type -> tokenbroker.v1.ListSystemUserRequestsResponse
+	13, // 24: tokenbroker.v1.SystemUserService.ListSystemUsers:output_type -> tokenbroker.v1.ListSystemUsersResponse
+	15, // 25: tokenbroker.v1.SystemUserService.RegisterSystem:output_type -> tokenbroker.v1.RegisterSystemResponse
+	20, // [20:26] is the sub-list for method output_type
+	14, // [14:20] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_tokenbroker_v1_tokenbroker_proto_init() }
@@ -964,7 +1487,7 @@ func file_tokenbroker_v1_tokenbroker_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_tokenbroker_proto_rawDesc), len(file_tokenbroker_v1_tokenbroker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   7,
+			NumMessages:   16,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -163,6 +163,9 @@ var TokenBrokerService_ServiceDesc = grpc.ServiceDesc{
 const (
 	SystemUserService_CreateSystemUserRequest_FullMethodName = "/tokenbroker.v1.SystemUserService/CreateSystemUserRequest"
 	SystemUserService_GetSystemUserRequest_FullMethodName    = "/tokenbroker.v1.SystemUserService/GetSystemUserRequest"
+	SystemUserService_ListSystemUserRequests_FullMethodName  = "/tokenbroker.v1.SystemUserService/ListSystemUserRequests"
+	SystemUserService_ListSystemUsers_FullMethodName         = "/tokenbroker.v1.SystemUserService/ListSystemUsers"
+	SystemUserService_RegisterSystem_FullMethodName          = "/tokenbroker.v1.SystemUserService/RegisterSystem"
 )
 
 // SystemUserServiceClient is the client API for SystemUserService service.
@@ -183,6 +186,16 @@ type SystemUserServiceClient interface {
 	// GetSystemUserRequest reads a request by id, or by customer_org and
 	// external_ref.
 	GetSystemUserRequest(ctx context.Context, in *GetSystemUserRequestRequest, opts ...grpc.CallOption) (*GetSystemUserRequestResponse, error)
+	// ListSystemUserRequests lists the requests of the client's system, one
+	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
+	ListSystemUserRequests(ctx context.Context, in *ListSystemUserRequestsRequest, opts ...grpc.CallOption) (*ListSystemUserRequestsResponse, error)
+	// ListSystemUsers lists the system users of the client's system, one
+	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
+	ListSystemUsers(ctx context.Context, in *ListSystemUsersRequest, opts ...grpc.CallOption) (*ListSystemUsersResponse, error)
+	// RegisterSystem creates (or, with update, replaces) the client's system
+	// in Altinn's system register, with the client's client_id. Needs a
+	// policy rule with customer_orgs "*".
+	RegisterSystem(ctx context.Context, in *RegisterSystemRequest, opts ...grpc.CallOption) (*RegisterSystemResponse, error)
 }
 
 type systemUserServiceClient struct {
@@ -213,6 +226,36 @@ func (c *systemUserServiceClient) GetSystemUserRequest(ctx context.Context, in *
 	return out, nil
 }
 
+func (c *systemUserServiceClient) ListSystemUserRequests(ctx context.Context, in *ListSystemUserRequestsRequest, opts ...grpc.CallOption) (*ListSystemUserRequestsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSystemUserRequestsResponse)
+	err := c.cc.Invoke(ctx, SystemUserService_ListSystemUserRequests_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *systemUserServiceClient) ListSystemUsers(ctx context.Context, in *ListSystemUsersRequest, opts ...grpc.CallOption) (*ListSystemUsersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListSystemUsersResponse)
+	err := c.cc.Invoke(ctx, SystemUserService_ListSystemUsers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *systemUserServiceClient) RegisterSystem(ctx context.Context, in *RegisterSystemRequest, opts ...grpc.CallOption) (*RegisterSystemResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterSystemResponse)
+	err := c.cc.Invoke(ctx, SystemUserService_RegisterSystem_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SystemUserServiceServer is the server API for SystemUserService service.
 // All implementations must embed UnimplementedSystemUserServiceServer
 // for forward compatibility.
@@ -231,6 +274,16 @@ type SystemUserServiceServer interface {
 	// GetSystemUserRequest reads a request by id, or by customer_org and
 	// external_ref.
 	GetSystemUserRequest(context.Context, *GetSystemUserRequestRequest) (*GetSystemUserRequestResponse, error)
+	// ListSystemUserRequests lists the requests of the client's system, one
+	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
+	ListSystemUserRequests(context.Context, *ListSystemUserRequestsRequest) (*ListSystemUserRequestsResponse, error)
+	// ListSystemUsers lists the system users of the client's system, one
+	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
+	ListSystemUsers(context.Context, *ListSystemUsersRequest) (*ListSystemUsersResponse, error)
+	// RegisterSystem creates (or, with update, replaces) the client's system
+	// in Altinn's system register, with the client's client_id. Needs a
+	// policy rule with customer_orgs "*".
+	RegisterSystem(context.Context, *RegisterSystemRequest) (*RegisterSystemResponse, error)
 	mustEmbedUnimplementedSystemUserServiceServer()
 }
 
@@ -246,6 +299,15 @@ func (UnimplementedSystemUserServiceServer) CreateSystemUserRequest(context.Cont
 }
 func (UnimplementedSystemUserServiceServer) GetSystemUserRequest(context.Context, *GetSystemUserRequestRequest) (*GetSystemUserRequestResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetSystemUserRequest not implemented")
+}
+func (UnimplementedSystemUserServiceServer) ListSystemUserRequests(context.Context, *ListSystemUserRequestsRequest) (*ListSystemUserRequestsResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSystemUserRequests not implemented")
+}
+func (UnimplementedSystemUserServiceServer) ListSystemUsers(context.Context, *ListSystemUsersRequest) (*ListSystemUsersResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListSystemUsers not implemented")
+}
+func (UnimplementedSystemUserServiceServer) RegisterSystem(context.Context, *RegisterSystemRequest) (*RegisterSystemResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method RegisterSystem not implemented")
 }
 func (UnimplementedSystemUserServiceServer) mustEmbedUnimplementedSystemUserServiceServer() {}
 func (UnimplementedSystemUserServiceServer) testEmbeddedByValue()                           {}
@@ -304,6 +366,60 @@ func _SystemUserService_GetSystemUserRequest_Handler(srv interface{}, ctx contex
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SystemUserService_ListSystemUserRequests_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSystemUserRequestsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemUserServiceServer).ListSystemUserRequests(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemUserService_ListSystemUserRequests_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemUserServiceServer).ListSystemUserRequests(ctx, req.(*ListSystemUserRequestsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SystemUserService_ListSystemUsers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListSystemUsersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemUserServiceServer).ListSystemUsers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemUserService_ListSystemUsers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemUserServiceServer).ListSystemUsers(ctx, req.(*ListSystemUsersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _SystemUserService_RegisterSystem_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterSystemRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemUserServiceServer).RegisterSystem(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemUserService_RegisterSystem_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemUserServiceServer).RegisterSystem(ctx, req.(*RegisterSystemRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SystemUserService_ServiceDesc is the grpc.ServiceDesc for SystemUserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -318,6 +434,18 @@ var SystemUserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSystemUserRequest",
 			Handler:    _SystemUserService_GetSystemUserRequest_Handler,
+		},
+		{
+			MethodName: "ListSystemUserRequests",
+			Handler:    _SystemUserService_ListSystemUserRequests_Handler,
+		},
+		{
+			MethodName: "ListSystemUsers",
+			Handler:    _SystemUserService_ListSystemUsers_Handler,
+		},
+		{
+			MethodName: "RegisterSystem",
+			Handler:    _SystemUserService_RegisterSystem_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -1,0 +1,102 @@
+package broker_test
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
+)
+
+// passExchanger returns the Maskinporten token as the Altinn token.
+type passExchanger struct{}
+
+func (passExchanger) Exchange(_ context.Context, mp *maskinporten.Token) (*maskinporten.Token, error) {
+	return mp, nil
+}
+
+// recordingVendor answers every call and counts them.
+type recordingVendor struct{ calls int }
+
+func (v *recordingVendor) CreateRequest(_ context.Context, _ string, _ bool, r altinn.Request) (*altinn.Request, bool, error) {
+	v.calls++
+	r.ID, r.Status = "8f7d0c52-7a39-4e2f-9f55-0c3f3c3e9b11", "New"
+	return &r, false, nil
+}
+func (v *recordingVendor) GetRequest(context.Context, string, bool, string) (*altinn.Request, error) {
+	v.calls++
+	return &altinn.Request{ID: "x", PartyOrgNo: "314250052", Status: "New"}, nil
+}
+func (v *recordingVendor) GetRequestByExternalRef(context.Context, string, bool, string, string, string) (*altinn.Request, error) {
+	v.calls++
+	return &altinn.Request{}, nil
+}
+func (v *recordingVendor) ListRequests(context.Context, string, bool, string, string) ([]altinn.Request, string, error) {
+	v.calls++
+	return nil, "", nil
+}
+func (v *recordingVendor) ListSystemUsers(context.Context, string, string, string) ([]altinn.SystemUser, string, error) {
+	v.calls++
+	return nil, "", nil
+}
+func (v *recordingVendor) RegisterSystem(context.Context, string, altinn.System, bool) error {
+	v.calls++
+	return nil
+}
+
+// TestSystemUserPolicy: the system user calls follow the caller policy;
+// lists span customers and need customer_orgs "*".
+func TestSystemUserPolicy(t *testing.T) {
+	t.Parallel()
+	pol, err := policy.New([]policy.Rule{
+		{Callers: []string{"billing"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"310904473"}},
+		{Callers: []string{"admin"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	v := &recordingVendor{}
+	src := &fakeSource{lifetime: 10 * time.Minute, now: time.Now}
+	b, err := broker.New(broker.Config{Policy: pol, SweepInterval: -1, Clients: []broker.Client{{
+		Name: "demo", Scopes: []string{scope}, Source: src, Exchanger: passExchanger{}, SystemID: "991825827_demo", Vendor: v,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	ctx := context.Background()
+	create := func(caller, org string) error {
+		_, _, err := b.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{Caller: caller, CustomerOrg: org, Rights: []string{"r"}})
+		return err
+	}
+	if err := create("billing", "310904473"); err != nil {
+		t.Fatalf("allowed org: %v", err)
+	}
+	if err := create("billing", "314250052"); !errors.Is(err, broker.ErrPermissionDenied) {
+		t.Errorf("other org: %v, want ErrPermissionDenied", err)
+	}
+	if _, err := b.GetSystemUserRequest(ctx, broker.SystemUserLookup{Caller: "billing", ID: "x"}); !errors.Is(err, broker.ErrPermissionDenied) {
+		t.Errorf("reading another org's request: %v, want ErrPermissionDenied", err)
+	}
+	if _, _, err := b.ListSystemUsers(ctx, "billing", "", ""); !errors.Is(err, broker.ErrPermissionDenied) {
+		t.Errorf("listing without customer_orgs \"*\": %v", err)
+	}
+	if _, _, err := b.ListSystemUsers(ctx, "admin", "", ""); err != nil {
+		t.Errorf("admin listing: %v", err)
+	}
+	if _, err := b.RegisterSystem(ctx, broker.SystemRegistration{Caller: "billing", Name: map[string]string{"nb": "x"}}); !errors.Is(err, broker.ErrPermissionDenied) {
+		t.Errorf("billing registering: %v", err)
+	}
+	// One vendor token (the write scope) and one read-scope token were
+	// fetched; the denied calls made no upstream call of their own.
+	if n := src.calls.Load(); n != 3 {
+		t.Errorf("%d vendor token fetches, want 3 (write, read, register)", n)
+	}
+	if v.calls != 3 {
+		t.Errorf("%d vendor API calls, want 3", v.calls)
+	}
+}
