@@ -11,6 +11,8 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
+	"runtime/pprof"
 	"time"
 
 	"github.com/google/uuid"
@@ -57,8 +59,20 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:50051", "gRPC listen address")
 	ttl := fs.Duration("token-ttl", 2*time.Minute, "lifetime of the emulator's tokens")
+	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for performance work)")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if *cpuProfile != "" {
+		f, err := os.Create(*cpuProfile)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
 	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 	log.Warn("DEV MODE: plaintext gRPC, no caller authentication, a policy that allows everything, a throwaway key, " +

@@ -291,6 +291,7 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"bad_grpc_uri", write("grpc.yaml", replace("file:mp-key.pem", "'grpc:host:1'")), "mutual TLS"},
 		{"signer_not_uri", write("nouri.yaml", replace("file:mp-key.pem", "mp-key.pem")), "not a URI"},
 		{"bad_token_url", write("badurl.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "ftp:/x"`)), "token_url"},
+		{"mixed_altinn_base_url", write("altinnbase.yaml", strings.Replace(string(base), "altinn:\n", "altinn:\n  base_url: https://platform.altinn.no/authentication/api/v1\n", 1)), "altinn.base_url"},
 		{"mixed_altinn_environment", write("altinnmix.yaml", regexp.MustCompile(`exchange_url: "[^"]*"`).ReplaceAllString(string(base),
 			`exchange_url: "https://platform.altinn.no/authentication/api/v1/exchange/maskinporten"`)), "altinn.exchange_url"},
 		{"mixed_environments", write("mixed.yaml", replace(`token_url: "http://127.0.0.1:9/token"`, `token_url: "https://maskinporten.no/token"`)), "Maskinporten prod"},
