@@ -33,26 +33,32 @@ const (
 // override naming the other environment's Altinn host is refused, so test
 // and production are never mixed.
 func ExchangeURLFor(env, override string) (string, error) {
+	return paired("exchange_url", env, override, TT02ExchangeURL, ProdExchangeURL)
+}
+
+// paired picks the URL of env (test or prod), or override, which must be
+// an absolute http(s) URL not on the other environment's host.
+func paired(field, env, override, test, prod string) (string, error) {
 	var own, other string
 	switch env {
 	case "test":
-		own, other = TT02ExchangeURL, ProdExchangeURL
+		own, other = test, prod
 	case "prod":
-		own, other = ProdExchangeURL, TT02ExchangeURL
+		own, other = prod, test
 	default:
-		return "", fmt.Errorf("altinn: no exchange endpoint for environment %q", env)
+		return "", fmt.Errorf("altinn: no %s for environment %q", field, env)
 	}
 	if override == "" {
 		return own, nil
 	}
 	u, err := url.Parse(override)
 	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return "", fmt.Errorf("altinn exchange_url %q: want an absolute http(s) URL", override)
+		return "", fmt.Errorf("altinn %s %q: want an absolute http(s) URL", field, override)
 	}
 	if ou, _ := url.Parse(other); strings.EqualFold(u.Hostname(), ou.Hostname()) {
-		return "", fmt.Errorf("altinn exchange_url %q belongs to the other environment than %s", override, env)
+		return "", fmt.Errorf("altinn %s %q belongs to the other environment than %s", field, override, env)
 	}
-	return override, nil
+	return strings.TrimSuffix(override, "/"), nil
 }
 
 // Exchanger exchanges Maskinporten tokens at one exchange URL.

@@ -29,26 +29,7 @@ const (
 // BaseURLFor returns the API base URL that pairs with env, or override when
 // not empty; an override naming the other environment's host is refused.
 func BaseURLFor(env, override string) (string, error) {
-	var own, other string
-	switch env {
-	case "test":
-		own, other = TT02BaseURL, ProdBaseURL
-	case "prod":
-		own, other = ProdBaseURL, TT02BaseURL
-	default:
-		return "", fmt.Errorf("altinn: no API for environment %q", env)
-	}
-	if override == "" {
-		return own, nil
-	}
-	u, err := url.Parse(override)
-	if err != nil || (u.Scheme != "https" && u.Scheme != "http") || u.Host == "" {
-		return "", fmt.Errorf("altinn base_url %q: want an absolute http(s) URL", override)
-	}
-	if ou, _ := url.Parse(other); strings.EqualFold(u.Hostname(), ou.Hostname()) {
-		return "", fmt.Errorf("altinn base_url %q belongs to the other environment than %s", override, env)
-	}
-	return strings.TrimSuffix(override, "/"), nil
+	return paired("base_url", env, override, TT02BaseURL, ProdBaseURL)
 }
 
 // Right is a right of a standard system user: one resource.

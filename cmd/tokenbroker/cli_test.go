@@ -13,13 +13,8 @@ import (
 
 func TestTokenCommand(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var devOut, devErr syncBuffer
-	ready := make(chan devEnv, 1)
-	done := make(chan error, 1)
-	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &devOut, &devErr, ready) }()
-	env := <-ready
+	env, _, _, _ := startDev(t)
+	ctx := context.Background()
 	base := []string{"token", "--addr", env.Addr, "--org", "310904473", "--scope", devScope}
 
 	var raw bytes.Buffer
@@ -49,8 +44,6 @@ func TestTokenCommand(t *testing.T) {
 	if err := run(ctx, []string{"token", "--addr", env.Addr}, &out, &out); err == nil || !strings.Contains(err.Error(), "--org") {
 		t.Errorf("missing flags: %v", err)
 	}
-	cancel()
-	<-done
 }
 
 func TestExplainCommand(t *testing.T) {

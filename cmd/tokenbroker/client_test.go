@@ -22,18 +22,8 @@ import (
 // the token while it lives, and surfaces the broker's errors.
 func TestGoClient(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	ready := make(chan devEnv, 1)
-	done := make(chan error, 1)
-	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &stdout, &stderr, ready) }()
-	var env devEnv
-	select {
-	case env = <-ready:
-	case err := <-done:
-		t.Fatalf("dev: %v", err)
-	}
+	env, _, _, stop := startDev(t)
+	ctx := context.Background()
 	var mu sync.Mutex
 	var seen []string
 	api := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -74,8 +64,7 @@ func TestGoClient(t *testing.T) {
 	if _, err := bad.Token(); status.Code(err) != codes.FailedPrecondition {
 		t.Errorf("org without system user: %v, want FailedPrecondition", err)
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Error(err)
 	}
 }

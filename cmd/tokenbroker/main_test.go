@@ -54,17 +54,8 @@ func dial(t *testing.T, addr string) tokenbrokerv1.TokenBrokerServiceClient {
 
 func TestDevMode(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	var stdout, stderr syncBuffer
-	ready := make(chan devEnv, 1)
-	done := make(chan error, 1)
-	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &stdout, &stderr, ready) }()
-	var env devEnv
-	select {
-	case env = <-ready:
-	case err := <-done:
-		t.Fatalf("dev stopped: %v\n%s", err, stderr.String())
-	}
+	env, stdout, stderr, stop := startDev(t)
+	ctx := context.Background()
 	env.Emulator.Record()
 	c := dial(t, env.Addr)
 	rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
@@ -94,8 +85,7 @@ func TestDevMode(t *testing.T) {
 	if !strings.Contains(stderr.String(), "DEV MODE") {
 		t.Error("dev mode does not say so")
 	}
-	cancel()
-	if err := <-done; err != nil {
+	if err := stop(); err != nil {
 		t.Errorf("dev: %v", err)
 	}
 	env.Emulator.CheckNoLeaks(t, "dev output", stdout.String()+stderr.String())
@@ -388,4 +378,28 @@ func startSigner(tb testing.TB, args ...string) (addr string, stop func()) {
 	stop = func() { once.Do(func() { cancel(); <-done }) }
 	tb.Cleanup(stop)
 	return addr, stop
+}
+
+// startDev runs dev mode on a free loopback port until the test ends or
+// stop is called; stop returns runDev's error.
+func startDev(t *testing.T) (env devEnv, stdout, stderr *syncBuffer, stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	stdout, stderr = &syncBuffer{}, &syncBuffer{}
+	ready, done := make(chan devEnv, 1), make(chan error, 1)
+	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, stdout, stderr, ready) }()
+	select {
+	case env = <-ready:
+	case err := <-done:
+		cancel()
+		t.Fatalf("dev: %v\n%s", err, stderr.String())
+	}
+	var once sync.Once
+	var err error
+	stop = func() error {
+		once.Do(func() { cancel(); err = <-done })
+		return err
+	}
+	t.Cleanup(func() { _ = stop() })
+	return env, stdout, stderr, stop
 }

@@ -26,18 +26,8 @@ import (
 // an agent request that is rejected, and Altinn's errors with their codes.
 func TestSystemUserFlow(t *testing.T) {
 	t.Parallel()
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	var stdout, stderr syncBuffer
-	ready, done := make(chan devEnv, 1), make(chan error, 1)
-	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &stdout, &stderr, ready) }()
-	var env devEnv
-	select {
-	case env = <-ready:
-	case err := <-done:
-		t.Fatalf("dev: %v", err)
-	}
-	defer func() { cancel(); <-done }()
+	env, _, _, _ := startDev(t)
+	ctx := context.Background()
 	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
