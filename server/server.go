@@ -113,7 +113,7 @@ func New(cfg Config) (*Server, error) {
 	}, cfg.ServerOptions...)
 	s.grpc = grpc.NewServer(opts...)
 	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, &tokenService{broker: cfg.Broker, log: s.log, srv: s})
-	tokenbrokerv1.RegisterSystemUserServiceServer(s.grpc, &systemUserService{broker: cfg.Broker})
+	tokenbrokerv1.RegisterSystemUserServiceServer(s.grpc, &systemUserService{broker: cfg.Broker, srv: s})
 	healthpb.RegisterHealthServer(s.grpc, s.health)
 	reflection.Register(s.grpc)
 	s.health.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

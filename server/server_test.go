@@ -391,3 +391,20 @@ func TestHealthHTTP(t *testing.T) {
 		t.Errorf("healthz = %d %+v", resp.StatusCode, rep)
 	}
 }
+
+// TestSystemUserCallsAudited: SystemUserService decisions reach the audit
+// log too (here a refusal: the test client has no system in the register).
+func TestSystemUserCallsAudited(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	su := tokenbrokerv1.NewSystemUserServiceClient(h.conn)
+	_, err := su.CreateSystemUserRequest(context.Background(), &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: approved, Rights: []string{"r"}})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), "client: ") {
+		t.Fatalf("create without a system: %v, want InvalidArgument naming client", err)
+	}
+	for _, want := range []string{`"method":"/tokenbroker.v1.SystemUserService/CreateSystemUserRequest"`, `"caller":"test-caller"`, `"decision":"invalid"`, `"customer_org":"310904473"`} {
+		if !strings.Contains(h.audit.String(), want) {
+			t.Errorf("audit lacks %s:\n%s", want, h.audit.String())
+		}
+	}
+}

@@ -2,12 +2,14 @@ package server
 
 import (
 	"context"
+	"log/slog"
 	"strings"
 
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/audit"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
@@ -19,6 +21,34 @@ const AltinnDomain = "altinn.no"
 type systemUserService struct {
 	tokenbrokerv1.UnimplementedSystemUserServiceServer
 	broker *broker.Broker
+	srv    *Server
+}
+
+// fail maps err to its status, logging the detail of an Internal one.
+func (s *systemUserService) fail(ctx context.Context, err error) error {
+	st := toStatus(err)
+	if st == errInternal {
+		s.srv.log.ErrorContext(ctx, "system user call failed", slog.String("error", err.Error()))
+	}
+	return st
+}
+
+// audit writes one record for a SystemUserService call.
+func (s *systemUserService) audit(ctx context.Context, method, client, org, ref string, err error) {
+	if s.srv.audit == nil {
+		return
+	}
+	caller, _ := CallerFromContext(ctx)
+	rec := &audit.Record{Caller: caller, Method: method, Client: client, CustomerOrg: org, ExternalRef: ref}
+	decision := audit.Allow
+	if err != nil {
+		decision = decisionOf(err)
+	}
+	var st error
+	if err != nil {
+		st = toStatus(err)
+	}
+	s.srv.writeAudit(rec, decision, st)
 }
 
 func (s *systemUserService) CreateSystemUserRequest(ctx context.Context, req *tokenbrokerv1.CreateSystemUserRequestRequest) (*tokenbrokerv1.CreateSystemUserRequestResponse, error) {
@@ -27,8 +57,9 @@ func (s *systemUserService) CreateSystemUserRequest(ctx context.Context, req *to
 		Caller: caller, Client: req.GetClient(), CustomerOrg: req.GetCustomerOrg(), ExternalRef: req.GetExternalRef(),
 		RedirectURL: req.GetRedirectUrl(), Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), Agent: req.GetAgent(),
 	})
+	s.audit(ctx, tokenbrokerv1.SystemUserService_CreateSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), err)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.fail(ctx, err)
 	}
 	return &tokenbrokerv1.CreateSystemUserRequestResponse{Request: toProtoRequest(r, req.GetClient(), req.GetAgent()), Existing: existing}, nil
 }
@@ -39,8 +70,9 @@ func (s *systemUserService) GetSystemUserRequest(ctx context.Context, req *token
 		Caller: caller, Client: req.GetClient(), ID: req.GetId(), CustomerOrg: req.GetCustomerOrg(),
 		ExternalRef: req.GetExternalRef(), Agent: req.GetAgent(),
 	})
+	s.audit(ctx, tokenbrokerv1.SystemUserService_GetSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), err)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.fail(ctx, err)
 	}
 	return &tokenbrokerv1.GetSystemUserRequestResponse{Request: toProtoRequest(r, req.GetClient(), req.GetAgent())}, nil
 }
@@ -86,8 +118,9 @@ func statusOf(s string) tokenbrokerv1.SystemUserRequestStatus {
 func (s *systemUserService) ListSystemUserRequests(ctx context.Context, req *tokenbrokerv1.ListSystemUserRequestsRequest) (*tokenbrokerv1.ListSystemUserRequestsResponse, error) {
 	caller, _ := CallerFromContext(ctx)
 	list, next, err := s.broker.ListSystemUserRequests(ctx, caller, req.GetClient(), req.GetAgent(), req.GetPageToken())
+	s.audit(ctx, tokenbrokerv1.SystemUserService_ListSystemUserRequests_FullMethodName, req.GetClient(), "", "", err)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.fail(ctx, err)
 	}
 	out := &tokenbrokerv1.ListSystemUserRequestsResponse{NextPageToken: next}
 	for i := range list {
@@ -99,8 +132,9 @@ func (s *systemUserService) ListSystemUserRequests(ctx context.Context, req *tok
 func (s *systemUserService) ListSystemUsers(ctx context.Context, req *tokenbrokerv1.ListSystemUsersRequest) (*tokenbrokerv1.ListSystemUsersResponse, error) {
 	caller, _ := CallerFromContext(ctx)
 	list, next, err := s.broker.ListSystemUsers(ctx, caller, req.GetClient(), req.GetPageToken())
+	s.audit(ctx, tokenbrokerv1.SystemUserService_ListSystemUsers_FullMethodName, req.GetClient(), "", "", err)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.fail(ctx, err)
 	}
 	out := &tokenbrokerv1.ListSystemUsersResponse{NextPageToken: next}
 	for _, u := range list {
@@ -123,8 +157,9 @@ func (s *systemUserService) RegisterSystem(ctx context.Context, req *tokenbroker
 		Caller: caller, Client: req.GetClient(), Name: req.GetName(), Description: req.GetDescription(),
 		Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), RedirectURLs: req.GetAllowedRedirectUrls(), Update: req.GetUpdate(),
 	})
+	s.audit(ctx, tokenbrokerv1.SystemUserService_RegisterSystem_FullMethodName, req.GetClient(), "", "", err)
 	if err != nil {
-		return nil, toStatus(err)
+		return nil, s.fail(ctx, err)
 	}
 	return &tokenbrokerv1.RegisterSystemResponse{SystemId: id}, nil
 }
