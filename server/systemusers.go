@@ -33,22 +33,19 @@ func (s *systemUserService) fail(ctx context.Context, err error) error {
 	return st
 }
 
-// audit writes one record for a SystemUserService call.
-func (s *systemUserService) audit(ctx context.Context, method, client, org, ref string, err error) {
-	if s.srv.audit == nil {
-		return
-	}
-	caller, _ := CallerFromContext(ctx)
-	rec := &audit.Record{Caller: caller, Method: method, Client: client, CustomerOrg: org, ExternalRef: ref}
+// done audits a SystemUserService call and returns the status its error
+// maps to (nil on success), logging the detail of an Internal one.
+func (s *systemUserService) done(ctx context.Context, method, client, org, ref string, err error) error {
+	var st error
 	decision := audit.Allow
 	if err != nil {
-		decision = decisionOf(err)
+		st, decision = s.fail(ctx, err), decisionOf(err)
 	}
-	var st error
-	if err != nil {
-		st = toStatus(err)
+	if s.srv.audit != nil {
+		caller, _ := CallerFromContext(ctx)
+		s.srv.writeAudit(&audit.Record{Caller: caller, Method: method, Client: client, CustomerOrg: org, ExternalRef: ref}, decision, st)
 	}
-	s.srv.writeAudit(rec, decision, st)
+	return st
 }
 
 func (s *systemUserService) CreateSystemUserRequest(ctx context.Context, req *tokenbrokerv1.CreateSystemUserRequestRequest) (*tokenbrokerv1.CreateSystemUserRequestResponse, error) {
@@ -57,9 +54,8 @@ func (s *systemUserService) CreateSystemUserRequest(ctx context.Context, req *to
 		Caller: caller, Client: req.GetClient(), CustomerOrg: req.GetCustomerOrg(), ExternalRef: req.GetExternalRef(),
 		RedirectURL: req.GetRedirectUrl(), Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), Agent: req.GetAgent(),
 	})
-	s.audit(ctx, tokenbrokerv1.SystemUserService_CreateSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), err)
-	if err != nil {
-		return nil, s.fail(ctx, err)
+	if st := s.done(ctx, tokenbrokerv1.SystemUserService_CreateSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), err); st != nil {
+		return nil, st
 	}
 	return &tokenbrokerv1.CreateSystemUserRequestResponse{Request: toProtoRequest(r, req.GetClient(), req.GetAgent()), Existing: existing}, nil
 }
@@ -70,9 +66,8 @@ func (s *systemUserService) GetSystemUserRequest(ctx context.Context, req *token
 		Caller: caller, Client: req.GetClient(), ID: req.GetId(), CustomerOrg: req.GetCustomerOrg(),
 		ExternalRef: req.GetExternalRef(), Agent: req.GetAgent(),
 	})
-	s.audit(ctx, tokenbrokerv1.SystemUserService_GetSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), err)
-	if err != nil {
-		return nil, s.fail(ctx, err)
+	if st := s.done(ctx, tokenbrokerv1.SystemUserService_GetSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), err); st != nil {
+		return nil, st
 	}
 	return &tokenbrokerv1.GetSystemUserRequestResponse{Request: toProtoRequest(r, req.GetClient(), req.GetAgent())}, nil
 }
@@ -118,9 +113,8 @@ func statusOf(s string) tokenbrokerv1.SystemUserRequestStatus {
 func (s *systemUserService) ListSystemUserRequests(ctx context.Context, req *tokenbrokerv1.ListSystemUserRequestsRequest) (*tokenbrokerv1.ListSystemUserRequestsResponse, error) {
 	caller, _ := CallerFromContext(ctx)
 	list, next, err := s.broker.ListSystemUserRequests(ctx, caller, req.GetClient(), req.GetAgent(), req.GetPageToken())
-	s.audit(ctx, tokenbrokerv1.SystemUserService_ListSystemUserRequests_FullMethodName, req.GetClient(), "", "", err)
-	if err != nil {
-		return nil, s.fail(ctx, err)
+	if st := s.done(ctx, tokenbrokerv1.SystemUserService_ListSystemUserRequests_FullMethodName, req.GetClient(), "", "", err); st != nil {
+		return nil, st
 	}
 	out := &tokenbrokerv1.ListSystemUserRequestsResponse{NextPageToken: next}
 	for i := range list {
@@ -132,9 +126,8 @@ func (s *systemUserService) ListSystemUserRequests(ctx context.Context, req *tok
 func (s *systemUserService) ListSystemUsers(ctx context.Context, req *tokenbrokerv1.ListSystemUsersRequest) (*tokenbrokerv1.ListSystemUsersResponse, error) {
 	caller, _ := CallerFromContext(ctx)
 	list, next, err := s.broker.ListSystemUsers(ctx, caller, req.GetClient(), req.GetPageToken())
-	s.audit(ctx, tokenbrokerv1.SystemUserService_ListSystemUsers_FullMethodName, req.GetClient(), "", "", err)
-	if err != nil {
-		return nil, s.fail(ctx, err)
+	if st := s.done(ctx, tokenbrokerv1.SystemUserService_ListSystemUsers_FullMethodName, req.GetClient(), "", "", err); st != nil {
+		return nil, st
 	}
 	out := &tokenbrokerv1.ListSystemUsersResponse{NextPageToken: next}
 	for _, u := range list {
@@ -157,9 +150,8 @@ func (s *systemUserService) RegisterSystem(ctx context.Context, req *tokenbroker
 		Caller: caller, Client: req.GetClient(), Name: req.GetName(), Description: req.GetDescription(),
 		Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), RedirectURLs: req.GetAllowedRedirectUrls(), Update: req.GetUpdate(),
 	})
-	s.audit(ctx, tokenbrokerv1.SystemUserService_RegisterSystem_FullMethodName, req.GetClient(), "", "", err)
-	if err != nil {
-		return nil, s.fail(ctx, err)
+	if st := s.done(ctx, tokenbrokerv1.SystemUserService_RegisterSystem_FullMethodName, req.GetClient(), "", "", err); st != nil {
+		return nil, st
 	}
 	return &tokenbrokerv1.RegisterSystemResponse{SystemId: id}, nil
 }

@@ -335,20 +335,19 @@ func TestUsage(t *testing.T) {
 	}
 }
 
-// startServe runs runServe on the config at path until the test ends or
-// stop is called; stop returns runServe's error. hooks.ready is set here.
-func startServe(t *testing.T, path string, hooks serveHooks) (addr string, log *syncBuffer, stop func() error) {
-	t.Helper()
+// background runs run until the test ends or stop is called, and returns
+// what it sends on ready; it fails the test, with out, if run returns
+// first. stop cancels run and returns its error.
+func background[T any](tb testing.TB, out *syncBuffer, run func(ctx context.Context, ready chan<- T) error) (v T, stop func() error) {
+	tb.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	log = &syncBuffer{}
-	ready, done := make(chan string, 1), make(chan error, 1)
-	hooks.ready = ready
-	go func() { done <- runServe(ctx, []string{"--config", path}, log, hooks) }()
+	ready, done := make(chan T, 1), make(chan error, 1)
+	go func() { done <- run(ctx, ready) }()
 	select {
-	case addr = <-ready:
+	case v = <-ready:
 	case err := <-done:
 		cancel()
-		t.Fatalf("serve: %v\n%s", err, log.String())
+		tb.Fatalf("stopped at start: %v\n%s", err, out.String())
 	}
 	var once sync.Once
 	var err error
@@ -356,50 +355,38 @@ func startServe(t *testing.T, path string, hooks serveHooks) (addr string, log *
 		once.Do(func() { cancel(); err = <-done })
 		return err
 	}
-	t.Cleanup(func() { _ = stop() })
+	tb.Cleanup(func() { _ = stop() })
+	return v, stop
+}
+
+// startServe runs runServe on the config at path; hooks.ready is set here.
+func startServe(t *testing.T, path string, hooks serveHooks) (addr string, log *syncBuffer, stop func() error) {
+	t.Helper()
+	log = &syncBuffer{}
+	addr, stop = background(t, log, func(ctx context.Context, ready chan<- string) error {
+		hooks.ready = ready
+		return runServe(ctx, []string{"--config", path}, log, hooks)
+	})
 	return addr, log, stop
 }
 
-// startSigner runs `tokenbroker signer serve args...` until the test ends or
-// stop is called, and returns its address.
+// startSigner runs `tokenbroker signer serve args...` and returns its
+// address.
 func startSigner(tb testing.TB, args ...string) (addr string, stop func()) {
 	tb.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	ready, done := make(chan string, 1), make(chan error, 1)
 	var out syncBuffer
-	go func() { done <- runSigner(ctx, append([]string{"serve"}, args...), &out, ready) }()
-	select {
-	case addr = <-ready:
-	case err := <-done:
-		cancel()
-		tb.Fatalf("signer: %v\n%s", err, out.String())
-	}
-	var once sync.Once
-	stop = func() { once.Do(func() { cancel(); <-done }) }
-	tb.Cleanup(stop)
-	return addr, stop
+	addr, stopErr := background(tb, &out, func(ctx context.Context, ready chan<- string) error {
+		return runSigner(ctx, append([]string{"serve"}, args...), &out, ready)
+	})
+	return addr, func() { _ = stopErr() }
 }
 
-// startDev runs dev mode on a free loopback port until the test ends or
-// stop is called; stop returns runDev's error.
+// startDev runs dev mode on a free loopback port.
 func startDev(t *testing.T) (env devEnv, stdout, stderr *syncBuffer, stop func() error) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
 	stdout, stderr = &syncBuffer{}, &syncBuffer{}
-	ready, done := make(chan devEnv, 1), make(chan error, 1)
-	go func() { done <- runDev(ctx, []string{"--listen", "127.0.0.1:0"}, stdout, stderr, ready) }()
-	select {
-	case env = <-ready:
-	case err := <-done:
-		cancel()
-		t.Fatalf("dev: %v\n%s", err, stderr.String())
-	}
-	var once sync.Once
-	var err error
-	stop = func() error {
-		once.Do(func() { cancel(); err = <-done })
-		return err
-	}
-	t.Cleanup(func() { _ = stop() })
+	env, stop = background(t, stderr, func(ctx context.Context, ready chan<- devEnv) error {
+		return runDev(ctx, []string{"--listen", "127.0.0.1:0"}, stdout, stderr, ready)
+	})
 	return env, stdout, stderr, stop
 }

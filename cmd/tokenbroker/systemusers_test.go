@@ -26,7 +26,9 @@ import (
 // an agent request that is rejected, and Altinn's errors with their codes.
 func TestSystemUserFlow(t *testing.T) {
 	t.Parallel()
-	env, _, _, _ := startDev(t)
+	env, stdout, stderr, _ := startDev(t)
+	env.Emulator.Record()
+	t.Cleanup(func() { env.Emulator.CheckNoLeaks(t, "dev output", stdout.String()+stderr.String()) })
 	ctx := context.Background()
 	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {

@@ -236,9 +236,6 @@ type running struct {
 	setReady func(bool)
 	// keys describes every loaded key, by client, for /healthz.
 	keys map[string][]keyInfo
-	// pendingGuard is the guard of the active key loadKeys found last;
-	// buildBroker and reload make it the client's active one.
-	pendingGuard *signer.Guarded
 }
 
 // keyInfo is what /healthz shows of a key.
@@ -359,11 +356,11 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{},
 		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}, keys: map[string][]keyInfo{}}
 	for i, c := range cfg.Clients {
-		active, err := rt.loadKeys(ctx, i, c, baseDir)
+		active, guard, err := rt.loadKeys(ctx, i, c, baseDir)
 		if err != nil {
 			return nil, err
 		}
-		rt.active[c.Name] = rt.pendingGuard
+		rt.active[c.Name] = guard
 		var onAttempt func(time.Duration, error)
 		if tel.metrics != nil {
 			onAttempt = tel.metrics.ObserveAttempt(c.Name)
@@ -403,13 +400,12 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 }
 
 // loadKeys opens every key of client c (failing on the first that does not
-// load), instruments them, warns about expiry, and returns the active one.
-func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir string) (active *signer.Key, err error) {
-	var activeGuard *signer.Guarded
+// load), instruments them, warns about expiry, and returns the active one
+// with its guard.
+func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir string) (active *signer.Key, activeGuard *signer.Guarded, err error) {
 	var infos []keyInfo
 	defer func() {
 		if err == nil {
-			rt.pendingGuard = activeGuard
 			rt.mu.Lock()
 			rt.keys[c.Name] = infos
 			rt.mu.Unlock()
@@ -418,7 +414,7 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 	for _, kc := range c.keyList() {
 		key, err := openKey(kc, baseDir)
 		if err != nil {
-			return nil, fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
+			return nil, nil, fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
 		}
 		if rt.tel.metrics != nil {
 			key.Signer = rt.tel.metrics.TimeSigner(key.Backend, key.Signer)
@@ -440,7 +436,7 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 		}
 		infos = append(infos, keyInfo{kid: key.KeyID, backend: key.Backend, active: isActive, expires: expires, guard: guard})
 	}
-	return active, nil
+	return active, activeGuard, nil
 }
 
 // reload applies a new config to the running broker: every client's keys
@@ -468,12 +464,12 @@ func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) erro
 			return fmt.Errorf("clients[%d] (%s): the active key %q was removed; make another key active, reload, and only then remove it",
 				i, c.Name, current)
 		}
-		active, err := rt.loadKeys(ctx, i, c, baseDir)
+		active, guard, err := rt.loadKeys(ctx, i, c, baseDir)
 		if err != nil {
 			return err
 		}
 		next[c.Name] = active
-		guards[c.Name] = rt.pendingGuard
+		guards[c.Name] = guard
 	}
 	rt.mu.Lock()
 	for name, g := range guards {
