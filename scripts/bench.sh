@@ -5,7 +5,8 @@
 #      in tools/ghz/go.mod), same server, same concurrency;
 #   2. cold path vs raw RSA signing (Go benchmark);
 #   3. stampedes (Go tests);  4. heap per entry (Go benchmark);
-#   5. outage (Go test);  sign latency per key backend vs the file backend.
+#   5. outage (Go test);  sign latency per key backend vs the file backend;
+#   the latency one sequential caller sees on a cache hit vs Health/Check.
 # Usage: bash scripts/bench.sh [ROUNDS]   (default 5 ghz rounds per call,
 # alternating health and token runs; the figure is the median of the
 # per-round ratios, which cancels most of the machine's drift)
@@ -27,6 +28,9 @@ go test -count=1 -run '^$' -bench 'BenchmarkFigure' -benchtime 3x ./broker/ | gr
 
 echo "== signing backends (Go benchmark, 400 sequential signatures each)"
 go test -count=1 -run '^$' -bench 'BenchmarkFigureSignLatency' -benchtime 1x ./cmd/tokenbroker/ | grep -o 'FIGURE.*'
+
+echo "== cache-hit latency of one sequential caller (Go benchmark, generated client, loopback)"
+go test -count=1 -run '^$' -bench 'BenchmarkFigureHitLatency' -benchtime 1x ./server/ | grep -o 'FIGURE.*'
 
 echo "== figure 1 (ghz, concurrency $conc, $total requests per run, $rounds rounds)"
 go build -o .tmp/tokenbroker ./cmd/tokenbroker
