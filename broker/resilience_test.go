@@ -41,7 +41,7 @@ type emuEnv struct {
 type emuOptions struct {
 	broker      broker.Config
 	breaker     *breaker.Breaker
-	attempt     time.Duration
+	attempt     time.Duration // per-attempt timeout; 0 means 10 s, so that a loaded machine never turns a slow answer into a retry and an extra grant
 	maxAttempts int
 	emuNow      func() time.Time
 	tokenTTL    time.Duration
@@ -80,7 +80,7 @@ func newEmuEnv(t testing.TB, o emuOptions) *emuEnv {
 		emu.ApproveSystemUser(emuClientID, org, "")
 	}
 	if o.attempt == 0 {
-		o.attempt = 300 * time.Millisecond
+		o.attempt = 10 * time.Second
 	}
 	if o.maxAttempts == 0 {
 		o.maxAttempts = 3
@@ -243,7 +243,9 @@ func TestFaultInjection(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Parallel()
-			env := newEmuEnv(t, emuOptions{})
+			// A hang costs one attempt timeout; the slow answer takes a
+			// tenth of it.
+			env := newEmuEnv(t, emuOptions{attempt: time.Second})
 			var arrivals []time.Time
 			var mu sync.Mutex
 			env.emu.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
