@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite and every check, as CI runs it (.ci/run calls this).
-# It installs what the tests need: the pinned Go tools of tools/go.mod, and
-# the Debian packages listed in DEBIAN_PACKAGES when they are missing.
+# It installs what the tests need: the pinned Go tools of tools/go.mod, the
+# Debian packages listed in DEBIAN_PACKAGES when they are missing, and
+# promtool from Debian's prometheus package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,6 +24,19 @@ step "tools (buf, protoc-gen-go, protoc-gen-go-grpc, grpcurl)"
 scripts/tools.sh
 export PATH="$PWD/.tmp/bin:$PATH"
 
+# promtool checks the alerting rules. It is taken from Debian's prometheus
+# package without installing the package, which would also set up and start
+# a Prometheus server.
+if [ ! -x .tmp/bin/promtool ]; then
+  step "promtool (unpacked from Debian's prometheus package)"
+  deb="$(mktemp -d)"
+  (cd "$deb" && apt-get download -qq prometheus 2>/dev/null) ||
+    { apt-get update -qq && (cd "$deb" && apt-get download -qq prometheus); }
+  dpkg-deb -x "$deb"/prometheus_*.deb "$deb/root"
+  cp "$deb/root/usr/bin/promtool" .tmp/bin/promtool
+  rm -rf "$deb"
+fi
+
 step "gofmt"
 unformatted="$(gofmt -l .)"
 if [ -n "$unformatted" ]; then
@@ -41,6 +55,10 @@ tmp="$(mktemp -d)"
 trap 'rm -rf "$tmp"' EXIT
 buf generate -o "$tmp"
 diff -r gen "$tmp/gen"
+
+step "alerting rules (promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}'))"
+promtool check rules deploy/prometheus/tokenbroker-rules.yaml
+promtool test rules deploy/prometheus/tokenbroker-rules.test.yaml
 
 step "go test -race"
 go test -race -shuffle=on -count=1 ./...

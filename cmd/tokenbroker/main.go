@@ -145,6 +145,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	b := rt.broker
 	defer b.Close()
 	m.ObserveBroker(b)
+	m.ObserveKeys(rt.metricKeys)
 
 	var grpcOpts []grpc.ServerOption
 	if tp != nil {

@@ -180,12 +180,15 @@ func TestServeWithConfig(t *testing.T) {
 		`tokenbroker_upstream_request_duration_seconds_count{client="smartcloud",upstream="maskinporten"} 2`,
 		`tokenbroker_clock_skew_seconds{client="smartcloud"}`,
 		`tokenbroker_key_expiry_seconds{client="smartcloud",kid="smartcloud-2026"} `,
+		`tokenbroker_key_up{backend="file",client="smartcloud",kid="smartcloud-2026"} 1`,
+		`tokenbroker_key_active{client="smartcloud",kid="smartcloud-2026"} 1`,
 	} {
 		if !strings.Contains(scrape, want) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
 	checkLabels(t, scrape)
+	checkAlertMetrics(t, scrape)
 	hz := regexp.MustCompile(`"healthz":"(http://[^"]+)"`).FindStringSubmatch(stderr.String())
 	if hz == nil {
 		t.Fatal("no healthz URL in the log")
@@ -231,6 +234,25 @@ func scrapeMetrics(t *testing.T, log string) string {
 		t.Fatalf("scrape: %d %v", resp.StatusCode, err)
 	}
 	return string(body)
+}
+
+// checkAlertMetrics fails when the alerting rules in deploy/prometheus use
+// a tokenbroker metric that scrape does not have (renamed or removed).
+func checkAlertMetrics(t *testing.T, scrape string) {
+	t.Helper()
+	rules, err := os.ReadFile(filepath.Join("..", "..", "deploy", "prometheus", "tokenbroker-rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	names := regexp.MustCompile(`tokenbroker_[a-z_]+`).FindAllString(string(rules), -1)
+	if len(names) == 0 {
+		t.Fatal("no tokenbroker metric in the alerting rules")
+	}
+	for _, name := range names {
+		if !strings.Contains(scrape, "\n# TYPE "+name+" ") {
+			t.Errorf("the alerting rules use %s, which the broker does not export", name)
+		}
+	}
 }
 
 // checkLabels fails when a label value looks like an organisation number:

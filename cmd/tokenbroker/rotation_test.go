@@ -46,6 +46,7 @@ func TestKeyRotation(t *testing.T) {
 		t.Helper()
 		cfg := fmt.Sprintf(`listen: 127.0.0.1:0
 insecure: true
+http_listen: 127.0.0.1:0
 policy:
   - {callers: [insecure], clients: ["*"], scopes: ["*"], customer_orgs: ["*"]}
 maskinporten: {environment: test, issuer: %q, token_url: %q}
@@ -102,6 +103,17 @@ clients:
 			t.Errorf("%s after making B active: kid %q cached %v, want a fresh key-b token", org, r.GetKeyId(), r.GetCached())
 		}
 	}
+	// The metrics follow the reloads: both keys, B the active one.
+	scrape := scrapeMetrics(t, stderr.String())
+	for _, want := range []string{
+		`tokenbroker_key_active{client="smartcloud",kid="key-a"} 0`,
+		`tokenbroker_key_active{client="smartcloud",kid="key-b"} 1`,
+		`tokenbroker_key_up{backend="file",client="smartcloud",kid="key-b"} 1`,
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("metrics after making B active lack %s", want)
+		}
+	}
 	// Removing the active key B is refused; B keeps signing.
 	writeKeys(fmt.Sprintf(keyA, active))
 	doReload("reload failed")
@@ -114,6 +126,9 @@ clients:
 	// Removing the inactive key A is fine.
 	writeKeys(fmt.Sprintf(keyB, active))
 	doReload("config reloaded")
+	if scrape := scrapeMetrics(t, stderr.String()); strings.Contains(scrape, `kid="key-a"`) {
+		t.Error("the metrics still show key A after it was removed")
+	}
 
 	kids := map[string]int{}
 	for _, a := range emu.Assertions() {

@@ -220,13 +220,11 @@ type telemetry struct {
 // running is what a config reload may change in a running broker: the
 // policy, and each client's keys.
 type running struct {
-	broker  *broker.Broker
-	clients map[string]*maskinporten.Client
-	tel     telemetry
-	log     *slog.Logger
-	// expiryMetrics remembers the keys whose expiry gauge is registered.
-	expiryMetrics map[string]bool
-	signTimeout   time.Duration
+	broker      *broker.Broker
+	clients     map[string]*maskinporten.Client
+	tel         telemetry
+	log         *slog.Logger
+	signTimeout time.Duration
 
 	mu sync.Mutex
 	// active holds each client's active key, guarded.
@@ -263,6 +261,19 @@ func (rt *running) keyStatus() []server.KeyStatus {
 		}
 	}
 	slices.SortFunc(out, func(a, b server.KeyStatus) int { return strings.Compare(a.Client+a.KeyID, b.Client+b.KeyID) })
+	return out
+}
+
+// metricKeys lists the keys for the metrics.
+func (rt *running) metricKeys() []metrics.Key {
+	var out []metrics.Key
+	for _, ks := range rt.keyStatus() {
+		k := metrics.Key{Client: ks.Client, KeyID: ks.KeyID, Backend: ks.Backend, Active: ks.Active, Signing: ks.Signing}
+		if ks.Expires != nil {
+			k.Expires = *ks.Expires
+		}
+		out = append(out, k)
+	}
 	return out
 }
 
@@ -353,7 +364,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	if tel.metrics != nil {
 		exchanger.OnExchange = tel.metrics.ObserveExchange()
 	}
-	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log, expiryMetrics: map[string]bool{},
+	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log,
 		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}, keys: map[string][]keyInfo{}}
 	for i, c := range cfg.Clients {
 		active, guard, err := rt.loadKeys(ctx, i, c, baseDir)
@@ -424,10 +435,6 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 		expires, _ := kc.expiry()
 		if expires.IsZero() {
 			expires = key.NotAfter() // a certificate's own expiry
-		}
-		if id := c.Name + "\x00" + key.KeyID; rt.tel.metrics != nil && !expires.IsZero() && !rt.expiryMetrics[id] {
-			rt.tel.metrics.KeyExpiry(c.Name, key.KeyID, expires)
-			rt.expiryMetrics[id] = true
 		}
 		warnExpiry(ctx, rt.log, c.Name, key.KeyID, expires)
 		isActive := kc.Active || len(c.keyList()) == 1

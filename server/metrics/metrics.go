@@ -134,14 +134,58 @@ func (t *timedSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts
 	return sig, err
 }
 
-// KeyExpiry exports the seconds left until the key kid of client expires
-// (negative once it has).
-func (m *Metrics) KeyExpiry(client, kid string, expires time.Time) {
-	m.reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-		Name:        "tokenbroker_key_expiry_seconds",
-		Help:        "Seconds until Maskinporten stops accepting the key.",
-		ConstLabels: prometheus.Labels{"client": client, "kid": kid},
-	}, func() float64 { return time.Until(expires).Seconds() }))
+// Key is what the metrics show of one configured key.
+type Key struct {
+	Client, KeyID, Backend string
+	// Active is true for the key that signs the client's grants.
+	Active bool
+	// Signing is false while the key's backend fails.
+	Signing bool
+	// Expires is when Maskinporten stops accepting the key; zero if
+	// unknown.
+	Expires time.Time
+}
+
+// ObserveKeys exports the keys that keys returns, read at each scrape so
+// that a reload's keys replace the old ones: tokenbroker_key_up (1 while the
+// backend signs), tokenbroker_key_active, and tokenbroker_key_expiry_seconds
+// for keys whose expiry is known (negative once it has passed).
+func (m *Metrics) ObserveKeys(keys func() []Key) {
+	m.reg.MustRegister(keyCollector(keys))
+}
+
+var (
+	descKeyUp = prometheus.NewDesc("tokenbroker_key_up",
+		"1 while the key's signing backend signs, 0 while it fails.", []string{"client", "kid", "backend"}, nil)
+	descKeyActive = prometheus.NewDesc("tokenbroker_key_active",
+		"1 for the key that signs the client's grants, 0 for the others.", []string{"client", "kid"}, nil)
+	descKeyExpiry = prometheus.NewDesc("tokenbroker_key_expiry_seconds",
+		"Seconds until Maskinporten stops accepting the key.", []string{"client", "kid"}, nil)
+)
+
+type keyCollector func() []Key
+
+func (c keyCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- descKeyUp
+	ch <- descKeyActive
+	ch <- descKeyExpiry
+}
+
+func (c keyCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, k := range c() {
+		ch <- prometheus.MustNewConstMetric(descKeyUp, prometheus.GaugeValue, boolFloat(k.Signing), k.Client, k.KeyID, k.Backend)
+		ch <- prometheus.MustNewConstMetric(descKeyActive, prometheus.GaugeValue, boolFloat(k.Active), k.Client, k.KeyID)
+		if !k.Expires.IsZero() {
+			ch <- prometheus.MustNewConstMetric(descKeyExpiry, prometheus.GaugeValue, time.Until(k.Expires).Seconds(), k.Client, k.KeyID)
+		}
+	}
+}
+
+func boolFloat(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 // ObserveBroker exports the broker's cache counters and each client's clock
