@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -139,4 +140,76 @@ func runSignerArgsError(t *testing.T, args []string) (string, error) {
 	defer cancel()
 	err := runSigner(ctx, args, &out, nil)
 	return out.String(), err
+}
+
+// TestStandbyKeyProbed: a standby key is probed like the active one, so
+// when its signer dies the metrics and the log say so while readiness,
+// which follows the active key, stays SERVING; when it comes back, so does
+// its metric.
+func TestStandbyKeyProbed(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "tbsby") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	keyPath := filepath.Join(dir, "b.pem")
+	writeSecret(t, keyPath, signertest.PEM(t, "rsa-b.pkcs1.pem"))
+	sock := filepath.Join(dir, "s.sock")
+	signerArgs := []string{"--key", "file:" + keyPath, "--kid", "sig-b", "--listen", "unix:" + sock}
+	_, stopSigner := startSigner(t, signerArgs...)
+
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
+	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
+		SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
+		t.Fatal(err)
+	}
+	emu.ApproveSystemUser("7ee41fce-9f6e-4c32-8195-0fe2c1517f43", "310904473", "")
+	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
+	cfg, _ := os.ReadFile(path)
+	keys := regexp.MustCompile(`(?m)^    key:\n(^      .*\n)+`)
+	if !keys.Match(cfg) {
+		t.Fatalf("no key block in the config:\n%s", cfg)
+	}
+	cfg = keys.ReplaceAll(cfg, []byte(`    keys:
+      - {kid: smartcloud-2026, signer: file:mp-key.pem, active: true}
+      - {kid: sig-b, signer: "grpc:unix:`+sock+`"}
+`))
+	writeSecret(t, path, cfg)
+
+	addr, stderr, _ := startServe(t, path, serveHooks{probeInterval: 100 * time.Millisecond})
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	up := func(v string) string {
+		return `tokenbroker_key_up{backend="grpc",client="smartcloud",kid="sig-b"} ` + v
+	}
+	metricIs := func(want string) func() bool {
+		return func() bool { return strings.Contains(scrapeMetrics(t, stderr.String()), want) }
+	}
+	waitUntil(t, "the standby key up", metricIs(up("1")))
+
+	stopSigner()
+	waitUntil(t, "the standby key down in the metrics", metricIs(up("0")))
+	if log := stderr.String(); !strings.Contains(log, `"msg":"key does not sign"`) || !strings.Contains(log, `"kid":"sig-b"`) {
+		t.Errorf("the log does not name the failing standby key:\n%s", log)
+	}
+	if strings.Contains(stderr.String(), "NOT_SERVING") {
+		t.Error("readiness went NOT_SERVING for a standby key")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if r, err := healthpb.NewHealthClient(conn).Check(ctx, &healthpb.HealthCheckRequest{}); err != nil || r.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+		t.Errorf("health with a standby key down: %v %v, want SERVING", r.GetStatus(), err)
+	}
+	if _, err := tokenbrokerv1.NewTokenBrokerServiceClient(conn).GetToken(ctx, &tokenbrokerv1.GetTokenRequest{
+		CustomerOrg: "310904473", Scopes: []string{demoScope}}); err != nil {
+		t.Errorf("GetToken with the active key fine and a standby key down: %v", err)
+	}
+
+	startSigner(t, signerArgs...)
+	waitUntil(t, "the standby key up again", metricIs(up("1")))
 }

@@ -277,8 +277,15 @@ func (rt *running) metricKeys() []metrics.Key {
 	return out
 }
 
-// signerChanged recomputes readiness after a signer turned healthy or not.
-func (rt *running) signerChanged(bool) {
+// signerChanged logs that the key kid of client stopped or resumed
+// signing and recomputes readiness, which follows the active keys only.
+func (rt *running) signerChanged(client, kid, backend string, ok bool) {
+	attrs := []any{slog.String("client", client), slog.String("kid", kid), slog.String("backend", backend)}
+	if ok {
+		rt.log.Info("key signs again", attrs...)
+	} else {
+		rt.log.Error("key does not sign", attrs...)
+	}
 	rt.mu.Lock()
 	all := true
 	for _, g := range rt.active {
@@ -290,14 +297,14 @@ func (rt *running) signerChanged(bool) {
 		set(all)
 	}
 	if !all {
-		rt.log.Error("a signing backend fails: readiness is NOT_SERVING until it signs again")
-	} else {
-		rt.log.Info("all signing backends sign: readiness is SERVING")
+		rt.log.Error("an active key does not sign: readiness is NOT_SERVING until it signs again")
 	}
 }
 
-// probeSigners signs a throwaway digest with every active key every
-// interval, so that readiness follows the backends even without traffic.
+// probeSigners signs a throwaway digest with every key, active or standby,
+// every interval, so that readiness and the key metrics follow the
+// backends even without traffic, and a broken standby key shows before a
+// rotation to it.
 func (rt *running) probeSigners(ctx context.Context, interval time.Duration) {
 	t := time.NewTicker(interval)
 	defer t.Stop()
@@ -308,9 +315,11 @@ func (rt *running) probeSigners(ctx context.Context, interval time.Duration) {
 		case <-t.C:
 		}
 		rt.mu.Lock()
-		guards := make([]*signer.Guarded, 0, len(rt.active))
-		for _, g := range rt.active {
-			guards = append(guards, g)
+		var guards []*signer.Guarded
+		for _, keys := range rt.keys {
+			for _, k := range keys {
+				guards = append(guards, k.guard)
+			}
 		}
 		rt.mu.Unlock()
 		for _, g := range guards {
@@ -430,7 +439,7 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 		if rt.tel.metrics != nil {
 			key.Signer = rt.tel.metrics.TimeSigner(key.Backend, key.Signer)
 		}
-		guard := signer.Guard(key.Signer, rt.signTimeout, rt.signerChanged)
+		guard := signer.Guard(key.Signer, rt.signTimeout, func(ok bool) { rt.signerChanged(c.Name, key.KeyID, key.Backend, ok) })
 		key.Signer = guard
 		expires, _ := kc.expiry()
 		if expires.IsZero() {
