@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestTokenCommand(t *testing.T) {
@@ -112,6 +113,33 @@ func TestSampleConfig(t *testing.T) {
 	}
 	if env, _ := cfg.environment(); env.Issuer != "https://test.maskinporten.no/" {
 		t.Errorf("sample environment issuer %q", env.Issuer)
+	}
+}
+
+// TestReadmeConfig keeps the reference config in README.md ("Serving with a
+// config file", every key with its default) a valid config, so that a key
+// renamed or added in the code cannot leave the documentation behind.
+func TestReadmeConfig(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Serving with a config file\n")
+	if !ok {
+		t.Fatal("README.md has no section \"Serving with a config file\"")
+	}
+	_, block, ok := strings.Cut(section, "```yaml\n")
+	block, _, closed := strings.Cut(block, "```")
+	if !ok || !closed {
+		t.Fatal("the section has no yaml block")
+	}
+	cfg, err := parseConfig([]byte(block))
+	if err != nil {
+		t.Fatalf("README.md's reference config: %v", err)
+	}
+	if time.Duration(cfg.Maskinporten.SignProbeInterval) != signerProbeInterval || time.Duration(cfg.Maskinporten.SignTimeout) != 5*time.Second {
+		t.Errorf("README.md's sign_probe_interval %v and sign_timeout %v differ from the defaults", cfg.Maskinporten.SignProbeInterval, cfg.Maskinporten.SignTimeout)
 	}
 }
 

@@ -144,6 +144,10 @@ type MaskinportenConfig struct {
 	GrantLifetime Duration `yaml:"grant_lifetime"`
 	// SignTimeout bounds one signature by the key backend; default 5s.
 	SignTimeout Duration `yaml:"sign_timeout"`
+	// SignProbeInterval is how often every key signs a throwaway digest so
+	// that readiness and the key metrics follow the backends; default 15s.
+	// Each probe of a cloud KMS key is a billed signing request.
+	SignProbeInterval Duration `yaml:"sign_probe_interval"`
 }
 
 // RetryConfig is maskinporten.retry.

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"net"
@@ -176,9 +177,11 @@ func TestStandbyKeyProbed(t *testing.T) {
       - {kid: smartcloud-2026, signer: file:mp-key.pem, active: true}
       - {kid: sig-b, signer: "grpc:unix:`+sock+`"}
 `))
+	// The probe interval comes from the config here, not from a test hook.
+	cfg = bytes.Replace(cfg, []byte("maskinporten:\n"), []byte("maskinporten:\n  sign_probe_interval: 100ms\n"), 1)
 	writeSecret(t, path, cfg)
 
-	addr, stderr, _ := startServe(t, path, serveHooks{probeInterval: 100 * time.Millisecond})
+	addr, stderr, _ := startServe(t, path, serveHooks{})
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

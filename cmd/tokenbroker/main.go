@@ -104,7 +104,7 @@ type serveHooks struct {
 	ready chan<- string
 	// reload, when it receives, reloads the policy as SIGHUP does.
 	reload <-chan struct{}
-	// probeInterval replaces signerProbeInterval when not zero.
+	// probeInterval replaces the configured probe interval when not zero.
 	probeInterval time.Duration
 }
 
@@ -220,7 +220,10 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		}
 	}
 	rt.mu.Unlock()
-	probe := signerProbeInterval
+	probe := time.Duration(cfg.Maskinporten.SignProbeInterval)
+	if probe == 0 {
+		probe = signerProbeInterval
+	}
 	if hooks.probeInterval > 0 {
 		probe = hooks.probeInterval
 	}
@@ -245,8 +248,8 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	return first
 }
 
-// signerProbeInterval is how often every active key signs a throwaway
-// digest, so that readiness follows the signing backends without traffic.
+// signerProbeInterval is how often every key signs a throwaway digest
+// unless maskinporten.sign_probe_interval says otherwise.
 const signerProbeInterval = 15 * time.Second
 
 // reloadOnSignal reloads the config whenever reload (or SIGHUP) fires,
