@@ -62,6 +62,11 @@ type Config struct {
 	Altinn AltinnConfig `yaml:"altinn"`
 	// Clients are the Maskinporten clients the broker holds keys for.
 	Clients []ClientConfig `yaml:"clients"`
+	// ConfigWatchInterval, when set, is how often the broker reads its
+	// config file and reloads it, as SIGHUP does, when the content changed:
+	// for Kubernetes config maps, whose updates arrive as a new file and
+	// cannot send a signal. Off when zero.
+	ConfigWatchInterval Duration `yaml:"config_watch_interval"`
 }
 
 // TLSConfig is the tls section. Paths are relative to the config file.

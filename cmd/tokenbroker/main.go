@@ -13,6 +13,7 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -228,7 +229,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		probe = hooks.probeInterval
 	}
 	go rt.probeSigners(ctx, probe)
-	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload)
+	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload, time.Duration(cfg.ConfigWatchInterval))
 	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
 		slog.Int("policy_rules", len(cfg.Policy)))
 	if hooks.ready != nil {
@@ -252,20 +253,36 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 // unless maskinporten.sign_probe_interval says otherwise.
 const signerProbeInterval = 15 * time.Second
 
-// reloadOnSignal reloads the config whenever reload (or SIGHUP) fires,
-// until ctx ends: keys and policy change atomically per client; a config
-// that fails to load changes nothing.
-func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Logger, reload <-chan struct{}) {
+// reloadOnSignal reloads the config whenever reload (or SIGHUP) fires, and,
+// when watch is not zero, whenever a look at the file every watch finds
+// its content changed, until ctx ends: keys and policy change atomically
+// per client; a config that fails to load changes nothing. A watched
+// change that fails is reported once, not at every look.
+func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Logger, reload <-chan struct{}, watch time.Duration) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	var tick <-chan time.Time
+	seen := fileDigest(path)
+	if watch > 0 {
+		t := time.NewTicker(watch)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
 		case <-reload:
+		case <-tick:
+			d := fileDigest(path)
+			if d == seen || d == "" {
+				continue
+			}
+			log.Info("config file changed; reloading")
 		}
+		seen = fileDigest(path)
 		cfg, err := loadConfig(path)
 		if err == nil {
 			err = rt.reload(ctx, cfg, filepath.Dir(path))
@@ -276,6 +293,17 @@ func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Log
 		}
 		log.Info("config reloaded: keys and policy (other changes need a restart)", slog.Int("policy_rules", len(cfg.Policy)))
 	}
+}
+
+// fileDigest is the SHA-256 of the file at path, or "" when it cannot be
+// read (a config map between two versions, say).
+func fileDigest(path string) string {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	sum := sha256.Sum256(data)
+	return string(sum[:])
 }
 
 // loadTLS reads the server certificate and the callers' CA. The handshake

@@ -412,3 +412,68 @@ func startDev(t *testing.T) (env devEnv, stdout, stderr *syncBuffer, stop func()
 	})
 	return env, stdout, stderr, stop
 }
+
+// TestConfigWatch: with config_watch_interval the broker reloads its
+// config file when its content changes (as a Kubernetes config map
+// update does), reports a broken version once, and leaves an unchanged
+// file alone.
+func TestConfigWatch(t *testing.T) {
+	t.Parallel()
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
+	emu.Record()
+	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
+		SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
+		t.Fatal(err)
+	}
+	emu.ApproveSystemUser("7ee41fce-9f6e-4c32-8195-0fe2c1517f43", "310904473", "")
+	path := writeConfig(t, emu.Issuer(), srv.URL+"/token", "config_watch_interval: 20ms\n")
+	original, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, stderr, stop := startServe(t, path, serveHooks{})
+	c := dial(t, addr)
+	get := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_, err := c.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{demoScope}})
+		return err
+	}
+	count := func(msg string) int { return strings.Count(stderr.String(), msg) }
+	if err := get(); err != nil {
+		t.Fatalf("before the change: %v", err)
+	}
+
+	narrowed := bytes.Replace(original, []byte(`customer_orgs: ["*"]`), []byte(`customer_orgs: ["314250052"]`), 1)
+	if bytes.Equal(narrowed, original) {
+		t.Fatal("the policy line to change is not in the config")
+	}
+	writeSecret(t, path, narrowed)
+	waitUntil(t, "the reload", func() bool { return count(`"msg":"config reloaded`) == 1 })
+	if err := get(); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("after the policy change: %v, want PermissionDenied", err)
+	}
+
+	writeSecret(t, path, append(narrowed, "bogus: 1\n"...))
+	waitUntil(t, "the failed reload", func() bool { return count(`"msg":"reload failed`) == 1 })
+	time.Sleep(200 * time.Millisecond) // ten more looks at the same broken file
+	if n := count(`"msg":"reload failed`); n != 1 {
+		t.Errorf("a broken file was reported %d times, want once", n)
+	}
+	if n := count(`"msg":"config reloaded`); n != 1 {
+		t.Errorf("%d reloads, want 1: an unchanged file was reloaded", n)
+	}
+	if err := get(); status.Code(err) != codes.PermissionDenied {
+		t.Errorf("after a broken change: %v, want the narrowed policy still", err)
+	}
+
+	writeSecret(t, path, original)
+	waitUntil(t, "the second reload", func() bool { return count(`"msg":"config reloaded`) == 2 })
+	if err := get(); err != nil {
+		t.Errorf("after restoring the policy: %v", err)
+	}
+	if err := stop(); err != nil {
+		t.Error(err)
+	}
+}
