@@ -25,6 +25,24 @@ import (
 	"github.com/tokenbroker/tokenbroker/server/tlstest"
 )
 
+// unixSigner starts `tokenbroker signer serve` for the test key pemFile as
+// kid on a unix socket, and returns the socket, the arguments (to start it
+// again) and a stop function.
+func unixSigner(t *testing.T, pemFile, kid string) (sock string, args []string, stop func()) {
+	t.Helper()
+	dir, err := os.MkdirTemp("", "tbsig") // short: unix socket paths are limited
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	keyPath := filepath.Join(dir, kid+".pem")
+	writeSecret(t, keyPath, signertest.PEM(t, pemFile))
+	sock = filepath.Join(dir, "s.sock")
+	args = []string{"--key", "file:" + keyPath, "--kid", kid, "--listen", "unix:" + sock}
+	_, stop = startSigner(t, args...)
+	return sock, args, stop
+}
+
 // TestGRPCSigner: the broker signs through an external signer process over
 // a unix socket; when the signer dies, calls that need a grant get
 // Unavailable and readiness turns NOT_SERVING; when it comes back, both
@@ -32,16 +50,7 @@ import (
 func TestGRPCSigner(t *testing.T) {
 	t.Parallel()
 	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
-	dir, err := os.MkdirTemp("", "tbsig") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	keyPath := filepath.Join(dir, "a.pem")
-	writeSecret(t, keyPath, signertest.PEM(t, "rsa-a.pkcs8.pem"))
-	sock := filepath.Join(dir, "s.sock")
-	signerArgs := []string{"--key", "file:" + keyPath, "--kid", "sig-a", "--listen", "unix:" + sock}
-	_, stopSigner := startSigner(t, signerArgs...)
+	sock, signerArgs, stopSigner := unixSigner(t, "rsa-a.pkcs8.pem", "sig-a")
 
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	pub, _ := signertest.Key(t, signertest.KeyA, "sig-a").PublicJWK()
@@ -149,16 +158,7 @@ func runSignerArgsError(t *testing.T, args []string) (string, error) {
 // its metric.
 func TestStandbyKeyProbed(t *testing.T) {
 	t.Parallel()
-	dir, err := os.MkdirTemp("", "tbsby") // short: unix socket paths are limited
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	keyPath := filepath.Join(dir, "b.pem")
-	writeSecret(t, keyPath, signertest.PEM(t, "rsa-b.pkcs1.pem"))
-	sock := filepath.Join(dir, "s.sock")
-	signerArgs := []string{"--key", "file:" + keyPath, "--kid", "sig-b", "--listen", "unix:" + sock}
-	_, stopSigner := startSigner(t, signerArgs...)
+	sock, signerArgs, stopSigner := unixSigner(t, "rsa-b.pkcs1.pem", "sig-b")
 
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
