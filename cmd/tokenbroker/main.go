@@ -270,19 +270,22 @@ func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Log
 		tick = t.C
 	}
 	for {
+		var digest string
 		select {
 		case <-ctx.Done():
 			return
 		case <-hup:
 		case <-reload:
 		case <-tick:
-			d := fileDigest(path)
-			if d == seen || d == "" {
+			if digest = fileDigest(path); digest == "" || digest == seen {
 				continue
 			}
 			log.Info("config file changed; reloading")
 		}
-		seen = fileDigest(path)
+		if digest == "" {
+			digest = fileDigest(path)
+		}
+		seen = digest
 		cfg, err := loadConfig(path)
 		if err == nil {
 			err = rt.reload(ctx, cfg, filepath.Dir(path))
