@@ -161,6 +161,7 @@ func TestStandbyKeyProbed(t *testing.T) {
 	sock, signerArgs, stopSigner := unixSigner(t, "rsa-b.pkcs1.pem", "sig-b")
 
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
+	emu.Record()
 	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
 	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
 		SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
@@ -215,4 +216,6 @@ func TestStandbyKeyProbed(t *testing.T) {
 
 	startSigner(t, signerArgs...)
 	waitUntil(t, "the standby key up again", metricIs(up("1")))
+	emu.CheckNoLeaks(t, "serve log", stderr.String())
+	emu.CheckNoLeaks(t, "the metrics", scrapeMetrics(t, stderr.String()))
 }

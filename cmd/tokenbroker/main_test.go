@@ -476,4 +476,5 @@ func TestConfigWatch(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Error(err)
 	}
+	emu.CheckNoLeaks(t, "serve log", stderr.String())
 }
