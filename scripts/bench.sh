@@ -2,19 +2,20 @@
 # Measures the figures of BENCHMARKS.md on this machine and prints them.
 # Every figure is a ratio against a baseline measured in the same run.
 #   1. cache-hit GetToken vs grpc.health.v1.Health/Check, with ghz (pinned
-#      in tools/ghz/go.mod), same server, same concurrency;
+#      in tools/ghz/go.mod), same server, same concurrency; also the
+#      broker's own CPU per call of each, read from /proc;
 #   2. cold path vs raw RSA signing (Go benchmark);
 #   3. stampedes (Go tests);  4. heap per entry (Go benchmark);
 #   5. outage (Go test);  sign latency per key backend vs the file backend;
 #   the latency one sequential caller sees on a cache hit vs Health/Check.
-# Usage: bash scripts/bench.sh [ROUNDS]   (default 5 ghz rounds per call,
-# alternating health and token runs; the figure is the median of the
-# per-round ratios, which cancels most of the machine's drift)
+# Usage: bash scripts/bench.sh [ROUNDS]   (default 15 ghz rounds of a
+# health run and a token run each, in alternating order; the figure is the
+# median of the per-round ratios, which cancels most of the machine's drift)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds="${1:-5}"
+rounds="${1:-15}"
 conc="${GHZ_CONCURRENCY:-32}"
-total="${GHZ_REQUESTS:-60000}"
+total="${GHZ_REQUESTS:-20000}"
 
 scripts/tools.sh
 GOBIN="$PWD/.tmp/bin" go install -modfile=tools/ghz/go.mod tool
@@ -43,12 +44,20 @@ for _ in $(seq 50); do grep -q serving "$out/dev.out" 2>/dev/null && break; slee
 req='{"customer_org":"310904473","scopes":["altinn:systembruker.demo"]}'
 grpcurl -plaintext -d "$req" "$addr" tokenbroker.v1.TokenBrokerService/GetToken > /dev/null
 
+# cpu_ns: CPU time the broker's threads have used so far, in ns.
+cpu_ns() { awk '{s += $1} END {printf "%.0f", s}' /proc/"$pid"/task/*/schedstat; }
 run() { # name call data round
+  local before
+  before="$(cpu_ns)"
   ghz --insecure --call "$2" -d "$3" -c "$conc" -n "$total" -O json "$addr" > "$out/$1.$4.json"
+  echo $(( $(cpu_ns) - before )) > "$out/$1.$4.cpu"
 }
+health() { run health grpc.health.v1.Health/Check '{}' "$1"; }
+token() { run token tokenbroker.v1.TokenBrokerService/GetToken "$req" "$1"; }
 for r in $(seq "$rounds"); do
-  run health grpc.health.v1.Health/Check '{}' "$r"
-  run token tokenbroker.v1.TokenBrokerService/GetToken "$req" "$r"
+  # Alternate which call goes first, so that drift within a round does
+  # not always favour the same one.
+  if (( r % 2 )); then health "$r"; token "$r"; else token "$r"; health "$r"; fi
 done
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys
@@ -57,7 +66,8 @@ def run(name, r):
     d = json.load(open(f"{out}/{name}.{r}.json"))
     p99 = next(x["latency"] for x in d["latencyDistribution"] if x["percentage"] == 99) / 1e6
     errs = sum(v for k, v in d.get("statusCodeDistribution", {}).items() if k != "OK")
-    return d["rps"], p99, errs
+    cpu_us = int(open(f"{out}/{name}.{r}.cpu").read()) / d["count"] / 1e3
+    return d["rps"], p99, errs, cpu_us
 h = [run("health", r) for r in range(1, rounds + 1)]
 t = [run("token", r) for r in range(1, rounds + 1)]
 med = statistics.median
@@ -66,4 +76,6 @@ print(f"FIGURE cache_hit health_rps={med(x[0] for x in h):.0f} token_rps={med(x[
       f"health_p99_ms={med(x[1] for x in h):.3f} token_p99_ms={med(x[1] for x in t):.3f} "
       f"p99_ratio={med(b[1]/a[1] for a, b in zip(h, t)):.3f} "
       f"round_rps_ratios={','.join(f'{b[0]/a[0]:.2f}' for a, b in zip(h, t))} errors={sum(x[2] for x in h + t)}")
+print(f"FIGURE broker_cpu_per_call health_us={med(x[3] for x in h):.1f} token_us={med(x[3] for x in t):.1f} "
+      f"ratio={med(a[3]/b[3] for a, b in zip(h, t)):.3f}")
 PY
