@@ -37,27 +37,12 @@ echo "== figure 1 (ghz, concurrency $conc, $total requests per run, $rounds roun
 go build -o .tmp/tokenbroker ./cmd/tokenbroker
 addr=127.0.0.1:50071
 out="$(mktemp -d)"
-.tmp/tokenbroker dev --listen "$addr" > "$out/dev.out" 2> /dev/null &
-pid=$!
-trap 'kill $pid 2>/dev/null || true; rm -rf "$out"' EXIT
-for _ in $(seq 50); do grep -q serving "$out/dev.out" 2>/dev/null && break; sleep 0.1; done
-req='{"customer_org":"310904473","scopes":["altinn:systembruker.demo"]}'
-grpcurl -plaintext -d "$req" "$addr" tokenbroker.v1.TokenBrokerService/GetToken > /dev/null
-
-# cpu_ns: CPU time the broker's threads have used so far, in ns.
-cpu_ns() { awk '{s += $1} END {printf "%.0f", s}' /proc/"$pid"/task/*/schedstat; }
-run() { # name call data round
-  local before
-  before="$(cpu_ns)"
-  ghz --insecure --call "$2" -d "$3" -c "$conc" -n "$total" -O json "$addr" > "$out/$1.$4.json"
-  echo $(( $(cpu_ns) - before )) > "$out/$1.$4.cpu"
-}
-health() { run health grpc.health.v1.Health/Check '{}' "$1"; }
-token() { run token tokenbroker.v1.TokenBrokerService/GetToken "$req" "$1"; }
+fig1_pid=
+trap 'kill $fig1_pid 2>/dev/null || true; rm -rf "$out"' EXIT
+source scripts/figure1-lib.sh
+fig1_start .tmp/tokenbroker "$addr" "$out/dev.out"
 for r in $(seq "$rounds"); do
-  # Alternate which call goes first, so that drift within a round does
-  # not always favour the same one.
-  if (( r % 2 )); then health "$r"; token "$r"; else token "$r"; health "$r"; fi
+  fig1_round "$fig1_pid" "$addr" "$conc" "$total" "$r" "$out/"
 done
 python3 - "$out" "$rounds" <<'PY'
 import json, statistics, sys

@@ -95,31 +95,15 @@ build encoded-once encoded_once
 build all-three log_trim tiny encoded_once
 
 variants=(shipped log-trim tiny encoded-once all-three)
-req='{"customer_org":"310904473","scopes":["altinn:systembruker.demo"]}'
-port=50171
-for v in "${variants[@]}"; do
-  "$bin/$v" dev --listen "127.0.0.1:$port" > "$work/$v.out" 2> /dev/null &
-  pids+=($!)
-  for _ in $(seq 50); do grep -q serving "$work/$v.out" 2>/dev/null && break; sleep 0.1; done
-  grpcurl -plaintext -d "$req" "127.0.0.1:$port" tokenbroker.v1.TokenBrokerService/GetToken > /dev/null
-  port=$((port + 1))
+source scripts/figure1-lib.sh
+for i in "${!variants[@]}"; do
+  fig1_start "$bin/${variants[$i]}" "127.0.0.1:$((50171 + i))" "$work/${variants[$i]}.out"
+  pids+=("$fig1_pid")
 done
 echo "figure 1 controls: ${#variants[@]} builds, $rounds interleaved rounds, $total requests per run, concurrency 32"
-# cpu_ns PID: CPU time the process's threads have used so far, in ns.
-cpu_ns() { awk '{s += $1} END {printf "%.0f", s}' /proc/"$1"/task/*/schedstat; }
 for r in $(seq "$rounds"); do
   for i in "${!variants[@]}"; do
-    v="${variants[$i]}" port=$((50171 + i))
-    ghz_run() { # CALL DATA NAME
-      local before
-      before="$(cpu_ns "${pids[$i]}")"
-      ghz --insecure --call "$1" -d "$2" -c 32 -n "$total" -O json "127.0.0.1:$port" > "$work/$v.$3.$r.json"
-      echo $(( $(cpu_ns "${pids[$i]}") - before )) > "$work/$v.$3.$r.cpu"
-    }
-    health() { ghz_run grpc.health.v1.Health/Check '{}' health; }
-    token() { ghz_run tokenbroker.v1.TokenBrokerService/GetToken "$req" token; }
-    # Alternate which call goes first, as scripts/bench.sh does.
-    if (( r % 2 )); then health; token; else token; health; fi
+    fig1_round "${pids[$i]}" "127.0.0.1:$((50171 + i))" 32 "$total" "$r" "$work/${variants[$i]}."
   done
 done
 python3 - "$work" "$rounds" "${variants[@]}" <<'PY'
