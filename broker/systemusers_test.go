@@ -53,8 +53,8 @@ func (v *recordingVendor) RegisterSystem(context.Context, string, altinn.System,
 func TestSystemUserPolicy(t *testing.T) {
 	t.Parallel()
 	pol, err := policy.New([]policy.Rule{
-		{Callers: []string{"billing"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"310904473"}},
-		{Callers: []string{"admin"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
+		{Callers: []string{"unix:billing"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"310904473"}},
+		{Callers: []string{"unix:admin"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -73,22 +73,22 @@ func TestSystemUserPolicy(t *testing.T) {
 		_, _, err := b.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{Caller: caller, CustomerOrg: org, Rights: []string{"r"}})
 		return err
 	}
-	if err := create("billing", "310904473"); err != nil {
+	if err := create("unix:billing", "310904473"); err != nil {
 		t.Fatalf("allowed org: %v", err)
 	}
-	if err := create("billing", "314250052"); !errors.Is(err, broker.ErrPermissionDenied) {
+	if err := create("unix:billing", "314250052"); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("other org: %v, want ErrPermissionDenied", err)
 	}
-	if _, err := b.GetSystemUserRequest(ctx, broker.SystemUserLookup{Caller: "billing", ID: "x"}); !errors.Is(err, broker.ErrPermissionDenied) {
+	if _, err := b.GetSystemUserRequest(ctx, broker.SystemUserLookup{Caller: "unix:billing", ID: "x"}); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("reading another org's request: %v, want ErrPermissionDenied", err)
 	}
-	if _, _, err := b.ListSystemUsers(ctx, "billing", "", ""); !errors.Is(err, broker.ErrPermissionDenied) {
+	if _, _, err := b.ListSystemUsers(ctx, "unix:billing", "", ""); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("listing without customer_orgs \"*\": %v", err)
 	}
-	if _, _, err := b.ListSystemUsers(ctx, "admin", "", ""); err != nil {
+	if _, _, err := b.ListSystemUsers(ctx, "unix:admin", "", ""); err != nil {
 		t.Errorf("admin listing: %v", err)
 	}
-	if _, err := b.RegisterSystem(ctx, broker.SystemRegistration{Caller: "billing", Name: map[string]string{"nb": "x"}}); !errors.Is(err, broker.ErrPermissionDenied) {
+	if _, err := b.RegisterSystem(ctx, broker.SystemRegistration{Caller: "unix:billing", Name: map[string]string{"nb": "x"}}); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("billing registering: %v", err)
 	}
 	// One vendor token (the write scope) and one read-scope token were

@@ -16,35 +16,39 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/broker/audit"
+	"github.com/tokenbroker/tokenbroker/broker/identity"
 )
 
 // An Authenticator returns the identity of the caller of a call, from its
 // transport (the TLS client certificate, the unix socket peer), or an error
 // saying why it has none.
-type Authenticator func(ctx context.Context) (string, error)
+type Authenticator func(ctx context.Context) (identity.ID, error)
 
 // MTLS authenticates callers by their TLS client certificate, verified
-// against roots for client authentication. The identity is the SPIFFE ID
-// in a URI SAN when present, else the first DNS SAN, else the subject CN.
+// against roots for client authentication (the certificate must allow
+// client auth as an extended key usage). The identity is typed by where it
+// comes from (identity.FromCertificate): the SPIFFE ID of the only spiffe
+// URI SAN, else "dns:" and the first DNS SAN, else "cn:" and the subject CN.
 // The TLS handshake only requests the certificate, so that a missing,
 // expired or foreign certificate gets a clear Unauthenticated here rather
 // than a failed handshake.
 func MTLS(roots *x509.CertPool) Authenticator {
-	return func(ctx context.Context) (string, error) {
+	return func(ctx context.Context) (identity.ID, error) {
 		p, ok := peer.FromContext(ctx)
 		if !ok {
-			return "", errors.New("no peer")
+			return identity.ID{}, errors.New("no peer")
 		}
 		ti, ok := p.AuthInfo.(credentials.TLSInfo)
 		if !ok {
-			return "", errors.New("not a TLS connection")
+			return identity.ID{}, errors.New("not a TLS connection")
 		}
 		certs := ti.State.PeerCertificates
 		if len(certs) == 0 {
-			return "", errors.New("no client certificate")
+			return identity.ID{}, errors.New("no client certificate")
 		}
 		inter := x509.NewCertPool()
 		for _, c := range certs[1:] {
@@ -53,54 +57,39 @@ func MTLS(roots *x509.CertPool) Authenticator {
 		if _, err := certs[0].Verify(x509.VerifyOptions{
 			Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		}); err != nil {
-			return "", fmt.Errorf("client certificate not accepted: %v", err)
+			return identity.ID{}, fmt.Errorf("client certificate not accepted: %v", err)
 		}
-		return certIdentity(certs[0])
+		return identity.FromCertificate(certs[0])
 	}
-}
-
-func certIdentity(c *x509.Certificate) (string, error) {
-	for _, u := range c.URIs {
-		if u.Scheme == "spiffe" {
-			return u.String(), nil
-		}
-	}
-	if len(c.DNSNames) > 0 {
-		return c.DNSNames[0], nil
-	}
-	if c.Subject.CommonName != "" {
-		return c.Subject.CommonName, nil
-	}
-	return "", errors.New("client certificate names no identity (no SPIFFE URI, DNS name or CN)")
 }
 
 // Fixed gives every call the same identity: for plaintext on loopback
 // (insecure mode) and dev mode.
-func Fixed(identity string) Authenticator {
-	return func(context.Context) (string, error) { return identity, nil }
+func Fixed(id identity.ID) Authenticator {
+	return func(context.Context) (identity.ID, error) { return id, nil }
 }
 
 // UnixPeer authenticates callers on a unix socket by the uid of the peer
 // process (credentials from UnixCredentials): identities maps uids to
 // identities; a uid not in it gets fallback, or is refused when fallback is
-// empty.
-func UnixPeer(identities map[uint32]string, fallback string) Authenticator {
-	return func(ctx context.Context) (string, error) {
+// the zero ID.
+func UnixPeer(identities map[uint32]identity.ID, fallback identity.ID) Authenticator {
+	return func(ctx context.Context) (identity.ID, error) {
 		p, ok := peer.FromContext(ctx)
 		if !ok {
-			return "", errors.New("no peer")
+			return identity.ID{}, errors.New("no peer")
 		}
 		ai, ok := p.AuthInfo.(UnixAuthInfo)
 		if !ok || !ai.Known {
-			return "", errors.New("peer credentials unknown")
+			return identity.ID{}, errors.New("peer credentials unknown")
 		}
 		if id, ok := identities[ai.UID]; ok {
 			return id, nil
 		}
-		if fallback != "" {
+		if !fallback.IsZero() {
 			return fallback, nil
 		}
-		return "", fmt.Errorf("uid %d has no identity", ai.UID)
+		return identity.ID{}, fmt.Errorf("uid %d has no identity", ai.UID)
 	}
 }
 
@@ -139,43 +128,64 @@ func (unixCreds) Info() credentials.ProtocolInfo {
 func (unixCreds) Clone() credentials.TransportCredentials { return unixCreds{} }
 func (unixCreds) OverrideServerName(string) error         { return nil }
 
-// callInfo travels in a call's context from the log interceptor inward, so
-// that the log line can name the caller that authentication found.
-type callInfo struct{ caller string }
+// callerKey carries the caller's identity in a call's context, from the
+// authentication in the tap handle inward.
+type callerKey struct{}
 
-type callInfoKey struct{}
-
-// CallerFromContext returns the authenticated identity of the call.
+// CallerFromContext returns the authenticated identity of the call, as its
+// canonical string.
 func CallerFromContext(ctx context.Context) (string, bool) {
-	ci, ok := ctx.Value(callInfoKey{}).(*callInfo)
-	if !ok || ci.caller == "" {
+	id, ok := ctx.Value(callerKey{}).(identity.ID)
+	if !ok || id.IsZero() {
 		return "", false
 	}
-	return ci.caller, true
+	return id.String(), true
 }
 
 // publicMethods need no caller identity: probes and tools use them.
 var publicMethods = map[string]bool{
 	"/grpc.health.v1.Health/Check": true,
 	"/grpc.health.v1.Health/List":  true,
+	"/grpc.health.v1.Health/Watch": true,
 }
 
-// authUnary finds the caller's identity or answers Unauthenticated.
-func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-	if publicMethods[info.FullMethod] {
-		return h(ctx, req)
+// tap authenticates every call, unary or stream (reflection included), as
+// soon as its headers arrive and before its message is read: a peer
+// without an identity gets Unauthenticated at once and holds nothing open.
+// Health needs no identity. The identity travels in the call's context.
+func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if publicMethods[info.FullMethodName] {
+		return ctx, nil
 	}
 	id, err := s.authenticate(ctx)
+	if err == nil && id.IsZero() {
+		err = errors.New("no identity")
+	}
 	if err != nil {
-		s.auditRefusal(ctx, "", info.FullMethod, req, audit.Unauthenticated, codes.Unauthenticated, err.Error())
+		s.auditRefusal(ctx, "", info.FullMethodName, nil, audit.Unauthenticated, codes.Unauthenticated, err.Error())
 		return nil, status.Error(codes.Unauthenticated, "unauthenticated: "+err.Error())
 	}
-	if ci, ok := ctx.Value(callInfoKey{}).(*callInfo); ok {
-		ci.caller = id
-	} else {
-		ctx = context.WithValue(ctx, callInfoKey{}, &callInfo{caller: id})
+	if p, ok := peer.FromContext(ctx); ok && s.conns != nil {
+		s.conns.authenticated(p.Addr)
+	}
+	return context.WithValue(ctx, callerKey{}, id), nil
+}
+
+// authUnary refuses a call that reached it without an identity (the tap
+// authenticates every call; this is the second lock on the door).
+func (s *Server) authUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if _, ok := CallerFromContext(ctx); !ok && !publicMethods[info.FullMethod] {
+		return nil, status.Error(codes.Unauthenticated, "unauthenticated")
 	}
 	return h(ctx, req)
+}
+
+// authStream is authUnary for streams (server reflection).
+func (s *Server) authStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	if _, ok := CallerFromContext(ss.Context()); !ok && !publicMethods[info.FullMethod] {
+		return status.Error(codes.Unauthenticated, "unauthenticated")
+	}
+	return h(srv, ss)
 }
 
 // limiters holds one token bucket per caller identity.

@@ -88,7 +88,8 @@ func TestBadInputBattery(t *testing.T) {
 		tc{"scope_empty_string", rawRequest(fScopes, ""), codes.InvalidArgument, "scopes"},
 		tc{"scopes_10000", rawRequest(fScopes, strings.Split(strings.Repeat("a:b,", 10000), ",")[:10000]...), codes.InvalidArgument, "scopes"},
 		tc{"empty_message", nil, codes.InvalidArgument, "customer_org"},
-		tc{"garbage_wire", []byte{0xff, 0xff, 0xff, 0xff}, codes.Internal, ""},
+		tc{"garbage_wire", []byte{0xff, 0xff, 0xff, 0xff}, codes.InvalidArgument, "request"},
+		tc{"truncated_field", []byte{0x0a, 0x10, 0x41}, codes.InvalidArgument, "client"},
 	)
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -19,6 +19,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
@@ -52,9 +54,9 @@ type Config struct {
 	// a CallerRate of 0 means no limit.
 	CallerRate  float64
 	CallerBurst int
-	// MaxConcurrentStreams bounds the calls in progress per connection;
-	// 0 means 256.
-	MaxConcurrentStreams uint32
+	// Limits bound what a peer can hold before and after it authenticates;
+	// zero fields take DefaultLimits.
+	Limits Limits
 	// Interceptors run after the log interceptor and before
 	// authentication (metrics, for instance).
 	Interceptors []grpc.UnaryServerInterceptor
@@ -68,7 +70,11 @@ type Server struct {
 	stopTimeout  time.Duration
 	authenticate Authenticator
 	audit        *audit.Log
+	throttle     *audit.Throttle
 	limits       *limiters
+	conn         Limits
+	conns        *connGuard // of the TCP listener being served, if any
+	refusedLog   rate.Sometimes
 	ready        atomic.Bool
 	stopping     atomic.Bool
 }
@@ -87,15 +93,14 @@ func New(cfg Config) (*Server, error) {
 		stopTimeout:  cfg.StopTimeout,
 		authenticate: cfg.Authenticate,
 		audit:        cfg.Audit,
+		throttle:     audit.NewThrottle(cfg.Audit, 0, 0),
 	}
 	if cfg.CallerRate > 0 {
 		burst := max(cfg.CallerBurst, 1)
 		s.limits = &limiters{limit: rate.Limit(cfg.CallerRate), burst: burst, m: map[string]*rate.Limiter{}}
 	}
-	streams := cfg.MaxConcurrentStreams
-	if streams == 0 {
-		streams = 256
-	}
+	s.conn = cfg.Limits.withDefaults()
+	s.refusedLog = rate.Sometimes{Interval: 10 * time.Second}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -104,12 +109,23 @@ func New(cfg Config) (*Server, error) {
 	}
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
-		grpc.MaxConcurrentStreams(streams),
+		grpc.MaxConcurrentStreams(s.conn.MaxConcurrentStreams),
+		grpc.MaxHeaderListSize(s.conn.MaxHeaderBytes),
+		grpc.ConnectionTimeout(s.conn.HandshakeTimeout),
+		grpc.KeepaliveParams(keepalive.ServerParameters{
+			MaxConnectionIdle: s.conn.IdleTimeout,
+			// Ping a quiet connection now and then so that a peer that
+			// vanished (a half-open connection) is closed.
+			Time: 2 * time.Minute, Timeout: 20 * time.Second,
+		}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: s.conn.KeepaliveMinTime, PermitWithoutStream: true}),
+		grpc.InTapHandle(s.tap),
 		grpc.ForceServerCodecV2(newLenientCodec()),
 		grpc.ChainUnaryInterceptor(slices.Concat(
-			[]grpc.UnaryServerInterceptor{s.recoverUnary, s.logUnary},
+			[]grpc.UnaryServerInterceptor{s.recoverUnary, s.badMessageUnary, s.logUnary},
 			cfg.Interceptors,
 			[]grpc.UnaryServerInterceptor{s.authUnary, s.rateUnary})...),
+		grpc.ChainStreamInterceptor(s.recoverStream, s.authStream, s.badMessageStream),
 	}, cfg.ServerOptions...)
 	s.grpc = grpc.NewServer(opts...)
 	tokenbrokerv1.RegisterTokenBrokerServiceServer(s.grpc, &tokenService{broker: cfg.Broker, log: s.log, srv: s})
@@ -148,7 +164,18 @@ func (s *Server) GRPC() *grpc.Server { return s.grpc }
 // Serve serves on lis until ctx ends, then stops gracefully: health turns
 // NOT_SERVING, open calls get StopTimeout to finish, and the rest are cut.
 // It returns nil after a stop caused by ctx.
+//
+// On a TCP listener the connection limits of Config.Limits apply
+// (MaxConnections, MaxPendingPerIP, FirstRequestTimeout).
 func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
+	if lis.Addr().Network() == "tcp" {
+		g := newConnGuard(lis, s.conn, func(reason string) {
+			s.refusedLog.Do(func() {
+				s.log.Warn("closed a connection at a limit (logged at most every 10 s)", slog.String("limit", reason))
+			})
+		})
+		s.conns, lis = g, g
+	}
 	errc := make(chan error, 1)
 	go func() { errc <- s.grpc.Serve(lis) }()
 	select {
@@ -172,6 +199,9 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 		s.log.Warn("graceful stop timed out; closing open calls")
 		s.grpc.Stop()
 		<-stopped
+	}
+	if err := s.throttle.Flush(); err != nil {
+		s.log.Error("audit write failed", slog.String("error", err.Error()))
 	}
 	if err := <-errc; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 		return err
@@ -275,6 +305,9 @@ func decisionOf(err error) string {
 
 // writeAudit completes rec with the outcome and writes it. A failed audit
 // write is logged; the call's outcome stands. A nil rec is skipped.
+// Unauthenticated, invalid and rate-limited calls go through the throttle,
+// keyed by caller (or peer IP when there is none), so that one peer cannot
+// flood the sink; every other decision is written.
 func (s *Server) writeAudit(rec *audit.Record, decision string, st error) {
 	if s.audit == nil || rec == nil {
 		return
@@ -284,7 +317,21 @@ func (s *Server) writeAudit(rec *audit.Record, decision string, st error) {
 	if st != nil {
 		rec.Reason = status.Convert(st).Message()
 	}
-	if err := s.audit.Write(*rec); err != nil {
+	var err error
+	switch decision {
+	case audit.Unauthenticated, audit.Invalid, audit.RateLimited:
+		key := rec.Caller
+		if key == "" {
+			key = "peer " + rec.Peer
+			if host, _, herr := net.SplitHostPort(rec.Peer); herr == nil {
+				key = "peer " + host
+			}
+		}
+		err = s.throttle.Write(key, *rec)
+	default:
+		err = s.audit.Write(*rec)
+	}
+	if err != nil {
 		s.log.Error("audit write failed", slog.String("error", err.Error()))
 	}
 }
@@ -295,6 +342,9 @@ func (s *Server) auditRefusal(ctx context.Context, caller, method string, req an
 		return
 	}
 	rec := &audit.Record{Caller: caller, Method: method}
+	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
+		rec.Peer = p.Addr.String()
+	}
 	if r, ok := req.(*tokenbrokerv1.GetTokenRequest); ok {
 		rec.Client, rec.CustomerOrg, rec.Scopes = r.GetClient(), r.GetCustomerOrg(), append([]string(nil), r.GetScopes()...)
 		rec.ExternalRef, rec.Resource = r.GetExternalRef(), r.GetResource()

@@ -24,6 +24,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/audit"
+	"github.com/tokenbroker/tokenbroker/broker/identity"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
@@ -115,7 +116,7 @@ func newHarnessWith(t testing.TB, httpClient *http.Client, opts ...func(*server.
 	t.Cleanup(b.Close)
 	h.broker = b
 	h.audit = &syncBuffer{}
-	scfg := server.Config{Broker: b, Logger: logger, Authenticate: server.Fixed("test-caller"), Audit: audit.New(h.audit)}
+	scfg := server.Config{Broker: b, Logger: logger, Authenticate: server.Fixed(identity.MustParse("local:test-caller")), Audit: audit.New(h.audit)}
 	for _, o := range opts {
 		o(&scfg)
 	}
@@ -402,7 +403,7 @@ func TestSystemUserCallsAudited(t *testing.T) {
 	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.HasPrefix(st.Message(), "client: ") {
 		t.Fatalf("create without a system: %v, want InvalidArgument naming client", err)
 	}
-	for _, want := range []string{`"method":"/tokenbroker.v1.SystemUserService/CreateSystemUserRequest"`, `"caller":"test-caller"`, `"decision":"invalid"`, `"customer_org":"310904473"`} {
+	for _, want := range []string{`"method":"/tokenbroker.v1.SystemUserService/CreateSystemUserRequest"`, `"caller":"local:test-caller"`, `"decision":"invalid"`, `"customer_org":"310904473"`} {
 		if !strings.Contains(h.audit.String(), want) {
 			t.Errorf("audit lacks %s:\n%s", want, h.audit.String())
 		}

@@ -148,13 +148,23 @@ func (s *Server) recoverUnary(ctx context.Context, req any, info *grpc.UnaryServ
 	return h(ctx, req)
 }
 
+// recoverStream is recoverUnary for streams.
+func (s *Server) recoverStream(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) (err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("panic in handler", slog.String("method", info.FullMethod),
+				slog.String("panic", fmt.Sprint(p)), slog.String("stack", string(debug.Stack())))
+			err = errInternal
+		}
+	}()
+	return h(srv, ss)
+}
+
 // logUnary writes one line per call: method, code, duration, peer, the
 // request's non-secret fields and, for a token, its identifiers and expiry.
 // It never logs a token.
 func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 	start := time.Now()
-	ci := &callInfo{}
-	ctx = context.WithValue(ctx, callInfoKey{}, ci)
 	resp, err := h(ctx, req)
 	level := slog.LevelInfo
 	var st *status.Status
@@ -181,8 +191,8 @@ func (s *Server) logUnary(ctx context.Context, req any, info *grpc.UnaryServerIn
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		attrs = append(attrs, slog.String("peer", p.Addr.String()))
 	}
-	if ci.caller != "" {
-		attrs = append(attrs, slog.String("caller", ci.caller))
+	if caller, ok := CallerFromContext(ctx); ok {
+		attrs = append(attrs, slog.String("caller", caller))
 	}
 	if r, ok := req.(*tokenbrokerv1.GetTokenRequest); ok {
 		attrs = append(attrs,

@@ -19,29 +19,39 @@ const (
 	Error           = "error"
 	Unauthenticated = "unauthenticated"
 	RateLimited     = "rate_limited"
+	// Suppressed marks a summary record: Suppressed records of this peer
+	// or caller were not written (see Throttle).
+	Suppressed = "suppressed"
 )
 
 // Record is one decision.
 type Record struct {
-	Time        time.Time `json:"time"`
-	Caller      string    `json:"caller"`
-	Method      string    `json:"method"`
-	Client      string    `json:"client,omitempty"`
-	KeyID       string    `json:"kid,omitempty"`
-	CustomerOrg string    `json:"customer_org,omitempty"`
-	Scopes      []string  `json:"scopes,omitempty"`
-	ExternalRef string    `json:"external_ref,omitempty"`
-	Resource    string    `json:"resource,omitempty"`
-	Decision    string    `json:"decision"`
-	Code        string    `json:"code"`
-	Reason      string    `json:"reason,omitempty"`
-	Cached      bool      `json:"cache_hit"`
+	Time   time.Time `json:"time"`
+	Caller string    `json:"caller"`
+	// Peer is the network address of the caller, for calls refused before
+	// the caller was known.
+	Peer        string   `json:"peer,omitempty"`
+	Method      string   `json:"method"`
+	Client      string   `json:"client,omitempty"`
+	KeyID       string   `json:"kid,omitempty"`
+	CustomerOrg string   `json:"customer_org,omitempty"`
+	Scopes      []string `json:"scopes,omitempty"`
+	ExternalRef string   `json:"external_ref,omitempty"`
+	Resource    string   `json:"resource,omitempty"`
+	Decision    string   `json:"decision"`
+	Code        string   `json:"code"`
+	Reason      string   `json:"reason,omitempty"`
+	Cached      bool     `json:"cache_hit"`
 	// UpstreamLatencyMS is the Maskinporten fetch this call waited for.
 	UpstreamLatencyMS float64 `json:"upstream_latency_ms,omitempty"`
 	// TokenJTI is the token's jti; TokenSHA256 the first 16 hex digits of
 	// the SHA-256 of the token.
 	TokenJTI    string `json:"token_jti,omitempty"`
 	TokenSHA256 string `json:"token_sha256,omitempty"`
+	// SuppressedCount is, in a record whose Decision is Suppressed, how
+	// many records were dropped since the last one written for the same
+	// peer or caller.
+	SuppressedCount int `json:"suppressed,omitempty"`
 }
 
 // Log writes records as JSON lines. It is safe for concurrent use; a nil
@@ -71,7 +81,7 @@ func (l *Log) Write(r Record) error {
 		r.Time = time.Now()
 	}
 	r.Time = r.Time.UTC()
-	for _, f := range []*string{&r.Caller, &r.Client, &r.KeyID, &r.CustomerOrg, &r.ExternalRef, &r.Resource, &r.Reason} {
+	for _, f := range []*string{&r.Caller, &r.Peer, &r.Client, &r.KeyID, &r.CustomerOrg, &r.ExternalRef, &r.Resource, &r.Reason} {
 		*f = truncate(*f)
 	}
 	if len(r.Scopes) > 32 {

@@ -1,23 +1,26 @@
 // Package policy decides which caller may ask for which tokens: rules name
-// callers (an exact identity or a glob) and list the clients, scopes,
-// customer organisations and external references they may use, and the
-// longest min_validity. Anything no rule allows is denied.
+// callers (identity patterns of package identity, each naming the kind of
+// identity it matches) and list the clients, scopes, customer
+// organisations and external references they may use, and the longest
+// min_validity. Anything no rule allows is denied.
 package policy
 
 import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/identity"
 )
 
 // Rule is one policy rule as configured. In every list, "*" allows any value
 // and other entries are exact values, except Callers, whose entries are
-// globs where '*' matches any run of characters (including '/').
+// identity patterns (identity.ParsePattern): "spiffe://example.org/ns/*/sa/x",
+// "dns:billing.internal", "cn:billing", "unix:billing", "local:insecure".
 type Rule struct {
-	// Callers are identities (SPIFFE IDs, DNS names, CNs, unix identities)
-	// or globs of them. Required.
+	// Callers are identity patterns; each names the kind of identity it
+	// matches. Required.
 	Callers []string
 	// Clients are configured client names. Required.
 	Clients []string
@@ -61,8 +64,19 @@ func (e *DeniedError) Error() string {
 
 // Policy is a compiled, immutable rule set. The zero value denies all.
 type Policy struct {
-	rules    []Rule
+	rules    []compiled
 	allowAll bool
+}
+
+// compiled is a rule with its caller patterns parsed.
+type compiled struct {
+	Rule
+	callers []identity.Pattern
+}
+
+// matches reports whether the rule names caller.
+func (c *compiled) matches(caller string) bool {
+	return slices.ContainsFunc(c.callers, func(p identity.Pattern) bool { return p.Match(caller) })
 }
 
 // AllowAll returns a policy that allows every caller everything. It is for
@@ -79,15 +93,18 @@ func New(rules []Rule) (*Policy, error) {
 				return nil, fmt.Errorf("%s.%s: required (use \"*\" for any)", where, name)
 			}
 		}
-		for _, c := range r.Callers {
-			if strings.TrimSpace(c) == "" {
-				return nil, fmt.Errorf("%s.callers: empty entry", where)
+		c := compiled{Rule: r}
+		for j, caller := range r.Callers {
+			pat, err := identity.ParsePattern(caller)
+			if err != nil {
+				return nil, fmt.Errorf("%s.callers[%d]: %w", where, j, err)
 			}
+			c.callers = append(c.callers, pat)
 		}
 		if r.MaxMinValidity < 0 {
 			return nil, fmt.Errorf("%s.max_min_validity: negative", where)
 		}
-		p.rules = append(p.rules, r)
+		p.rules = append(p.rules, c)
 	}
 	return p, nil
 }
@@ -101,8 +118,9 @@ func (p *Policy) Check(caller string, r Request) error {
 	}
 	var first *DeniedError
 	if p != nil {
-		for _, rule := range p.rules {
-			if !slices.ContainsFunc(rule.Callers, func(g string) bool { return Glob(g, caller) }) {
+		for i := range p.rules {
+			rule := &p.rules[i]
+			if !rule.matches(caller) {
 				continue
 			}
 			d := rule.check(caller, r)
@@ -146,35 +164,6 @@ func (rule *Rule) check(caller string, r Request) *DeniedError {
 
 func allows(list []string, v string) bool {
 	return slices.Contains(list, "*") || slices.Contains(list, v)
-}
-
-// Glob reports whether s matches pattern, where '*' matches any run of
-// characters (including none and including '/') and every other character
-// matches itself.
-func Glob(pattern, s string) bool {
-	// Iterative matching with backtracking to the last '*'.
-	p, i := 0, 0
-	star, mark := -1, 0
-	for i < len(s) {
-		switch {
-		case p < len(pattern) && pattern[p] == '*':
-			star, mark = p, i
-			p++
-		case p < len(pattern) && pattern[p] == s[i]:
-			p++
-			i++
-		case star >= 0:
-			p = star + 1
-			mark++
-			i = mark
-		default:
-			return false
-		}
-	}
-	for p < len(pattern) && pattern[p] == '*' {
-		p++
-	}
-	return p == len(pattern)
 }
 
 // ErrDenied matches every *DeniedError with errors.Is.

@@ -16,9 +16,11 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/identity"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/server"
 )
 
 // Config is the broker's YAML configuration file. Keys may be added, never
@@ -29,8 +31,9 @@ type Config struct {
 	// Insecure serves plaintext gRPC without caller authentication. It is
 	// refused unless Listen is a loopback address.
 	Insecure bool `yaml:"insecure"`
-	// InsecureIdentity is the identity every caller has in insecure mode,
-	// for the policy; default "insecure".
+	// InsecureIdentity names the identity every caller has in insecure
+	// mode, for the policy: NAME or local:NAME, which is local:NAME;
+	// default local:insecure.
 	InsecureIdentity string `yaml:"insecure_identity"`
 	// TLS is the server certificate and the CA of caller certificates
 	// (mTLS); required unless Insecure.
@@ -82,10 +85,11 @@ type UnixConfig struct {
 	Path string `yaml:"path"`
 	// Mode of the socket file, octal; default 0660.
 	Mode string `yaml:"mode"`
-	// Identities maps peer uids to caller identities.
+	// Identities maps peer uids to caller names: NAME or unix:NAME, which
+	// is the identity unix:NAME.
 	Identities map[uint32]string `yaml:"identities"`
-	// Identity is the identity of a peer whose uid is not in Identities;
-	// empty refuses such peers.
+	// Identity names the identity of a peer whose uid is not in
+	// Identities, like them; empty refuses such peers.
 	Identity string `yaml:"identity"`
 }
 
@@ -111,8 +115,99 @@ type LimitsConfig struct {
 	CallerRate float64 `yaml:"caller_rate"`
 	// CallerBurst is the bucket size; default 2 x CallerRate.
 	CallerBurst int `yaml:"caller_burst"`
-	// MaxConcurrentStreams per connection; default 256.
+	// MaxConcurrentStreams per connection; default 128.
 	MaxConcurrentStreams uint32 `yaml:"max_concurrent_streams"`
+	// MaxHeaderBytes bounds the headers of one call; default 8 KiB.
+	MaxHeaderBytes uint32 `yaml:"max_header_bytes"`
+	// HandshakeTimeout bounds the TLS handshake of a new connection;
+	// default 5s.
+	HandshakeTimeout Duration `yaml:"handshake_timeout"`
+	// FirstRequestTimeout closes a connection with no authenticated call
+	// this long after it opened; default 10s.
+	FirstRequestTimeout Duration `yaml:"first_request_timeout"`
+	// IdleTimeout closes a connection without calls this long; default 5m.
+	IdleTimeout Duration `yaml:"idle_timeout"`
+	// KeepaliveMinTime is the shortest ping interval a client may use;
+	// default 10s.
+	KeepaliveMinTime Duration `yaml:"keepalive_min_time"`
+	// MaxConnections bounds open TCP connections; default 1024.
+	MaxConnections int `yaml:"max_connections"`
+	// MaxPendingPerIP bounds the not yet authenticated connections of one
+	// IP address; default 32.
+	MaxPendingPerIP int `yaml:"max_pending_per_ip"`
+}
+
+// serverLimits returns the connection limits of the limits section; zero
+// fields take server.DefaultLimits.
+func (l LimitsConfig) serverLimits() server.Limits {
+	return server.Limits{
+		MaxHeaderBytes: l.MaxHeaderBytes, HandshakeTimeout: time.Duration(l.HandshakeTimeout),
+		FirstRequestTimeout: time.Duration(l.FirstRequestTimeout), IdleTimeout: time.Duration(l.IdleTimeout),
+		KeepaliveMinTime: time.Duration(l.KeepaliveMinTime), MaxConnections: l.MaxConnections,
+		MaxPendingPerIP: l.MaxPendingPerIP, MaxConcurrentStreams: l.MaxConcurrentStreams,
+	}
+}
+
+// check refuses limits that would lock out every caller or undo the
+// protection.
+func (l LimitsConfig) check() error {
+	switch {
+	case l.CallerRate < 0 || l.CallerBurst < 0:
+		return errors.New("limits: caller_rate and caller_burst must not be negative")
+	case l.MaxHeaderBytes != 0 && (l.MaxHeaderBytes < 1<<10 || l.MaxHeaderBytes > 1<<20):
+		return fmt.Errorf("limits.max_header_bytes: %d, want 1024 to 1048576 (default 8192)", l.MaxHeaderBytes)
+	case l.HandshakeTimeout < 0 || l.FirstRequestTimeout < 0 || l.IdleTimeout < 0 || l.KeepaliveMinTime < 0:
+		return errors.New("limits: handshake_timeout, first_request_timeout, idle_timeout and keepalive_min_time must not be negative")
+	case l.MaxConnections < 0 || l.MaxPendingPerIP < 0:
+		return errors.New("limits: max_connections and max_pending_per_ip must not be negative")
+	case l.MaxConcurrentStreams > 10000:
+		return fmt.Errorf("limits.max_concurrent_streams: %d, want at most 10000 (default 128)", l.MaxConcurrentStreams)
+	}
+	return nil
+}
+
+// namedIdentity reads an identity name of the config (insecure_identity,
+// the unix identities): NAME or KIND:NAME, where KIND must be kind. Any
+// other kind is refused, so that no configured name can pass for a
+// certificate's identity.
+func namedIdentity(field string, kind identity.Kind, name string) (identity.ID, error) {
+	if name == "" {
+		return identity.ID{}, nil
+	}
+	if id, err := identity.Parse(name); err == nil {
+		if id.Kind() != kind {
+			return identity.ID{}, fmt.Errorf("%s: %q is a %s identity; only %s:NAME (or a bare NAME) is allowed here", field, name, id.Kind(), kind)
+		}
+		return id, nil
+	}
+	id, err := identity.New(kind, name)
+	if err != nil {
+		return identity.ID{}, fmt.Errorf("%s: %w", field, err)
+	}
+	return id, nil
+}
+
+// identities returns the insecure identity and the unix socket's.
+func (c *Config) identities() (insecure identity.ID, unix map[uint32]identity.ID, unixOther identity.ID, err error) {
+	name := c.InsecureIdentity
+	if name == "" {
+		name = "insecure"
+	}
+	if insecure, err = namedIdentity("insecure_identity", identity.Local, name); err != nil {
+		return
+	}
+	unix = map[uint32]identity.ID{}
+	for uid, n := range c.Unix.Identities {
+		if unix[uid], err = namedIdentity(fmt.Sprintf("unix.identities[%d]", uid), identity.Unix, n); err != nil {
+			return
+		}
+		if unix[uid].IsZero() {
+			err = fmt.Errorf("unix.identities[%d]: empty", uid)
+			return
+		}
+	}
+	unixOther, err = namedIdentity("unix.identity", identity.Unix, c.Unix.Identity)
+	return
 }
 
 // AltinnConfig is the altinn section.
@@ -346,8 +441,11 @@ func (c *Config) check() error {
 	if sink := c.Audit.Sink; sink != "" && sink != "stderr" && !strings.HasPrefix(sink, "file:") {
 		return fmt.Errorf("audit.sink: %q, want stderr or file:PATH", sink)
 	}
-	if c.Limits.CallerRate < 0 || c.Limits.CallerBurst < 0 {
-		return errors.New("limits: caller_rate and caller_burst must not be negative")
+	if err := c.Limits.check(); err != nil {
+		return err
+	}
+	if _, _, _, err := c.identities(); err != nil {
+		return err
 	}
 	if c.HTTPListen != "" {
 		if _, _, err := net.SplitHostPort(c.HTTPListen); err != nil {

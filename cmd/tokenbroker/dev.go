@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/identity"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
@@ -134,7 +135,7 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 		return err
 	}
 	defer b.Close()
-	srv, err := server.New(server.Config{Broker: b, Logger: log, Authenticate: server.Fixed("dev")})
+	srv, err := server.New(server.Config{Broker: b, Logger: log, Authenticate: server.Fixed(identity.MustParse("local:dev"))})
 	if err != nil {
 		return err
 	}

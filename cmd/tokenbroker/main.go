@@ -157,19 +157,19 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		Interceptors:  []grpc.UnaryServerInterceptor{m.UnaryInterceptor()},
 		ServerOptions: grpcOpts,
 		CallerRate:    cfg.Limits.CallerRate, CallerBurst: cfg.Limits.CallerBurst,
-		MaxConcurrentStreams: cfg.Limits.MaxConcurrentStreams,
+		Limits: cfg.Limits.serverLimits(),
 	}
 	if common.CallerBurst == 0 && common.CallerRate > 0 {
 		common.CallerBurst = int(2*common.CallerRate) + 1
 	}
+	insecureID, unixIDs, unixOther, err := cfg.identities()
+	if err != nil {
+		return err
+	}
 	tcpCfg := common
 	if cfg.Insecure {
-		id := cfg.InsecureIdentity
-		if id == "" {
-			id = "insecure"
-		}
-		tcpCfg.Authenticate = server.Fixed(id)
-		log.Warn("INSECURE: plaintext gRPC without caller authentication on a loopback address; every caller is "+id,
+		tcpCfg.Authenticate = server.Fixed(insecureID)
+		log.Warn("INSECURE: plaintext gRPC without caller authentication on a loopback address; every caller is "+insecureID.String(),
 			slog.String("listen", cfg.Listen))
 	} else {
 		creds, roots, err := loadTLS(cfg.TLS, baseDir)
@@ -196,7 +196,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 			return err
 		}
 		ucfg := common
-		ucfg.Authenticate = server.UnixPeer(cfg.Unix.Identities, cfg.Unix.Identity)
+		ucfg.Authenticate = server.UnixPeer(unixIDs, unixOther)
 		ucfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(server.UnixCredentials()))
 		usrv, err := server.New(ucfg)
 		if err != nil {
@@ -360,13 +360,14 @@ func listenUnix(path, mode string) (net.Listener, error) {
 }
 
 // openAudit opens the audit sink: stderr, or a file opened for appending
-// with mode 0600.
+// with mode 0600 (audit.OpenFile: a file others can read, or owned by
+// another user, is refused).
 func openAudit(sink, baseDir string, stderr io.Writer) (*audit.Log, func(), error) {
 	if sink == "" || sink == "stderr" {
 		return audit.New(stderr), func() {}, nil
 	}
 	path := resolvePath(baseDir, strings.TrimPrefix(sink, "file:"))
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o600)
+	f, err := audit.OpenFile(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("audit.sink: %w", err)
 	}

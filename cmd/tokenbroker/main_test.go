@@ -104,7 +104,7 @@ func writeConfig(t *testing.T, issuer, tokenURL string, extra ...string) string 
 insecure: true
 http_listen: 127.0.0.1:0
 policy:
-  - callers: [insecure]
+  - callers: [local:insecure]
     clients: ["*"]
     scopes: ["*"]
     customer_orgs: ["*"]
@@ -320,10 +320,23 @@ func TestServeRefusesToStart(t *testing.T) {
 		{"no_tls", write("notls.yaml", replace("insecure: true\n", "")), "tls: cert, key and client_ca are required"},
 		{"bad_policy", write("pol.yaml", replace("    customer_orgs: [\"*\"]\n", "")), "policy[0].customer_orgs"},
 		{"bad_audit", write("audit.yaml", string(base)+"audit:\n  sink: syslog\n"), "audit.sink"},
+		{"audit_file_readable_by_others", write("auditperm.yaml", string(base)+"audit:\n  sink: file:readable.jsonl\n"), "chmod 600"},
+		{"bare_caller", write("bare.yaml", replace("callers: [local:insecure]", "callers: [insecure]")), "does not name the kind"},
+		{"caller_glob_all", write("star.yaml", replace("callers: [local:insecure]", `callers: ["*"]`)), "does not name the kind"},
+		{"insecure_identity_of_another_kind", write("insid.yaml", string(base)+"insecure_identity: spiffe://example.org/billing\n"), "insecure_identity"},
+		{"unix_identity_of_another_kind", write("unixid.yaml", string(base)+"unix:\n  path: x.sock\n  identities: {1000: \"cn:billing\"}\n"), "unix.identities[1000]"},
+		{"bad_max_header_bytes", write("hdr.yaml", string(base)+"limits:\n  max_header_bytes: 10\n"), "limits.max_header_bytes"},
 		{"bad_unix_mode", write("umode.yaml", string(base)+"unix:\n  path: x.sock\n  mode: rw\n"), "unix.mode"},
 		{"bad_http_listen", write("hlisten.yaml", replace("http_listen: 127.0.0.1:0", "http_listen: nowhere")), "http_listen"},
 		{"two_documents", write("docs.yaml", string(base)+"---\nlisten: x\n"), "more than one"},
 		{"empty", write("empty.yaml", ""), "empty"},
+	}
+	// An audit file that others can read is refused, not appended to.
+	if err := os.WriteFile(filepath.Join(dir, "readable.jsonl"), nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(filepath.Join(dir, "readable.jsonl"), 0o644); err != nil {
+		t.Fatal(err)
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -48,7 +48,7 @@ func TestKeyRotation(t *testing.T) {
 insecure: true
 http_listen: 127.0.0.1:0
 policy:
-  - {callers: [insecure], clients: ["*"], scopes: ["*"], customer_orgs: ["*"]}
+  - {callers: [local:insecure], clients: ["*"], scopes: ["*"], customer_orgs: ["*"]}
 maskinporten: {environment: test, issuer: %q, token_url: %q}
 clients:
   - name: smartcloud

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
@@ -34,15 +35,15 @@ const securePolicy = `policy:
     clients: [smartcloud]
     scopes: [altinn:systembruker.demo]
     customer_orgs: ["310904473"]
-  - callers: [payroll.example.org]
+  - callers: [dns:payroll.example.org]
     clients: ["*"]
     scopes: ["*"]
     customer_orgs: ["314250052"]
-  - callers: [reporting]
+  - callers: [cn:reporting]
     clients: [smartcloud]
     scopes: [other:scope]
     customer_orgs: ["*"]
-  - callers: [sidecar]
+  - callers: [unix:sidecar]
     clients: ["*"]
     scopes: ["*"]
     customer_orgs: ["*"]
@@ -81,7 +82,7 @@ unix:
 audit:
   sink: file:audit.jsonl
 `, certPath, keyPath, os.Getuid()), 1)
-	secure = strings.Replace(secure, "  - callers: [insecure]\n    clients: [\"*\"]\n    scopes: [\"*\"]\n    customer_orgs: [\"*\"]\n", "", 1)
+	secure = strings.Replace(secure, "  - callers: [local:insecure]\n    clients: [\"*\"]\n    scopes: [\"*\"]\n    customer_orgs: [\"*\"]\n", "", 1)
 	secure = strings.Replace(secure, "policy:\n", securePolicy, 1)
 	secure = strings.Replace(secure, "scopes: [altinn:systembruker.demo]\n    key:", "scopes: [altinn:systembruker.demo, other:scope]\n    key:", 1)
 	if err := os.WriteFile(path, []byte(secure), 0o600); err != nil {
@@ -158,6 +159,38 @@ audit:
 	expect("certificate from another CA", err, codes.Unauthenticated, "not accepted")
 	_, err = get(expired, "310904473")
 	expect("expired certificate", err, codes.Unauthenticated, "expired")
+	// Issue 12, finding 1: a certificate without a URI SAN whose CN or DNS
+	// SAN spells billing's SPIFFE ID is not billing.
+	const billingID = "spiffe://example.org/ns/prod/sa/billing"
+	cnSpoof := dialTLS(callersCA.Issue(t, tlstest.Leaf{CN: billingID}))
+	_, err = get(cnSpoof, "310904473")
+	expect("CN spelling a SPIFFE ID", err, codes.PermissionDenied, "cn:"+billingID)
+	dnsSpoof := dialTLS(callersCA.Issue(t, tlstest.Leaf{DNS: []string{billingID}}))
+	_, err = get(dnsSpoof, "310904473")
+	expect("DNS SAN spelling a SPIFFE ID", err, codes.PermissionDenied, "dns:"+billingID)
+	httpsURI := dialTLS(callersCA.Issue(t, tlstest.Leaf{URIs: []string{"https://example.org/ns/prod/sa/billing"}, DNS: []string{"payroll.example.org"}}))
+	_, err = get(httpsURI, "310904473")
+	expect("a non-SPIFFE URI SAN names nothing (falls back to the DNS SAN)", err, codes.PermissionDenied, "dns:payroll.example.org")
+	serverOnly := dialTLS(callersCA.Issue(t, tlstest.Leaf{URIs: []string{billingID}, Server: true}))
+	_, err = get(serverOnly, "310904473")
+	expect("certificate valid only for server auth", err, codes.Unauthenticated, "not accepted")
+	// Finding 2: server reflection is a stream, and needs a caller too.
+	listServices := func(conn *grpc.ClientConn) error {
+		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
+		defer rcancel()
+		stream, err := reflectionpb.NewServerReflectionClient(conn).ServerReflectionInfo(rctx)
+		if err != nil {
+			return err
+		}
+		if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+			return err
+		}
+		_, err = stream.Recv()
+		return err
+	}
+	expect("reflection without a certificate", listServices(noCert), codes.Unauthenticated, "no client certificate")
+	expect("reflection from another CA", listServices(foreign), codes.Unauthenticated, "not accepted")
+	expect("reflection with a caller certificate", listServices(reporting), codes.OK)
 	if denied, _ := get(billing, "314250052"); denied != nil {
 		t.Error("a denied call returned a token")
 	}
@@ -207,11 +240,11 @@ audit:
 		t.Fatal(err)
 	}
 	lines := strings.Split(strings.TrimSpace(string(auditLog)), "\n")
-	if len(lines) != 12 {
-		t.Errorf("%d audit lines for 12 GetToken calls:\n%s", len(lines), auditLog)
+	if len(lines) != 18 {
+		t.Errorf("%d audit lines for 16 GetToken calls and 2 unauthenticated reflection calls:\n%s", len(lines), auditLog)
 	}
 	for _, want := range []string{`"decision":"allow"`, `"decision":"deny"`, `"decision":"unauthenticated"`,
-		`"caller":"payroll.example.org"`, `"caller":"sidecar"`, `"token_jti":"`, `"token_sha256":"`, `"cache_hit":true`} {
+		`"caller":"dns:payroll.example.org"`, `"caller":"unix:sidecar"`, `"token_jti":"`, `"token_sha256":"`, `"cache_hit":true`} {
 		if !strings.Contains(string(auditLog), want) {
 			t.Errorf("audit log lacks %s", want)
 		}

@@ -1,0 +1,226 @@
+package server
+
+import (
+	"net"
+	"sync"
+	"time"
+)
+
+// Limits bound what a peer can hold before it has proved who it is. Zero
+// fields take the defaults of DefaultLimits.
+type Limits struct {
+	// MaxHeaderBytes bounds the header list of one call (HTTP/2
+	// SETTINGS_MAX_HEADER_LIST_SIZE). A GetToken call sends a few hundred
+	// bytes of headers; grpcurl and tracing headers stay well under 1 KiB.
+	MaxHeaderBytes uint32
+	// HandshakeTimeout bounds the TLS handshake and the HTTP/2 preface of a
+	// new connection.
+	HandshakeTimeout time.Duration
+	// FirstRequestTimeout closes a TCP connection that has not made an
+	// authenticated call this long after it was accepted.
+	FirstRequestTimeout time.Duration
+	// IdleTimeout closes a connection without calls for this long.
+	IdleTimeout time.Duration
+	// KeepaliveMinTime is the shortest interval between pings a client may
+	// send; a client that pings more often is disconnected.
+	KeepaliveMinTime time.Duration
+	// MaxConnections bounds the open TCP connections; past it, new ones
+	// are closed at once.
+	MaxConnections int
+	// MaxPendingPerIP bounds the TCP connections of one IP address that
+	// have not yet made an authenticated call.
+	MaxPendingPerIP int
+	// MaxConcurrentStreams bounds the calls in progress per connection.
+	MaxConcurrentStreams uint32
+}
+
+// DefaultLimits are the limits a server has unless configured otherwise.
+// The figures behind them are in BENCHMARKS.md ("Hostile peers").
+var DefaultLimits = Limits{
+	MaxHeaderBytes:       8 << 10,
+	HandshakeTimeout:     5 * time.Second,
+	FirstRequestTimeout:  10 * time.Second,
+	IdleTimeout:          5 * time.Minute,
+	KeepaliveMinTime:     10 * time.Second,
+	MaxConnections:       1024,
+	MaxPendingPerIP:      32,
+	MaxConcurrentStreams: 128,
+}
+
+// withDefaults fills the zero fields of l from DefaultLimits.
+func (l Limits) withDefaults() Limits {
+	d := DefaultLimits
+	if l.MaxHeaderBytes == 0 {
+		l.MaxHeaderBytes = d.MaxHeaderBytes
+	}
+	if l.HandshakeTimeout == 0 {
+		l.HandshakeTimeout = d.HandshakeTimeout
+	}
+	if l.FirstRequestTimeout == 0 {
+		l.FirstRequestTimeout = d.FirstRequestTimeout
+	}
+	if l.IdleTimeout == 0 {
+		l.IdleTimeout = d.IdleTimeout
+	}
+	if l.KeepaliveMinTime == 0 {
+		l.KeepaliveMinTime = d.KeepaliveMinTime
+	}
+	if l.MaxConnections == 0 {
+		l.MaxConnections = d.MaxConnections
+	}
+	if l.MaxPendingPerIP == 0 {
+		l.MaxPendingPerIP = d.MaxPendingPerIP
+	}
+	if l.MaxConcurrentStreams == 0 {
+		l.MaxConcurrentStreams = d.MaxConcurrentStreams
+	}
+	return l
+}
+
+// connGuard wraps a TCP listener: it closes new connections past
+// MaxConnections or past MaxPendingPerIP unauthenticated ones from one IP,
+// and closes a connection that has made no authenticated call within
+// FirstRequestTimeout. Connections are known by their remote address,
+// which is unique per TCP connection of one listener.
+type connGuard struct {
+	net.Listener
+	limits Limits
+	// afterFunc is time.AfterFunc; tests replace it.
+	afterFunc func(time.Duration, func()) stopper
+	// refused is called (outside the lock) for each connection closed by
+	// a limit, with the reason.
+	refused func(reason string)
+
+	mu      sync.Mutex
+	conns   map[string]*guardedConn // by remote address
+	pending map[string]int          // unauthenticated connections by IP
+}
+
+type stopper interface{ Stop() bool }
+
+func newConnGuard(lis net.Listener, l Limits, refused func(string)) *connGuard {
+	return &connGuard{
+		Listener: lis, limits: l, refused: refused,
+		afterFunc: func(d time.Duration, f func()) stopper { return time.AfterFunc(d, f) },
+		conns:     map[string]*guardedConn{}, pending: map[string]int{},
+	}
+}
+
+// Accept returns the next connection within the limits; connections over
+// a limit are closed and not returned.
+func (g *connGuard) Accept() (net.Conn, error) {
+	for {
+		c, err := g.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if gc, reason := g.admit(c); gc != nil {
+			return gc, nil
+		} else {
+			c.Close()
+			if g.refused != nil {
+				g.refused(reason)
+			}
+		}
+	}
+}
+
+func (g *connGuard) admit(c net.Conn) (*guardedConn, string) {
+	addr, ip := c.RemoteAddr().String(), ipOf(c.RemoteAddr())
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	switch {
+	case len(g.conns) >= g.limits.MaxConnections:
+		return nil, "max_connections"
+	case g.pending[ip] >= g.limits.MaxPendingPerIP:
+		return nil, "max_pending_per_ip"
+	}
+	gc := &guardedConn{Conn: c, g: g, addr: addr, ip: ip}
+	g.conns[addr] = gc
+	g.pending[ip]++
+	gc.timer = g.afterFunc(g.limits.FirstRequestTimeout, func() {
+		g.mu.Lock()
+		late := !gc.authed
+		g.mu.Unlock()
+		if late {
+			gc.Close()
+			if g.refused != nil {
+				g.refused("first_request_timeout")
+			}
+		}
+	})
+	return gc, ""
+}
+
+// authenticated records that the connection from addr made an
+// authenticated call: it no longer counts as pending, and its first
+// request timer stops.
+func (g *connGuard) authenticated(addr net.Addr) {
+	if addr == nil {
+		return
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gc, ok := g.conns[addr.String()]
+	if !ok || gc.authed {
+		return
+	}
+	gc.authed = true
+	gc.timer.Stop()
+	g.unpend(gc.ip)
+}
+
+// unpend decrements the pending count of ip; g.mu is held.
+func (g *connGuard) unpend(ip string) {
+	if g.pending[ip]--; g.pending[ip] <= 0 {
+		delete(g.pending, ip)
+	}
+}
+
+// open returns the number of open connections and of those not yet
+// authenticated.
+func (g *connGuard) open() (all, pending int) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for _, n := range g.pending {
+		pending += n
+	}
+	return len(g.conns), pending
+}
+
+type guardedConn struct {
+	net.Conn
+	g        *connGuard
+	addr, ip string
+	timer    stopper
+	authed   bool // under g.mu
+	once     sync.Once
+}
+
+func (c *guardedConn) Close() error {
+	c.once.Do(func() {
+		g := c.g
+		g.mu.Lock()
+		if g.conns[c.addr] == c {
+			delete(g.conns, c.addr)
+		}
+		if !c.authed {
+			c.authed = true // counted out once
+			c.timer.Stop()
+			g.unpend(c.ip)
+		}
+		g.mu.Unlock()
+	})
+	return c.Conn.Close()
+}
+
+func ipOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
