@@ -1,0 +1,30 @@
+package policy
+
+import "testing"
+
+func TestAllowsClient(t *testing.T) {
+	t.Parallel()
+	p, err := New([]Rule{
+		{Callers: []string{"billing"}, Clients: []string{"smartcloud"}, Scopes: []string{"*"}, CustomerOrgs: []string{"310904473"}},
+		{Callers: []string{"ops-*"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		caller, client string
+		want           bool
+	}{
+		{"billing", "smartcloud", true},
+		{"billing", "other", false},
+		{"ops-1", "other", true},
+		{"stranger", "smartcloud", false},
+	} {
+		if got := p.AllowsClient(tc.caller, tc.client); got != tc.want {
+			t.Errorf("AllowsClient(%q, %q) = %v, want %v", tc.caller, tc.client, got, tc.want)
+		}
+	}
+	if (*Policy)(nil).AllowsClient("billing", "smartcloud") || !AllowAll().AllowsClient("x", "y") {
+		t.Error("nil must allow nothing and AllowAll everything")
+	}
+}
