@@ -17,6 +17,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/pagetoken"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 )
 
@@ -93,6 +94,10 @@ type Config struct {
 	// evicts; 0 means 500 ms, negative disables the loop (tests call
 	// Sweep).
 	SweepInterval time.Duration
+	// PageTokenKey signs SystemUserService page tokens (at least 32
+	// bytes); nil means a random key, so tokens work only in this process.
+	// Replicas behind one address must share a key.
+	PageTokenKey []byte
 }
 
 // Broker serves tokens. It is safe for concurrent use. Close stops its
@@ -116,6 +121,7 @@ type Broker struct {
 	loopDone   chan struct{}
 	skewMu     sync.Mutex
 	skewWarned map[string]bool
+	pages      *pagetoken.Codec
 }
 
 // New checks cfg and returns a Broker.
@@ -138,6 +144,11 @@ func New(cfg Config) (*Broker, error) {
 		skewWarned:         map[string]bool{},
 	}
 	b.cache.max = int64(cfg.MaxEntries)
+	pages, err := pagetoken.New(cfg.PageTokenKey, func() time.Time { return b.now() })
+	if err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
+	}
+	b.pages = pages
 	b.policy.Store(cfg.Policy)
 	for i := range cfg.Clients {
 		c := cfg.Clients[i]

@@ -21,6 +21,9 @@ var (
 	// ErrUpstreamSlow: no token arrived from Maskinporten before the
 	// caller's deadline; the fetch goes on for later callers.
 	ErrUpstreamSlow = errors.New("no answer from Maskinporten before the caller's deadline")
+	// ErrNotFound: the system user request does not exist, or exists for
+	// a customer the caller may not see; the two are not told apart.
+	ErrNotFound = errors.New("no such system user request")
 )
 
 // FieldError says that a request field is invalid. Its message starts with

@@ -2,15 +2,19 @@ package broker
 
 import (
 	"context"
-	"encoding/base64"
+	"errors"
 	"fmt"
+	"net/http"
 	"net/url"
 	"strings"
 	"time"
 
+	"github.com/google/uuid"
+
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/orgno"
+	"github.com/tokenbroker/tokenbroker/broker/pagetoken"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 )
 
@@ -41,13 +45,20 @@ type SystemUserLookup struct {
 // AccessPackagePrefix starts every access package URN.
 const AccessPackagePrefix = "urn:altinn:accesspackage:"
 
-// systemUserClient resolves the client and checks that it can talk to
-// Altinn's vendor API.
-func (b *Broker) systemUserClient(name string) (*Client, error) {
+// clientName is the client a call names: name, or the only client.
+func (b *Broker) clientName(name string) string {
 	if name == "" && b.only != nil {
-		name = b.only.Name
+		return b.only.Name
 	}
-	c, err := b.client(name)
+	return name
+}
+
+// systemUserClient resolves the client and checks that it can talk to
+// Altinn's vendor API. Call it only after the policy allowed the caller
+// this client, so that a caller with no rule for a client learns nothing
+// about whether it exists.
+func (b *Broker) systemUserClient(name string) (*Client, error) {
+	c, err := b.client(b.clientName(name))
 	if err != nil {
 		return nil, err
 	}
@@ -101,12 +112,12 @@ func (b *Broker) CreateSystemUserRequest(ctx context.Context, p SystemUserReques
 		}
 		packages = append(packages, altinn.AccessPackage{URN: a})
 	}
+	if err := b.policy.Load().Check(p.Caller, policy.Request{Client: b.clientName(p.Client), CustomerOrg: org, ExternalRef: p.ExternalRef}); err != nil {
+		return nil, false, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
+	}
 	c, err := b.systemUserClient(p.Client)
 	if err != nil {
 		return nil, false, err
-	}
-	if err := b.policy.Load().Check(p.Caller, policy.Request{Client: c.Name, CustomerOrg: org, ExternalRef: p.ExternalRef}); err != nil {
-		return nil, false, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
 	}
 	tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestWrite)
 	if err != nil {
@@ -119,10 +130,14 @@ func (b *Broker) CreateSystemUserRequest(ctx context.Context, p SystemUserReques
 }
 
 // GetSystemUserRequest reads a request by id, or by customer org and
-// external reference. The policy is checked for the request's org.
+// external reference. The policy is checked before Altinn is called: in
+// full when the customer org is given; by id, where the org is only known
+// from Altinn's answer, the caller must have a rule for the client first,
+// and a request of a customer it may not see is answered exactly like one
+// that does not exist (ErrNotFound). The error still wraps
+// ErrPermissionDenied then, for the audit.
 func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (*altinn.Request, error) {
-	c, err := b.systemUserClient(l.Client)
-	if err != nil {
+	if err := checkString("client", l.Client, MaxClientLen); err != nil {
 		return nil, err
 	}
 	var org string
@@ -133,7 +148,11 @@ func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (
 		if err := checkString("id", l.ID, 64); err != nil {
 			return nil, err
 		}
+		if _, err := uuid.Parse(l.ID); err != nil || len(l.ID) != 36 {
+			return nil, fieldError("id", "not a request id (a UUID)")
+		}
 	case l.CustomerOrg != "":
+		var err error
 		if org, err = orgno.Parse(l.CustomerOrg); err != nil {
 			return nil, fieldError("customer_org", "not an organisation number: %v", err)
 		}
@@ -143,6 +162,20 @@ func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (
 	default:
 		return nil, fieldError("id", "give id, or customer_org (and external_ref)")
 	}
+	name := b.clientName(l.Client)
+	pol := b.policy.Load()
+	if org != "" {
+		if err := pol.Check(l.Caller, policy.Request{Client: name, CustomerOrg: org, ExternalRef: l.ExternalRef}); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
+		}
+	} else if !pol.AllowsClient(l.Caller, name) {
+		// Check names what is refused: the caller, or the client.
+		return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, pol.Check(l.Caller, policy.Request{Client: name}))
+	}
+	c, err := b.systemUserClient(l.Client)
+	if err != nil {
+		return nil, err
+	}
 	tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestRead)
 	if err != nil {
 		return nil, err
@@ -150,6 +183,10 @@ func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (
 	var r *altinn.Request
 	if l.ID != "" {
 		r, err = c.Vendor.GetRequest(ctx, tok.AccessToken, l.Agent, l.ID)
+		var pe *altinn.ProblemError
+		if errors.As(err, &pe) && pe.StatusCode == http.StatusNotFound {
+			return nil, ErrNotFound
+		}
 	} else {
 		ref := l.ExternalRef
 		if ref == "" {
@@ -164,7 +201,10 @@ func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (
 	if ref == r.PartyOrgNo {
 		ref = ""
 	}
-	if err := b.policy.Load().Check(l.Caller, policy.Request{Client: c.Name, CustomerOrg: r.PartyOrgNo, ExternalRef: ref}); err != nil {
+	if err := pol.Check(l.Caller, policy.Request{Client: c.Name, CustomerOrg: r.PartyOrgNo, ExternalRef: ref}); err != nil {
+		if l.ID != "" {
+			return nil, &hiddenError{fmt.Errorf("%w: %w", ErrPermissionDenied, err)}
+		}
 		return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
 	}
 	if strings.EqualFold(r.Status, "accepted") {
@@ -172,6 +212,15 @@ func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (
 	}
 	return r, nil
 }
+
+// hiddenError is a refusal the caller must not tell from a missing
+// request: it is ErrNotFound to errors.Is, and its message is
+// ErrNotFound's, while it still wraps the refusal for the audit.
+type hiddenError struct{ refusal error }
+
+func (e *hiddenError) Error() string { return ErrNotFound.Error() }
+
+func (e *hiddenError) Unwrap() []error { return []error{ErrNotFound, e.refusal} }
 
 // forgetRefusals drops remembered refusals (MP-303 and the like) for a
 // client and customer org, once the customer has approved a system user.
@@ -205,40 +254,31 @@ func (b *Broker) vendorToken(ctx context.Context, c *Client, scope string) (*mas
 	return t, err
 }
 
-// requireAll checks that the caller may act for every customer of client:
-// its policy rule must list customer_orgs "*". Lists and the system
-// register span customers.
-func (b *Broker) requireAll(caller string, c *Client) error {
-	if err := b.policy.Load().Check(caller, policy.Request{Client: c.Name, CustomerOrg: "*"}); err != nil {
+// requireAll checks that the caller may act for every customer of the
+// client named name: its policy rule must list customer_orgs "*". Lists
+// and the system register span customers.
+func (b *Broker) requireAll(caller, name string) error {
+	if err := b.policy.Load().Check(caller, policy.Request{Client: b.clientName(name), CustomerOrg: "*"}); err != nil {
 		return fmt.Errorf("%w: %w (listing and registering need customer_orgs \"*\")", ErrPermissionDenied, err)
 	}
 	return nil
 }
 
-// pageURL decodes a page token (the base64url of Altinn's next link).
-func pageURL(token string) (string, error) {
-	if token == "" {
-		return "", nil
-	}
-	b, err := base64.RawURLEncoding.DecodeString(token)
-	if err != nil || len(b) > 2048 {
-		return "", fieldError("page_token", "not a page token from this service")
-	}
-	return string(b), nil
-}
-
-// PageToken encodes Altinn's next link as an opaque page token.
-func PageToken(next string) string {
-	if next == "" {
-		return ""
-	}
-	return base64.RawURLEncoding.EncodeToString([]byte(next))
-}
+// The lists a page token may be bound to.
+const (
+	listRequests      = "requests"
+	listAgentRequests = "agent_requests"
+	listSystemUsers   = "system_users"
+)
 
 // ListSystemUserRequests returns one page of the client's requests and the
 // next page token ("" on the last page).
 func (b *Broker) ListSystemUserRequests(ctx context.Context, caller, client string, agent bool, pageToken string) ([]altinn.Request, string, error) {
-	c, page, err := b.listSetup(caller, client, pageToken)
+	list := listRequests
+	if agent {
+		list = listAgentRequests
+	}
+	c, bind, page, err := b.listSetup(caller, client, list, pageToken)
 	if err != nil {
 		return nil, "", err
 	}
@@ -246,14 +286,17 @@ func (b *Broker) ListSystemUserRequests(ctx context.Context, caller, client stri
 	if err != nil {
 		return nil, "", err
 	}
-	list, next, err := c.Vendor.ListRequests(ctx, tok.AccessToken, agent, c.SystemID, page)
-	return list, PageToken(next), err
+	out, next, err := c.Vendor.ListRequests(ctx, tok.AccessToken, agent, c.SystemID, page)
+	if err != nil {
+		return nil, "", err
+	}
+	return out, b.pages.Encode(bind, next), nil
 }
 
 // ListSystemUsers returns one page of the client's system users and the next
 // page token.
 func (b *Broker) ListSystemUsers(ctx context.Context, caller, client, pageToken string) ([]altinn.SystemUser, string, error) {
-	c, page, err := b.listSetup(caller, client, pageToken)
+	c, bind, page, err := b.listSetup(caller, client, listSystemUsers, pageToken)
 	if err != nil {
 		return nil, "", err
 	}
@@ -261,26 +304,37 @@ func (b *Broker) ListSystemUsers(ctx context.Context, caller, client, pageToken 
 	if err != nil {
 		return nil, "", err
 	}
-	list, next, err := c.Vendor.ListSystemUsers(ctx, tok.AccessToken, c.SystemID, page)
-	return list, PageToken(next), err
-}
-
-func (b *Broker) listSetup(caller, client, pageToken string) (*Client, string, error) {
-	if err := checkString("client", client, MaxClientLen); err != nil {
-		return nil, "", err
-	}
-	page, err := pageURL(pageToken)
+	out, next, err := c.Vendor.ListSystemUsers(ctx, tok.AccessToken, c.SystemID, page)
 	if err != nil {
 		return nil, "", err
+	}
+	return out, b.pages.Encode(bind, next), nil
+}
+
+// listSetup checks the caller (policy first), resolves the client, and
+// decodes the page token, which must have been issued to this caller for
+// this client, system and list.
+func (b *Broker) listSetup(caller, client, list, pageToken string) (*Client, pagetoken.Binding, string, error) {
+	var bind pagetoken.Binding
+	if err := checkString("client", client, MaxClientLen); err != nil {
+		return nil, bind, "", err
+	}
+	if err := b.requireAll(caller, client); err != nil {
+		return nil, bind, "", err
 	}
 	c, err := b.systemUserClient(client)
 	if err != nil {
-		return nil, "", err
+		return nil, bind, "", err
 	}
-	if err := b.requireAll(caller, c); err != nil {
-		return nil, "", err
+	bind = pagetoken.Binding{Caller: caller, Client: c.Name, SystemID: c.SystemID, List: list}
+	if pageToken == "" {
+		return c, bind, "", nil
 	}
-	return c, page, nil
+	page, err := b.pages.Decode(bind, pageToken)
+	if err != nil {
+		return nil, bind, "", fieldError("page_token", "%v", err)
+	}
+	return c, bind, page, nil
 }
 
 // SystemRegistration describes the client's system for the register.
@@ -329,11 +383,11 @@ func (b *Broker) RegisterSystem(ctx context.Context, r SystemRegistration) (stri
 			return "", fieldError("allowed_redirect_urls", "want absolute https URLs")
 		}
 	}
-	c, err := b.systemUserClient(r.Client)
-	if err != nil {
+	if err := b.requireAll(r.Caller, r.Client); err != nil {
 		return "", err
 	}
-	if err := b.requireAll(r.Caller, c); err != nil {
+	c, err := b.systemUserClient(r.Client)
+	if err != nil {
 		return "", err
 	}
 	vendor, _, _ := strings.Cut(c.SystemID, "_")

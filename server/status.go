@@ -39,6 +39,10 @@ func toStatus(err error) error {
 		pe *altinn.ProblemError
 	)
 	switch {
+	case errors.Is(err, broker.ErrNotFound):
+		// Before the refusal case: a request of a customer the caller may
+		// not see is answered like a missing one.
+		return errNotFound
 	case errors.As(err, &fe):
 		return invalidArgument(fe.Field, fe.Reason)
 	case errors.Is(err, broker.ErrPermissionDenied), errors.Is(err, broker.ErrScopeNotAllowed):
@@ -63,7 +67,10 @@ func toStatus(err error) error {
 	}
 }
 
-var errInternal = status.Error(codes.Internal, "internal error")
+var (
+	errInternal = status.Error(codes.Internal, "internal error")
+	errNotFound = status.Error(codes.NotFound, "id: "+broker.ErrNotFound.Error())
+)
 
 // altinnStatus maps an error answer of Altinn's vendor API, keeping its
 // AUTH code.

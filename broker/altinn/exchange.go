@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/redact"
 )
 
 // The exchange endpoints, paired with the Maskinporten environments: test
@@ -104,7 +105,7 @@ func (x *Exchanger) Exchange(ctx context.Context, mp *maskinporten.Token) (_ *ma
 	req.Header.Set("Accept", "application/json")
 	resp, err := x.http.Do(req)
 	if err != nil {
-		return nil, &maskinporten.Error{Err: fmt.Errorf("altinn exchange: %s", strings.ReplaceAll(err.Error(), mp.AccessToken, "[token]")), Retryable: true}
+		return nil, &maskinporten.Error{Err: fmt.Errorf("altinn exchange: %s", redact.Cut(strings.ReplaceAll(err.Error(), mp.AccessToken, redact.Mark), 512)), Retryable: true}
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, maxAnswer))

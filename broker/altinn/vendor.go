@@ -4,13 +4,17 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
+	"path"
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/redact"
 )
 
 // The base URLs of Altinn's authentication API, paired with the
@@ -87,7 +91,10 @@ var authCodeRE = regexp.MustCompile(`AUTH(\.VLD)?-\d{5}`)
 // token.
 type Vendor struct {
 	base string
-	http *http.Client
+	// origin is the base's scheme and host, basePath its path: page
+	// references are paths under basePath, always requested at origin.
+	origin, basePath string
+	http             *http.Client
 }
 
 // NewVendor returns a client for the API at base; a nil client means one
@@ -96,7 +103,12 @@ func NewVendor(base string, client *http.Client) *Vendor {
 	if client == nil {
 		client = &http.Client{Timeout: 30 * time.Second}
 	}
-	return &Vendor{base: strings.TrimSuffix(base, "/"), http: client}
+	v := &Vendor{base: strings.TrimSuffix(base, "/"), http: client}
+	v.origin = v.base
+	if u, err := url.Parse(v.base); err == nil && u.Host != "" {
+		v.origin, v.basePath = u.Scheme+"://"+u.Host, u.Path
+	}
+	return v
 }
 
 func requestPath(agent bool) string {
@@ -133,12 +145,19 @@ func (v *Vendor) GetRequestByExternalRef(ctx context.Context, token string, agen
 
 const maxVendorAnswer = 1 << 20
 
+// maxDetail bounds the text of Altinn's answer kept in an error.
+const maxDetail = 300
+
 func (v *Vendor) do(ctx context.Context, token, method, path string, body []byte, out any) (int, error) {
+	return v.doURL(ctx, token, method, v.base+path, body, out)
+}
+
+func (v *Vendor) doURL(ctx context.Context, token, method, target string, body []byte, out any) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		rd = bytes.NewReader(body)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, v.base+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, target, rd)
 	if err != nil {
 		return 0, fmt.Errorf("altinn: %w", err)
 	}
@@ -149,7 +168,7 @@ func (v *Vendor) do(ctx context.Context, token, method, path string, body []byte
 	}
 	resp, err := v.http.Do(req)
 	if err != nil {
-		return 0, &ProblemError{Detail: "Altinn could not be reached: " + strings.ReplaceAll(err.Error(), token, "[token]")}
+		return 0, &ProblemError{Detail: "Altinn could not be reached: " + redact.Cut(strings.ReplaceAll(err.Error(), token, redact.Mark), maxDetail)}
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxVendorAnswer))
@@ -165,9 +184,9 @@ func (v *Vendor) do(ctx context.Context, token, method, path string, body []byte
 				pe.Detail = p.Title
 			}
 		}
-		if len(pe.Detail) > 300 {
-			pe.Detail = pe.Detail[:300]
-		}
+		// Cleaned before it is cut: an answer that echoes the vendor's
+		// token must not leave a piece of it in the error.
+		pe.Detail = redact.Cut(strings.ReplaceAll(pe.Detail, token, redact.Mark), maxDetail)
 		return resp.StatusCode, pe
 	}
 	if err := json.Unmarshal(data, out); err != nil {
@@ -199,55 +218,99 @@ type page[T any] struct {
 	Data []T `json:"data"`
 }
 
-// ListRequests returns one page of the system's requests and the next
-// page's URL ("" on the last). pageURL "" starts at the first page; other
-// values must be next URLs this client returned (they are checked to stay
-// under the API base).
-func (v *Vendor) ListRequests(ctx context.Context, token string, agent bool, systemID, pageURL string) ([]Request, string, error) {
+// ListRequests returns one page of the system's requests and the
+// reference of the next page ("" on the last). pageRef "" starts at the
+// first page; other values must be references this client returned.
+func (v *Vendor) ListRequests(ctx context.Context, token string, agent bool, systemID, pageRef string) ([]Request, string, error) {
 	var p page[Request]
-	path, err := v.pagePath(requestPath(agent)+"/bysystem/"+url.PathEscape(systemID), pageURL)
-	if err != nil {
-		return nil, "", err
-	}
-	if _, err := v.do(ctx, token, http.MethodGet, path, nil, &p); err != nil {
-		return nil, "", err
-	}
-	return p.Data, next(p.Links.Next), nil
+	nextRef, err := v.list(ctx, token, requestPath(agent)+"/bysystem/", systemID, pageRef, &p)
+	return p.Data, nextRef, err
 }
 
 // ListSystemUsers returns one page of the system's system users, like
 // ListRequests.
-func (v *Vendor) ListSystemUsers(ctx context.Context, token, systemID, pageURL string) ([]SystemUser, string, error) {
+func (v *Vendor) ListSystemUsers(ctx context.Context, token, systemID, pageRef string) ([]SystemUser, string, error) {
 	var p page[SystemUser]
-	path, err := v.pagePath("/systemuser/vendor/bysystem/"+url.PathEscape(systemID), pageURL)
+	nextRef, err := v.list(ctx, token, "/systemuser/vendor/bysystem/", systemID, pageRef, &p)
+	return p.Data, nextRef, err
+}
+
+// list reads one page of the list at prefix+systemID and checks Altinn's
+// next link.
+func (v *Vendor) list(ctx context.Context, token, prefix, systemID, pageRef string, p interface{ next() *string }) (string, error) {
+	want := v.basePath + prefix + systemID
+	target := v.basePath + prefix + url.PathEscape(systemID)
+	if pageRef != "" {
+		ref, err := PageRef(want, pageRef)
+		if err != nil {
+			return "", &ProblemError{StatusCode: http.StatusBadRequest, Detail: "page_token: " + err.Error()}
+		}
+		target = ref
+	}
+	if _, err := v.doURL(ctx, token, http.MethodGet, v.origin+target, nil, p); err != nil {
+		return "", err
+	}
+	n := p.next()
+	if n == nil || *n == "" {
+		return "", nil
+	}
+	ref, err := PageRef(want, *n)
 	if err != nil {
-		return nil, "", err
+		// Altinn's answer is not forwarded: the link is not the next page
+		// of this list.
+		return "", &ProblemError{StatusCode: http.StatusBadGateway, Detail: "Altinn's links.next is not a page of this list: " + err.Error()}
 	}
-	if _, err := v.do(ctx, token, http.MethodGet, path, nil, &p); err != nil {
-		return nil, "", err
-	}
-	return p.Data, next(p.Links.Next), nil
+	return ref, nil
 }
 
-func next(n *string) string {
-	if n == nil {
-		return ""
-	}
-	return *n
-}
+func (p *page[T]) next() *string { return p.Links.Next }
 
-// pagePath returns the path to request: first for the first page, or the
-// part of pageURL below the API base (anything else is refused, so a page
-// token cannot send the vendor's token elsewhere).
-func (v *Vendor) pagePath(first, pageURL string) (string, error) {
-	if pageURL == "" {
-		return first, nil
+// PageRef checks a link to a page of the list whose (unescaped) path is
+// listPath and returns the reference to request: the list's path, escaped,
+// and the link's query. The link is parsed, never compared as a string; its
+// scheme and host are ignored (Altinn builds links.next with the host its
+// gateway forwarded, which need not be the base URL the broker calls, so
+// that host is neither trusted nor contacted). Refused: userinfo, a path
+// other than listPath, dot segments, percent-encoded dots, slashes and
+// backslashes, and a malformed query.
+func PageRef(listPath, link string) (string, error) {
+	if len(link) > 2048 {
+		return "", errors.New("link too long")
 	}
-	rest, ok := strings.CutPrefix(pageURL, v.base)
-	if !ok || !strings.HasPrefix(rest, first) {
-		return "", &ProblemError{StatusCode: 400, Detail: "page_token: does not belong to this list"}
+	u, err := url.Parse(link)
+	switch {
+	case err != nil:
+		return "", errors.New("not a URL")
+	case u.User != nil:
+		return "", errors.New("link with userinfo")
+	case u.Opaque != "", u.Scheme != "" && u.Scheme != "https" && u.Scheme != "http":
+		return "", errors.New("not an http(s) link")
 	}
-	return rest, nil
+	escaped := strings.ToLower(u.EscapedPath())
+	for _, enc := range []string{"%2e", "%2f", "%5c"} {
+		if strings.Contains(escaped, enc) {
+			return "", errors.New("percent-encoded dot, slash or backslash in the path")
+		}
+	}
+	for _, seg := range strings.Split(u.Path, "/") {
+		if seg == "." || seg == ".." {
+			return "", errors.New("dot segment in the path")
+		}
+	}
+	if strings.Contains(u.Path, "\\") || path.Clean(u.Path) != u.Path {
+		return "", errors.New("path not in normal form")
+	}
+	if u.Path != listPath {
+		return "", errors.New("link to another list or system")
+	}
+	if _, err := url.ParseQuery(u.RawQuery); err != nil {
+		return "", errors.New("malformed query")
+	}
+	ref := (&url.URL{Path: listPath}).EscapedPath()
+	if u.RawQuery != "" {
+		ref += "?" + u.RawQuery
+	}
+	return ref, nil
 }
 
 // System is a system in Altinn's system register, as the vendor registers

@@ -6,7 +6,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
-	"unicode"
+
+	"github.com/tokenbroker/tokenbroker/broker/redact"
 )
 
 // ErrNoSystemUser matches (with errors.Is) an *Error saying that the customer
@@ -81,8 +82,6 @@ func (e *Error) NoSystemUser() bool {
 
 var (
 	mpCodeRE = regexp.MustCompile(`\bMP-\d{3}\b`)
-	// jwtRE matches anything shaped like a JWS or JWT in compact form.
-	jwtRE = regexp.MustCompile(`[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}`)
 )
 
 // maxDescription bounds the description kept from an error answer.
@@ -108,25 +107,7 @@ func newResponseError(status int, code, description string) *Error {
 	return e
 }
 
-// sanitize drops token-shaped strings and control characters and bounds the
-// length, so that an error answer can be logged and passed on.
-func sanitize(s string) string {
-	s = jwtRE.ReplaceAllString(s, "[redacted]")
-	s = strings.Map(func(r rune) rune {
-		if unicode.IsControl(r) {
-			return ' '
-		}
-		return r
-	}, s)
-	s = strings.TrimSpace(s)
-	if len(s) > maxDescription {
-		cut := maxDescription
-		for cut > 0 && !utf8RuneStart(s[cut]) {
-			cut--
-		}
-		s = s[:cut] + "..."
-	}
-	return s
-}
-
-func utf8RuneStart(b byte) bool { return b&0xC0 != 0x80 }
+// sanitize removes token-shaped strings and control characters and then
+// bounds the length (package redact), so that an error answer can be
+// logged and passed on.
+func sanitize(s string) string { return redact.Cut(s, maxDescription) }

@@ -219,6 +219,11 @@ type AltinnConfig struct {
 	// BaseURL overrides the authentication API base
 	// (…/authentication/api/v1) that pairs with the environment.
 	BaseURL string `yaml:"base_url"`
+	// PageTokenKeyFile holds the key (at least 32 bytes, read as is) that
+	// signs SystemUserService page tokens. Empty means a random key per
+	// process; replicas behind one address need the same file, so that a
+	// page token from one is accepted by the others.
+	PageTokenKeyFile string `yaml:"page_token_key_file"`
 }
 
 // MaskinportenConfig is the maskinporten section.

@@ -23,6 +23,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/pagetoken"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/azurekvsigner"
@@ -370,6 +371,16 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		return nil, err
 	}
 	vendor := altinn.NewVendor(baseURL, httpClient)
+	if f := cfg.Altinn.PageTokenKeyFile; f != "" {
+		key, err := os.ReadFile(resolvePath(baseDir, f))
+		if err != nil {
+			return nil, fmt.Errorf("altinn.page_token_key_file: %w", err)
+		}
+		if len(key) < pagetoken.MinKeyLen {
+			return nil, fmt.Errorf("altinn.page_token_key_file: %d bytes, want at least %d", len(key), pagetoken.MinKeyLen)
+		}
+		bc.PageTokenKey = key
+	}
 	if tel.metrics != nil {
 		exchanger.OnExchange = tel.metrics.ObserveExchange()
 	}

@@ -133,15 +133,25 @@ func (e *Emulator) vendorOrg(r *http.Request) (string, bool) {
 // listPageSize is small, so that tests page.
 const listPageSize = 2
 
+// GatewayHost is the host the emulator writes into links.next. Altinn
+// builds the link with Url.Link behind UseForwardedHeaders
+// (Altinn/altinn-authentication src/Authentication/Program.cs,
+// src/Authentication/Controllers/RequestSystemUserController.cs
+// GetAllRequestsForVendor, SystemUserController.cs), so its host is the one
+// Altinn's gateway forwarded, not necessarily the base URL a client calls.
+// The emulator uses a host that serves nothing, so that a client that
+// follows the link's host fails.
+const GatewayHost = "altinn-gateway.invalid"
+
 // writePage answers one page of list, starting at ?token=N, with Altinn's
-// links.next as an absolute URL.
-func writePage[T any](w http.ResponseWriter, r *http.Request, issuer string, list []T) {
+// links.next as an absolute URL on GatewayHost.
+func writePage[T any](w http.ResponseWriter, r *http.Request, list []T) {
 	start, _ := strconv.Atoi(r.URL.Query().Get("token"))
 	start = min(max(start, 0), len(list))
 	end := min(start+listPageSize, len(list))
 	out := map[string]any{"data": list[start:end], "links": map[string]any{"next": nil}}
 	if end < len(list) {
-		out["links"] = map[string]any{"next": fmt.Sprintf("%s%s?token=%d", strings.TrimSuffix(issuer, "/"), r.URL.Path, end)}
+		out["links"] = map[string]any{"next": fmt.Sprintf("https://%s%s?token=%d", GatewayHost, r.URL.EscapedPath(), end)}
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -195,7 +205,7 @@ func (e *Emulator) serveVendor(w http.ResponseWriter, r *http.Request) bool {
 		slices.SortFunc(list, func(a, b *systemUserRequest) int {
 			return cmp.Or(a.Created.Compare(b.Created), strings.Compare(a.ID, b.ID))
 		})
-		writePage(w, r, e.Issuer(), list)
+		writePage(w, r, list)
 	case r.Method == http.MethodPost && rest == "":
 		e.createRequest(w, r, vendor, agent)
 	case r.Method == http.MethodGet && strings.HasPrefix(rest, "byexternalref/"):
@@ -343,7 +353,7 @@ func (e *Emulator) listSystemUsers(w http.ResponseWriter, r *http.Request, vendo
 	slices.SortFunc(list, func(a, b systemUser) int {
 		return strings.Compare(a.ReporteeOrgNo+a.ExternalRef, b.ReporteeOrgNo+b.ExternalRef)
 	})
-	writePage(w, r, e.Issuer(), list)
+	writePage(w, r, list)
 }
 
 // register creates (POST) or replaces (PUT /{id}) a system.
