@@ -1,0 +1,120 @@
+package server
+
+import (
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// fakeTimers records the first-request timers of a connGuard so that a
+// test fires them itself.
+type fakeTimers struct {
+	mu  sync.Mutex
+	fns []func()
+}
+
+type fakeTimer struct{}
+
+func (fakeTimer) Stop() bool { return true }
+
+func (f *fakeTimers) afterFunc(_ time.Duration, fn func()) stopper {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.fns = append(f.fns, fn)
+	return fakeTimer{}
+}
+
+func (f *fakeTimers) fire() {
+	f.mu.Lock()
+	fns := f.fns
+	f.fns = nil
+	f.mu.Unlock()
+	for _, fn := range fns {
+		fn()
+	}
+}
+
+// TestConnGuard: connections over MaxConnections or over MaxPendingPerIP
+// are closed at once; a connection that authenticates no longer counts as
+// pending and survives its first-request timer; one that does not is
+// closed when the timer fires.
+func TestConnGuard(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	var refusedMu sync.Mutex
+	refused := map[string]int{}
+	timers := &fakeTimers{}
+	g := newConnGuard(lis, Limits{MaxConnections: 3, MaxPendingPerIP: 2, FirstRequestTimeout: time.Hour}, func(r string) {
+		refusedMu.Lock()
+		refused[r]++
+		refusedMu.Unlock()
+	})
+	g.afterFunc = timers.afterFunc
+	accepted := make(chan net.Conn, 10)
+	go func() {
+		for {
+			c, err := g.Accept()
+			if err != nil {
+				close(accepted)
+				return
+			}
+			accepted <- c
+		}
+	}()
+	dial := func(src net.IP) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: src}}
+		c, err := d.Dial("tcp", lis.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	// closed reports whether the server side closed c (a read sees EOF).
+	closed := func(c net.Conn) bool {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := c.Read(make([]byte, 1))
+		return err != nil
+	}
+	a1, a2 := dial(net.IPv4(127, 0, 3, 1)), dial(net.IPv4(127, 0, 3, 1))
+	s1, s2 := <-accepted, <-accepted
+	over := dial(net.IPv4(127, 0, 3, 1)) // a third pending one from the same IP
+	if !closed(over) {
+		t.Fatal("a connection over max_pending_per_ip was not closed")
+	}
+	g.authenticated(s1.RemoteAddr())
+	if all, pending := g.open(); all != 2 || pending != 1 {
+		t.Fatalf("open %d, pending %d; want 2 and 1", all, pending)
+	}
+	b1 := dial(net.IPv4(127, 0, 3, 2)) // another IP: the third connection
+	<-accepted
+	full := dial(net.IPv4(127, 0, 3, 3))
+	if !closed(full) {
+		t.Fatal("a connection over max_connections was not closed")
+	}
+	timers.fire()
+	if !closed(a2) || !closed(b1) {
+		t.Error("pending connections survived their first-request timer")
+	}
+	_ = a1.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+	if _, err := a1.Read(make([]byte, 1)); err == nil || !isTimeout(err) {
+		t.Errorf("the authenticated connection was closed by its timer: %v", err)
+	}
+	refusedMu.Lock()
+	defer refusedMu.Unlock()
+	if refused["max_pending_per_ip"] != 1 || refused["max_connections"] != 1 || refused["first_request_timeout"] != 2 {
+		t.Errorf("refusals %v", refused)
+	}
+	_ = s2
+}
+
+func isTimeout(err error) bool {
+	ne, ok := err.(net.Error)
+	return ok && ne.Timeout()
+}
