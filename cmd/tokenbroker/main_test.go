@@ -432,7 +432,29 @@ func TestConfigWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, stderr, stop := startServe(t, path, serveHooks{})
+	looked := make(chan struct{})
+	addr, stderr, stop := startServe(t, path, serveHooks{looked: looked})
+	// The watcher waits for the test to take each look; a goroutine takes
+	// them until the test asks for some.
+	want := make(chan int)
+	go func() {
+		for {
+			select {
+			case n := <-want:
+				for range n {
+					<-looked
+				}
+				want <- 0
+			case <-looked:
+			case <-t.Context().Done():
+				return
+			}
+		}
+	}()
+	looks := func(n int) {
+		want <- n
+		<-want
+	}
 	c := dial(t, addr)
 	get := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -457,7 +479,7 @@ func TestConfigWatch(t *testing.T) {
 
 	writeSecret(t, path, append(narrowed, "bogus: 1\n"...))
 	waitUntil(t, "the failed reload", func() bool { return count(`"msg":"reload failed`) == 1 })
-	time.Sleep(200 * time.Millisecond) // ten more looks at the same broken file
+	looks(10) // ten more looks at the same broken file
 	if n := count(`"msg":"reload failed`); n != 1 {
 		t.Errorf("a broken file was reported %d times, want once", n)
 	}
