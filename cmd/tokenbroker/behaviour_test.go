@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
@@ -41,11 +42,27 @@ func TestInsecureOnAllInterfacesRefused(t *testing.T) {
 // readString returns the content of path.
 func readString(t *testing.T, path string) string {
 	t.Helper()
+	return string(readFile(t, path))
+}
+
+// readFile returns the content of path.
+func readFile(t *testing.T, path string) []byte {
+	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	return string(b)
+	return b
+}
+
+// publicJWK returns k's public key as a JWK.
+func publicJWK(t *testing.T, k *signer.Key) jwk.Key {
+	t.Helper()
+	pub, err := k.PublicJWK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pub
 }
 
 // TestTracingSwitchAlone: `tracing: true` in the config turns tracing on
@@ -80,10 +97,7 @@ func TestReloadWithBadKeyChangesNothing(t *testing.T) {
 	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	emu.Record()
-	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
-	if err != nil {
-		t.Fatal(err)
-	}
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "smartcloud-2026"))
 	if err := emu.AddClient(maskinportentest.Client{ID: clientID, Org: "991825827", SystemID: "991825827_x",
 		Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)

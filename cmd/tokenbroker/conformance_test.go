@@ -24,7 +24,10 @@ func TestBackendConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jwkJSON, _ := json.Marshal(jwkA)
+	jwkJSON, err := json.Marshal(jwkA)
+	if err != nil {
+		t.Fatal(err)
+	}
 	backends := []struct {
 		name   string
 		signer func(t *testing.T, dir string) string
@@ -56,7 +59,7 @@ func TestBackendConformance(t *testing.T) {
 			emu.Record()
 			path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
 			dir := filepath.Dir(path)
-			cfg, _ := os.ReadFile(path)
+			cfg := readFile(t, path)
 			cfg = bytes.Replace(cfg, []byte("signer: file:mp-key.pem"), []byte("signer: \""+be.signer(t, dir)+"\""), 1)
 			writeSecret(t, path, cfg)
 
@@ -68,7 +71,10 @@ func TestBackendConformance(t *testing.T) {
 			if err != nil || keys.Len() != 1 {
 				t.Fatalf("jwks output: %v\n%s", err, set.String())
 			}
-			pub, _ := keys.Key(0)
+			pub, ok := keys.Key(0)
+			if !ok {
+				t.Fatal("jwks output has no key")
+			}
 			if pub.KeyID() != "smartcloud-2026" {
 				t.Errorf("kid %q", pub.KeyID())
 			}
@@ -88,7 +94,9 @@ func TestBackendConformance(t *testing.T) {
 			if emu.Issued() != 1 {
 				t.Errorf("emulator issued %d tokens", emu.Issued())
 			}
-			_ = stop()
+			if err := stop(); err != nil {
+				t.Errorf("serve: %v", err)
+			}
 			emu.CheckNoLeaks(t, "the log", stderr.String())
 		})
 	}

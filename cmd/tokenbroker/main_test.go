@@ -134,7 +134,7 @@ func TestServeWithConfig(t *testing.T) {
 	t.Parallel()
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{SigningKey: signertest.RSA(t, signertest.KeyB)})
 	emu.Record()
-	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "smartcloud-2026"))
 	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
 		SystemID: "991825827_smartcloud", Scopes: []string{"altinn:systembruker.demo"}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)
@@ -197,8 +197,11 @@ func TestServeWithConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hbody, _ := io.ReadAll(hresp.Body)
+	hbody, err := io.ReadAll(hresp.Body)
 	hresp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{`"status":"degraded"`, `"kid":"smartcloud-2026"`, `"active":true`, `"signing":true`, `"expires_soon":true`} {
 		if !strings.Contains(string(hbody), want) {
 			t.Errorf("/healthz lacks %s: %s", want, hbody)
@@ -377,7 +380,11 @@ func background[T any](tb testing.TB, out *syncBuffer, run func(ctx context.Cont
 		once.Do(func() { cancel(); err = <-done })
 		return err
 	}
-	tb.Cleanup(func() { _ = stop() })
+	tb.Cleanup(func() {
+		if err := stop(); err != nil {
+			tb.Errorf("stopped with an error: %v\n%s", err, out.String())
+		}
+	})
 	return v, stop
 }
 
@@ -400,7 +407,11 @@ func startSigner(tb testing.TB, args ...string) (addr string, stop func()) {
 	addr, stopErr := background(tb, &out, func(ctx context.Context, ready chan<- string) error {
 		return runSigner(ctx, append([]string{"serve"}, args...), &out, ready)
 	})
-	return addr, func() { _ = stopErr() }
+	return addr, func() {
+		if err := stopErr(); err != nil {
+			tb.Errorf("signer stopped with an error: %v", err)
+		}
+	}
 }
 
 // startDev runs dev mode on a free loopback port.
@@ -421,7 +432,7 @@ func TestConfigWatch(t *testing.T) {
 	t.Parallel()
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	emu.Record()
-	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "smartcloud-2026"))
 	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
 		SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)
