@@ -102,9 +102,16 @@ func TestBackendConformance(t *testing.T) {
 	}
 }
 
+// writeSecret replaces the file at path with data (mode 0600) in one step,
+// as a Kubernetes secret or config map update does: a watcher reading it
+// sees the old content or the new, never half of the new.
 func writeSecret(t *testing.T, path string, data []byte) {
 	t.Helper()
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
 }
