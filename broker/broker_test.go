@@ -272,7 +272,9 @@ func TestSingleFlight(t *testing.T) {
 		}()
 	}
 	ready.Wait()
-	time.Sleep(50 * time.Millisecond) // let the callers pile up on the flight
+	// Every caller has missed the cache (and so joins the one flight, which
+	// cannot finish before the gate opens) before the gate opens.
+	waitFor(t, "every caller to miss the cache", func() bool { return b.Health().Misses == callers })
 	close(src.gate)
 	wg.Wait()
 	close(errs)

@@ -349,7 +349,9 @@ func TestLogHasOneLinePerCall(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	_, _ = h.get(t, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "123456789", Scopes: []string{scope}})
+	if _, err := h.get(t, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "123456789", Scopes: []string{scope}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("bad org: %v, want InvalidArgument", err)
+	}
 	n := strings.Count(h.log.String(), `"msg":"rpc"`)
 	if n != 4 {
 		t.Errorf("%d rpc log lines for 4 calls:\n%s", n, h.log.String())

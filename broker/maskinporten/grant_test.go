@@ -106,8 +106,14 @@ func TestGrantClaims(t *testing.T) {
 		}
 	}
 	for name, w := range want {
-		gj, _ := json.Marshal(claims[name])
-		wj, _ := json.Marshal(w)
+		gj, err := json.Marshal(claims[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		wj, err := json.Marshal(w)
+		if err != nil {
+			t.Fatal(err)
+		}
 		if string(gj) != string(wj) {
 			t.Errorf("claim %s = %s, want %s", name, gj, wj)
 		}

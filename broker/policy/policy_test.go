@@ -62,7 +62,10 @@ func TestCheck(t *testing.T) {
 func TestDefaultDeny(t *testing.T) {
 	t.Parallel()
 	var nilPolicy *Policy
-	empty, _ := New(nil)
+	empty, err := New(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, p := range []*Policy{nilPolicy, empty, {}} {
 		if err := p.Check("anyone", Request{Client: "c", Scopes: []string{"s"}, CustomerOrg: "310904473"}); !errors.Is(err, ErrDenied) {
 			t.Errorf("policy %v allowed a request", p)

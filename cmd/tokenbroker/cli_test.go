@@ -14,7 +14,12 @@ import (
 
 func TestTokenCommand(t *testing.T) {
 	t.Parallel()
-	env, _, _, _ := startDev(t)
+	env, _, _, stop := startDev(t)
+	defer func() {
+		if err := stop(); err != nil {
+			t.Errorf("dev: %v", err)
+		}
+	}()
 	ctx := context.Background()
 	base := []string{"token", "--addr", env.Addr, "--org", "310904473", "--scope", devScope}
 
@@ -84,7 +89,7 @@ func TestCheckCommand(t *testing.T) {
 		t.Errorf("check output:\n%s", out.String())
 	}
 	broken := filepath.Join(filepath.Dir(path), "broken.yaml")
-	cfg, _ := os.ReadFile(path)
+	cfg := readFile(t, path)
 	if err := os.WriteFile(filepath.Join(filepath.Dir(path), "bad.pem"), []byte("not a key"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -171,7 +176,7 @@ func TestKeygenAndJWKS(t *testing.T) {
 
 	// jwks of a config naming the new key shows the same public key.
 	cfg := writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")
-	data, _ := os.ReadFile(cfg)
+	data := readFile(t, cfg)
 	data = bytes.Replace(data, []byte("file:mp-key.pem"), []byte("file:"+keyPath), 1)
 	data = bytes.Replace(data, []byte("kid: smartcloud-2026"), []byte("kid: rot-1"), 1)
 	if err := os.WriteFile(cfg, data, 0o600); err != nil {

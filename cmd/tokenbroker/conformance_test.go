@@ -24,7 +24,10 @@ func TestBackendConformance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	jwkJSON, _ := json.Marshal(jwkA)
+	jwkJSON, err := json.Marshal(jwkA)
+	if err != nil {
+		t.Fatal(err)
+	}
 	backends := []struct {
 		name   string
 		signer func(t *testing.T, dir string) string
@@ -56,7 +59,7 @@ func TestBackendConformance(t *testing.T) {
 			emu.Record()
 			path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
 			dir := filepath.Dir(path)
-			cfg, _ := os.ReadFile(path)
+			cfg := readFile(t, path)
 			cfg = bytes.Replace(cfg, []byte("signer: file:mp-key.pem"), []byte("signer: \""+be.signer(t, dir)+"\""), 1)
 			writeSecret(t, path, cfg)
 
@@ -68,7 +71,10 @@ func TestBackendConformance(t *testing.T) {
 			if err != nil || keys.Len() != 1 {
 				t.Fatalf("jwks output: %v\n%s", err, set.String())
 			}
-			pub, _ := keys.Key(0)
+			pub, ok := keys.Key(0)
+			if !ok {
+				t.Fatal("jwks output has no key")
+			}
 			if pub.KeyID() != "smartcloud-2026" {
 				t.Errorf("kid %q", pub.KeyID())
 			}
@@ -88,15 +94,24 @@ func TestBackendConformance(t *testing.T) {
 			if emu.Issued() != 1 {
 				t.Errorf("emulator issued %d tokens", emu.Issued())
 			}
-			_ = stop()
+			if err := stop(); err != nil {
+				t.Errorf("serve: %v", err)
+			}
 			emu.CheckNoLeaks(t, "the log", stderr.String())
 		})
 	}
 }
 
+// writeSecret replaces the file at path with data (mode 0600) in one step,
+// as a Kubernetes secret or config map update does: a watcher reading it
+// sees the old content or the new, never half of the new.
 func writeSecret(t *testing.T, path string, data []byte) {
 	t.Helper()
-	if err := os.WriteFile(path, data, 0o600); err != nil {
+	tmp := path + ".new"
+	if err := os.WriteFile(tmp, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
 		t.Fatal(err)
 	}
 }

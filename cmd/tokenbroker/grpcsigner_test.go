@@ -53,7 +53,7 @@ func TestGRPCSigner(t *testing.T) {
 	sock, signerArgs, stopSigner := unixSigner(t, "rsa-a.pkcs8.pem", "sig-a")
 
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
-	pub, _ := signertest.Key(t, signertest.KeyA, "sig-a").PublicJWK()
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "sig-a"))
 	if err := emu.AddClient(maskinportentest.Client{ID: clientID, Org: "991825827", SystemID: "991825827_x",
 		Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)
@@ -62,12 +62,12 @@ func TestGRPCSigner(t *testing.T) {
 		emu.ApproveSystemUser(clientID, org, "")
 	}
 	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
-	cfg, _ := os.ReadFile(path)
+	cfg := readFile(t, path)
 	cfgS := strings.Replace(string(cfg), "signer: file:mp-key.pem", `signer: "grpc:unix:`+sock+`"`, 1)
 	cfgS = strings.Replace(cfgS, "kid: smartcloud-2026", "kid: sig-a", 1)
 	writeSecret(t, path, []byte(cfgS))
 
-	addr, _, _ := startServe(t, path, serveHooks{probeInterval: 100 * time.Millisecond})
+	addr, _, _ := startServe(t, path, serveHooks{probeInterval: 100 * time.Millisecond}) // the cleanup checks how serve ends
 	ctx := context.Background()
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -162,14 +162,14 @@ func TestStandbyKeyProbed(t *testing.T) {
 
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	emu.Record()
-	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "smartcloud-2026"))
 	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
 		SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)
 	}
 	emu.ApproveSystemUser("7ee41fce-9f6e-4c32-8195-0fe2c1517f43", "310904473", "")
 	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
-	cfg, _ := os.ReadFile(path)
+	cfg := readFile(t, path)
 	keys := regexp.MustCompile(`(?m)^    key:\n(^      .*\n)+`)
 	if !keys.Match(cfg) {
 		t.Fatalf("no key block in the config:\n%s", cfg)
@@ -182,7 +182,7 @@ func TestStandbyKeyProbed(t *testing.T) {
 	cfg = bytes.Replace(cfg, []byte("maskinporten:\n"), []byte("maskinporten:\n  sign_probe_interval: 100ms\n"), 1)
 	writeSecret(t, path, cfg)
 
-	addr, stderr, _ := startServe(t, path, serveHooks{})
+	addr, stderr, _ := startServe(t, path, serveHooks{}) // the cleanup checks how serve ends
 	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)

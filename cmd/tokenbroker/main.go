@@ -107,6 +107,9 @@ type serveHooks struct {
 	reload <-chan struct{}
 	// probeInterval replaces the configured probe interval when not zero.
 	probeInterval time.Duration
+	// looked, when not nil, receives after every look the config watcher
+	// takes at the file, so that tests can wait for looks instead of time.
+	looked chan<- struct{}
 }
 
 // runServe serves with a config file until ctx ends. SIGHUP (or
@@ -229,7 +232,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		probe = hooks.probeInterval
 	}
 	go rt.probeSigners(ctx, probe)
-	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload, time.Duration(cfg.ConfigWatchInterval))
+	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload, time.Duration(cfg.ConfigWatchInterval), hooks.looked)
 	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
 		slog.Int("policy_rules", len(cfg.Policy)))
 	if hooks.ready != nil {
@@ -257,8 +260,9 @@ const signerProbeInterval = 15 * time.Second
 // when watch is not zero, whenever a look at the file every watch finds
 // its content changed, until ctx ends: keys and policy change atomically
 // per client; a config that fails to load changes nothing. A watched
-// change that fails is reported once, not at every look.
-func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Logger, reload <-chan struct{}, watch time.Duration) {
+// change that fails is reported once, not at every look. looked, when not
+// nil, receives after each look (for tests).
+func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Logger, reload <-chan struct{}, watch time.Duration, looked chan<- struct{}) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
@@ -277,7 +281,15 @@ func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Log
 		case <-hup:
 		case <-reload:
 		case <-tick:
-			if digest = fileDigest(path); digest == "" || digest == seen {
+			digest = fileDigest(path)
+			if looked != nil {
+				select {
+				case looked <- struct{}{}:
+				case <-ctx.Done():
+					return
+				}
+			}
+			if digest == "" || digest == seen {
 				continue
 			}
 			log.Info("config file changed; reloading")

@@ -134,7 +134,7 @@ func TestServeWithConfig(t *testing.T) {
 	t.Parallel()
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{SigningKey: signertest.RSA(t, signertest.KeyB)})
 	emu.Record()
-	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "smartcloud-2026"))
 	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
 		SystemID: "991825827_smartcloud", Scopes: []string{"altinn:systembruker.demo"}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)
@@ -197,8 +197,11 @@ func TestServeWithConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	hbody, _ := io.ReadAll(hresp.Body)
+	hbody, err := io.ReadAll(hresp.Body)
 	hresp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, want := range []string{`"status":"degraded"`, `"kid":"smartcloud-2026"`, `"active":true`, `"signing":true`, `"expires_soon":true`} {
 		if !strings.Contains(string(hbody), want) {
 			t.Errorf("/healthz lacks %s: %s", want, hbody)
@@ -390,7 +393,11 @@ func background[T any](tb testing.TB, out *syncBuffer, run func(ctx context.Cont
 		once.Do(func() { cancel(); err = <-done })
 		return err
 	}
-	tb.Cleanup(func() { _ = stop() })
+	tb.Cleanup(func() {
+		if err := stop(); err != nil {
+			tb.Errorf("stopped with an error: %v\n%s", err, out.String())
+		}
+	})
 	return v, stop
 }
 
@@ -413,7 +420,11 @@ func startSigner(tb testing.TB, args ...string) (addr string, stop func()) {
 	addr, stopErr := background(tb, &out, func(ctx context.Context, ready chan<- string) error {
 		return runSigner(ctx, append([]string{"serve"}, args...), &out, ready)
 	})
-	return addr, func() { _ = stopErr() }
+	return addr, func() {
+		if err := stopErr(); err != nil {
+			tb.Errorf("signer stopped with an error: %v", err)
+		}
+	}
 }
 
 // startDev runs dev mode on a free loopback port.
@@ -434,7 +445,7 @@ func TestConfigWatch(t *testing.T) {
 	t.Parallel()
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	emu.Record()
-	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "smartcloud-2026"))
 	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
 		SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)
@@ -445,7 +456,29 @@ func TestConfigWatch(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr, stderr, stop := startServe(t, path, serveHooks{})
+	looked := make(chan struct{})
+	addr, stderr, stop := startServe(t, path, serveHooks{looked: looked})
+	// The watcher waits for the test to take each look; a goroutine takes
+	// them until the test asks for some.
+	want := make(chan int)
+	go func() {
+		for {
+			select {
+			case n := <-want:
+				for range n {
+					<-looked
+				}
+				want <- 0
+			case <-looked:
+			case <-t.Context().Done():
+				return
+			}
+		}
+	}()
+	looks := func(n int) {
+		want <- n
+		<-want
+	}
 	c := dial(t, addr)
 	get := func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -470,7 +503,7 @@ func TestConfigWatch(t *testing.T) {
 
 	writeSecret(t, path, append(narrowed, "bogus: 1\n"...))
 	waitUntil(t, "the failed reload", func() bool { return count(`"msg":"reload failed`) == 1 })
-	time.Sleep(200 * time.Millisecond) // ten more looks at the same broken file
+	looks(10) // ten more looks at the same broken file
 	if n := count(`"msg":"reload failed`); n != 1 {
 		t.Errorf("a broken file was reported %d times, want once", n)
 	}

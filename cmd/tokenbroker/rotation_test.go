@@ -26,8 +26,8 @@ func TestKeyRotation(t *testing.T) {
 	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
 	emu.Record()
-	pubA, _ := signertest.Key(t, signertest.KeyA, "key-a").PublicJWK()
-	pubB, _ := signertest.Key(t, signertest.KeyB, "key-b").PublicJWK()
+	pubA := publicJWK(t, signertest.Key(t, signertest.KeyA, "key-a"))
+	pubB := publicJWK(t, signertest.Key(t, signertest.KeyB, "key-b"))
 	if err := emu.AddClient(maskinportentest.Client{ID: clientID, Org: "991825827", SystemID: "991825827_x",
 		Scopes: []string{demoScope}, Keys: []jwk.Key{pubA, pubB}}); err != nil {
 		t.Fatal(err)
@@ -132,11 +132,16 @@ clients:
 
 	kids := map[string]int{}
 	for _, a := range emu.Assertions() {
-		raw, _ := base64.RawURLEncoding.DecodeString(strings.SplitN(a, ".", 2)[0])
+		raw, err := base64.RawURLEncoding.DecodeString(strings.SplitN(a, ".", 2)[0])
+		if err != nil {
+			t.Fatal(err)
+		}
 		var hdr struct {
 			Kid string `json:"kid"`
 		}
-		_ = json.Unmarshal(raw, &hdr)
+		if err := json.Unmarshal(raw, &hdr); err != nil {
+			t.Fatal(err)
+		}
 		kids[hdr.Kid]++
 	}
 	if kids["key-a"] != 1 || kids["key-b"] != 3 {

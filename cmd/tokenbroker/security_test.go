@@ -55,7 +55,7 @@ func TestMTLSAndPolicy(t *testing.T) {
 	t.Parallel()
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{SigningKey: signertest.RSA(t, signertest.KeyB)})
 	emu.Record()
-	pub, _ := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	pub := publicJWK(t, signertest.Key(t, signertest.KeyA, "smartcloud-2026"))
 	if err := emu.AddClient(maskinportentest.Client{ID: "7ee41fce-9f6e-4c32-8195-0fe2c1517f43", Org: "991825827",
 		SystemID: "991825827_smartcloud", Scopes: []string{demoScope, "other:scope"}, Keys: []jwk.Key{pub}}); err != nil {
 		t.Fatal(err)
@@ -73,7 +73,7 @@ func TestMTLSAndPolicy(t *testing.T) {
 		t.Fatal(err)
 	}
 	sock := filepath.Join(dir, "tb.sock")
-	base, _ := os.ReadFile(path)
+	base := readFile(t, path)
 	secure := strings.Replace(string(base), "insecure: true\n", fmt.Sprintf(`tls:
   cert: %s
   key: %s
@@ -259,11 +259,11 @@ audit:
 
 func waitUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	for i := 0; i < 500; i++ {
-		if cond() {
-			return
+	// A minute is far beyond any event a test waits for: a loaded machine
+	// makes a test slower, never failed.
+	for give := time.Now().Add(time.Minute); !cond(); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(give) {
+			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(10 * time.Millisecond)
 	}
-	t.Fatalf("timed out waiting for %s", what)
 }

@@ -5,7 +5,6 @@ import (
 	"context"
 	"encoding/base64"
 	"encoding/json"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,7 +34,7 @@ func TestEnterpriseCertificate(t *testing.T) {
 	dir := filepath.Dir(path)
 	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
 	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
-	cfg, _ := os.ReadFile(path)
+	cfg := readFile(t, path)
 	cfg = bytes.Replace(cfg, []byte("      signer: file:mp-key.pem\n"), []byte("      signer: file:vs.p12\n      password_file: vs.pw\n"), 1)
 	writeSecret(t, path, cfg)
 
@@ -45,7 +44,9 @@ func TestEnterpriseCertificate(t *testing.T) {
 		rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer rcancel()
 		_, err := dial(t, addr).GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: "310904473", Scopes: []string{demoScope}})
-		_ = stop()
+		if err := stop(); err != nil {
+			t.Errorf("serve: %v", err)
+		}
 		return err, stderr.String()
 	}
 	err, log := serveOnce()
@@ -56,9 +57,14 @@ func TestEnterpriseCertificate(t *testing.T) {
 	if len(as) != 1 {
 		t.Fatalf("%d grants", len(as))
 	}
-	raw, _ := base64.RawURLEncoding.DecodeString(strings.SplitN(as[0], ".", 2)[0])
+	raw, err := base64.RawURLEncoding.DecodeString(strings.SplitN(as[0], ".", 2)[0])
+	if err != nil {
+		t.Fatal(err)
+	}
 	var hdr map[string]any
-	_ = json.Unmarshal(raw, &hdr)
+	if err := json.Unmarshal(raw, &hdr); err != nil {
+		t.Fatal(err)
+	}
 	x5c, ok := hdr["x5c"].([]any)
 	if !ok || len(x5c) != 2 || hdr["kid"] != nil {
 		t.Errorf("grant header %v: want x5c as an array of 2 and no kid", hdr)

@@ -71,7 +71,9 @@ func sign(t *testing.T, claims map[string]any, alg jwa.SignatureAlgorithm, kid s
 	}
 	hdr := jws.NewHeaders()
 	if kid != "" {
-		_ = hdr.Set(jws.KeyIDKey, kid)
+		if err := hdr.Set(jws.KeyIDKey, kid); err != nil {
+			t.Fatal(err)
+		}
 	}
 	out, err := jws.Sign(payload, jws.WithKey(alg, signertest.RSA(t, keyName), jws.WithProtectedHeaders(hdr)))
 	if err != nil {
@@ -92,7 +94,9 @@ func (f *fixture) post(t *testing.T, assertion string) (int, map[string]any) {
 	}
 	defer resp.Body.Close()
 	var body map[string]any
-	_ = json.NewDecoder(resp.Body).Decode(&body)
+	if err := json.NewDecoder(resp.Body).Decode(&body); err != nil {
+		t.Fatalf("answer not JSON: %v", err)
+	}
 	return resp.StatusCode, body
 }
 
@@ -112,7 +116,9 @@ func TestEmulatorAcceptsValidGrant(t *testing.T) {
 		t.Fatalf("issued token does not verify with the emulator's JWKS: %v", err)
 	}
 	var claims map[string]any
-	_ = json.Unmarshal(payload, &claims)
+	if err := json.Unmarshal(payload, &claims); err != nil {
+		t.Fatal(err)
+	}
 	ad := claims["authorization_details"].([]any)[0].(map[string]any)
 	if ad["systemuser_org"].(map[string]any)["ID"] != "0192:"+org || len(ad["systemuser_id"].([]any)) != 1 {
 		t.Errorf("authorization_details = %v", ad)

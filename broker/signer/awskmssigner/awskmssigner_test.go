@@ -48,7 +48,10 @@ func TestLocalKMS(t *testing.T) {
 			t.Errorf("%s: signature does not verify with the KMS public key: %v", alg, err)
 		}
 	}
-	key, _ := awskmssigner.Open(context.Background(), uri, "kms-a", "")
+	key, err := awskmssigner.Open(context.Background(), uri, "kms-a", "")
+	if err != nil {
+		t.Fatal(err)
+	}
 	d := sha512.Sum512_224([]byte("x"))
 	if _, err := key.Signer.Sign(nil, d[:], crypto.SHA512_224); err == nil {
 		t.Error("unsupported hash accepted")

@@ -26,7 +26,9 @@ func privateJWK(t *testing.T, kid string) []byte {
 		t.Fatal(err)
 	}
 	if kid != "" {
-		_ = k.Set(jwk.KeyIDKey, kid)
+		if err := k.Set(jwk.KeyIDKey, kid); err != nil {
+			t.Fatal(err)
+		}
 	}
 	b, err := json.Marshal(k)
 	if err != nil {
@@ -47,7 +49,10 @@ func writeFile(t *testing.T, data []byte) string {
 func TestLoadFormats(t *testing.T) {
 	t.Parallel()
 	jwkA := privateJWK(t, "mp-kid")
-	set, _ := json.Marshal(map[string]any{"keys": []json.RawMessage{jwkA}})
+	set, err := json.Marshal(map[string]any{"keys": []json.RawMessage{jwkA}})
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		data    []byte
@@ -91,8 +96,14 @@ func TestLoadFormats(t *testing.T) {
 
 func TestLoadRefuses(t *testing.T) {
 	t.Parallel()
-	pub, _ := jwk.FromRaw(&signertest.RSA(t, signertest.KeyA).PublicKey)
-	pubJSON, _ := json.Marshal(pub)
+	pub, err := jwk.FromRaw(&signertest.RSA(t, signertest.KeyA).PublicKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pubJSON, err := json.Marshal(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
 	encrypted := "-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n"
 	tests := []struct {
 		name string
@@ -175,9 +186,14 @@ func TestPublicJWK(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b, _ := json.Marshal(pub)
+	b, err := json.Marshal(pub)
+	if err != nil {
+		t.Fatal(err)
+	}
 	var m map[string]any
-	_ = json.Unmarshal(b, &m)
+	if err := json.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
 	if m["kid"] != "kid-x" || m["alg"] != "RS512" || m["use"] != "sig" || m["kty"] != "RSA" {
 		t.Errorf("public JWK = %s", b)
 	}

@@ -29,7 +29,10 @@ type fakeKMS struct {
 var _ gcpkmssigner.API = (*fakeKMS)(nil)
 
 func (f *fakeKMS) GetPublicKey(_ context.Context, r *kmspb.GetPublicKeyRequest, _ ...gax.CallOption) (*kmspb.PublicKey, error) {
-	der, _ := x509.MarshalPKIXPublicKey(&f.key.PublicKey)
+	der, err := x509.MarshalPKIXPublicKey(&f.key.PublicKey)
+	if err != nil {
+		return nil, err
+	}
 	return &kmspb.PublicKey{Name: r.GetName(), Algorithm: f.algo, Pem: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))}, nil
 }
 
