@@ -47,6 +47,14 @@ func (v *recordingVendor) RegisterSystem(context.Context, string, altinn.System,
 	v.calls++
 	return nil
 }
+func (v *recordingVendor) GetSystem(context.Context, string, string) (*altinn.System, error) {
+	v.calls++
+	return &altinn.System{}, nil
+}
+func (v *recordingVendor) DeleteRequest(context.Context, string, string) error {
+	v.calls++
+	return nil
+}
 
 // TestSystemUserPolicy: the system user calls follow the caller policy;
 // lists span customers and need customer_orgs "*".
@@ -70,7 +78,7 @@ func TestSystemUserPolicy(t *testing.T) {
 	defer b.Close()
 	ctx := context.Background()
 	create := func(caller, org string) error {
-		_, _, err := b.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{Caller: caller, CustomerOrg: org, Rights: []string{"r"}})
+		_, err := b.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{Caller: caller, CustomerOrg: org, Rights: []string{"r"}})
 		return err
 	}
 	if err := create("billing", "310904473"); err != nil {
@@ -91,7 +99,7 @@ func TestSystemUserPolicy(t *testing.T) {
 	if _, _, err := b.ListSystemUsers(ctx, "admin", "", ""); err != nil {
 		t.Errorf("admin listing: %v", err)
 	}
-	if _, err := b.RegisterSystem(ctx, broker.SystemRegistration{Caller: "billing", Name: map[string]string{"nb": "x"}}); !errors.Is(err, broker.ErrPermissionDenied) {
+	if _, err := b.RegisterSystem(ctx, broker.SystemRegistration{Caller: "billing", Name: map[string]string{"nb": "x"}, Description: map[string]string{"nb": "x"}}); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("billing registering: %v", err)
 	}
 	// One vendor token (the write scope) and one read-scope token were

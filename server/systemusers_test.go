@@ -38,11 +38,17 @@ const (
 	suSystem  = "991825827_smartcloud"
 	suSibling = "991825827_smartcloud2"
 	suBase    = "/authentication/api/v1"
+	suFresh   = "991825827_fresh"
+	// suFreshClient is the Maskinporten client of suFresh.
+	suFreshClient = "5b1f3c7a-2d4e-4f60-8a9b-0c1d2e3f4a5b"
+	// suAgentPackage is a package meant for client relations.
+	suAgentPackage = "urn:altinn:accesspackage:regnskapsforer-med-signeringsrettighet"
 )
 
 type suHarness struct {
 	emu      *maskinportentest.Emulator
 	su       tokenbrokerv1.SystemUserServiceClient
+	tb       tokenbrokerv1.TokenBrokerServiceClient
 	log      *syncBuffer
 	audit    *syncBuffer
 	upstream atomic.Int64 // every call that reached Maskinporten or Altinn
@@ -50,7 +56,7 @@ type suHarness struct {
 }
 
 var suRules = []policy.Rule{
-	{Callers: []string{"admin", "admin2"}, Clients: []string{"smartcloud"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
+	{Callers: []string{"admin", "admin2"}, Clients: []string{"smartcloud", "fresh"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
 	{Callers: []string{"sibling-admin"}, Clients: []string{"smartcloud2"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
 	{Callers: []string{"billing"}, Clients: []string{"smartcloud"}, Scopes: []string{"*"}, CustomerOrgs: []string{approved}},
 }
@@ -69,13 +75,15 @@ func newSUHarness(t *testing.T) *suHarness {
 		}
 		return false
 	})
+	emu.AddOrganisations(approved, "314250052", "313775429", "123456785")
 	vendorScopes := []string{altinn.ScopeRequestWrite, altinn.ScopeRequestRead, altinn.ScopeSystemRegisterWrite, scope}
 	var clients []broker.Client
 	for i, c := range []struct{ name, id, system, kid string }{
 		{"smartcloud", clientID, suSystem, "kid-a"},
 		{"smartcloud2", "0d6a4c1e-8a55-4a0f-a1cb-2f3e4b5c6d7e", suSibling, "kid-b"},
+		{"fresh", suFreshClient, suFresh, "kid-c"}, // its system is not registered yet
 	} {
-		key := signertest.Key(t, []string{signertest.KeyA, signertest.KeyB}[i], c.kid)
+		key := signertest.Key(t, []string{signertest.KeyA, signertest.KeyB, signertest.KeyA}[i], c.kid)
 		pub, err := key.PublicJWK()
 		if err != nil {
 			t.Fatal(err)
@@ -83,7 +91,10 @@ func newSUHarness(t *testing.T) *suHarness {
 		if err := emu.AddClient(maskinportentest.Client{ID: c.id, Org: "991825827", SystemID: c.system, Scopes: vendorScopes, Keys: []jwk.Key{pub}}); err != nil {
 			t.Fatal(err)
 		}
-		emu.AddSystem(maskinportentest.System{ID: c.system, Vendor: "991825827", ClientID: c.id})
+		if c.name != "fresh" {
+			emu.AddSystem(maskinportentest.System{ID: c.system, Vendor: "991825827", ClientID: c.id, Rights: []string{"ske-krav-og-betalinger", "r"},
+				AccessPackages: []string{suAgentPackage}, Name: map[string]string{"nb": "Smart"}, Description: map[string]string{"nb": "Smart"}})
+		}
 		mp, err := maskinporten.New(maskinporten.Config{ClientID: c.id, Key: key,
 			Environment: maskinporten.Environment{Name: "emulator", Issuer: emu.Issuer(), TokenURL: srv.URL + "/token"}})
 		if err != nil {
@@ -125,6 +136,7 @@ func newSUHarness(t *testing.T) *suHarness {
 		t.Fatal(err)
 	}
 	h.su = tokenbrokerv1.NewSystemUserServiceClient(conn)
+	h.tb = tokenbrokerv1.NewTokenBrokerServiceClient(conn)
 	t.Cleanup(func() {
 		conn.Close()
 		cancel()
