@@ -191,11 +191,14 @@ func (b *Broker) replaceRejected(ctx context.Context, c *Client, agent bool, org
 
 // Replaceable reports whether r is a request the customer can no longer
 // approve: Rejected, Denied, or timed out (Altinn's timedOut flag, or a
-// status Timedout).
+// status Timedout). Altinn sets the flag by age alone, so an accepted
+// request gets it too; that one is never replaceable.
 func Replaceable(r *altinn.Request) bool {
 	switch strings.ToLower(r.Status) {
 	case "rejected", "denied", "timedout":
 		return true
+	case "accepted":
+		return false
 	}
 	return r.TimedOut
 }

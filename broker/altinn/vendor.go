@@ -38,6 +38,9 @@ func BaseURLFor(env, override string) (string, error) {
 
 // Right is a right of a standard system user: one resource.
 type Right struct {
+	// Action is an optional action on the resource (Core/Models/Right.cs);
+	// kept so that an update writes back the rights it read.
+	Action   string      `json:"action,omitempty"`
 	Resource []Attribute `json:"resource"`
 }
 

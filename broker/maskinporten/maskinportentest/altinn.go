@@ -89,6 +89,7 @@ type orgID struct {
 }
 
 type right struct {
+	Action   string      `json:"action,omitempty"`
 	Resource []attribute `json:"resource"`
 }
 
