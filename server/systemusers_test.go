@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
@@ -402,4 +403,39 @@ func sharedPiece(secret, text string, n int) string {
 		}
 	}
 	return ""
+}
+
+// TestMaskinportenTextScrubbed (issue 12, point 9): a Maskinporten
+// error_description that echoes the grant, whole or cut short, leaves no
+// part of it in the caller's error, the log or the audit record.
+func TestMaskinportenTextScrubbed(t *testing.T) {
+	t.Parallel()
+	h := newSUHarness(t)
+	var seen atomic.Pointer[string]
+	h.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/token" || r.ParseForm() != nil {
+			return false
+		}
+		grant := r.PostForm.Get("assertion")
+		seen.Store(&grant)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		desc := "MP-011 Invalid parameter value: " + grant[:60] + " (cut) and whole: " + grant
+		body, _ := json.Marshal(map[string]string{"error": "invalid_request", "error_description": desc})
+		_, _ = w.Write(body)
+		return true
+	})
+	_, err := h.tb.GetToken(as(t, "admin"), &tokenbrokerv1.GetTokenRequest{Client: "smartcloud", CustomerOrg: approved, Scopes: []string{scope}})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("got %v, want FailedPrecondition for MP-011", err)
+	}
+	grant := seen.Load()
+	if grant == nil || len(*grant) < 100 {
+		t.Fatal("the hook saw no grant")
+	}
+	for where, text := range map[string]string{"the error": status.Convert(err).Message(), "the log": h.log.String(), "the audit": h.audit.String()} {
+		if piece := sharedPiece(*grant, text, 12); piece != "" {
+			t.Errorf("%s holds %q, a piece of the grant", where, piece)
+		}
+	}
 }
