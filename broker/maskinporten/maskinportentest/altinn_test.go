@@ -7,6 +7,7 @@ import (
 	"net/http"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwa"
 
@@ -141,5 +142,27 @@ func TestEmulatorRequests(t *testing.T) {
 	_, out := f.call(t, tok, http.MethodGet, "/systemuser/request/vendor/"+fresh["id"].(string), "")
 	if !strings.Contains(out, `"status":"New"`) || !strings.Contains(out, `"timedOut":true`) {
 		t.Errorf("past the time-out: %s, want status New and timedOut true", out)
+	}
+	// A timed-out request is still returned on a re-post: only a status
+	// Timedout, which nothing writes, would let Altinn create a new one.
+	if status, again := post("314250052", `,"externalRef":"ref-2"`); status != 200 || again["id"] != fresh["id"] {
+		t.Errorf("re-post of a timed-out request: %d %v, want it back", status, again)
+	}
+
+	// The time-out is configurable.
+	f.emu.SetRequestTimeout(time.Hour)
+	_, other := post("314250052", `,"externalRef":"ref-3"`)
+	id3 := other["id"].(string)
+	if err := f.emu.Backdate(id3, 59*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, out := f.call(t, tok, http.MethodGet, "/systemuser/request/vendor/"+id3, ""); !strings.Contains(out, `"timedOut":false`) {
+		t.Errorf("within a one-hour time-out: %s", out)
+	}
+	if err := f.emu.Backdate(id3, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, out := f.call(t, tok, http.MethodGet, "/systemuser/request/vendor/"+id3, ""); !strings.Contains(out, `"timedOut":true`) {
+		t.Errorf("past a one-hour time-out: %s", out)
 	}
 }
