@@ -88,9 +88,16 @@ func (b *Broker) systemUserClient(name string) (*Client, error) {
 // the client's system. Altinn returns the request it already has for the
 // same customer and external reference whatever its status; with
 // ReplaceRejected a Rejected, Denied or timed-out one is deleted first.
+//
+// When a request was deleted for ReplaceRejected and creating the new one
+// then failed, the error comes with a CreatedRequest holding only
+// Replaced, so that the deletion can still be audited.
 func (b *Broker) CreateSystemUserRequest(ctx context.Context, p SystemUserRequestParams) (*CreatedRequest, error) {
 	r, existing, replaced, err := b.createSystemUserRequest(ctx, p)
-	if err != nil {
+	switch {
+	case err != nil && replaced != "":
+		return &CreatedRequest{Replaced: replaced}, err
+	case err != nil:
 		return nil, err
 	}
 	return &CreatedRequest{Request: r, Existing: existing, Replaced: replaced}, nil

@@ -308,3 +308,33 @@ func TestAltinnValidationCodesNameTheField(t *testing.T) {
 		}
 	}
 }
+
+// TestReplaceAuditedWhenCreateFails: when the rejected request was deleted
+// and creating the new one fails, the deletion is still audited.
+func TestReplaceAuditedWhenCreateFails(t *testing.T) {
+	t.Parallel()
+	h := newSUHarness(t)
+	first := h.create(t, "314250052")
+	if err := h.emu.Decide(first.GetId(), false); err != nil {
+		t.Fatal(err)
+	}
+	var deleted atomic.Bool
+	h.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		switch {
+		case r.Method == http.MethodDelete:
+			deleted.Store(true)
+		case r.Method == http.MethodPost && deleted.Load() && strings.HasSuffix(r.URL.Path, "/systemuser/request/vendor"):
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return true
+		}
+		return false
+	})
+	_, err := h.su.CreateSystemUserRequest(as(t, "admin"), &tokenbrokerv1.CreateSystemUserRequestRequest{Client: "smartcloud",
+		CustomerOrg: "314250052", Rights: []string{"ske-krav-og-betalinger"}, ReplaceRejected: true})
+	if status.Code(err) != codes.Unavailable || !deleted.Load() {
+		t.Fatalf("got %v (deleted %v), want Unavailable after the deletion", err, deleted.Load())
+	}
+	if a := h.audit.String(); !strings.Contains(a, `"method":"/tokenbroker.v1.SystemUserService/DeleteSystemUserRequest"`) {
+		t.Errorf("the deletion is not audited:\n%s", a)
+	}
+}

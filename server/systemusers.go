@@ -55,7 +55,7 @@ func (s *systemUserService) CreateSystemUserRequest(ctx context.Context, req *to
 		RedirectURL: req.GetRedirectUrl(), Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), Agent: req.GetAgent(),
 		ReplaceRejected: req.GetReplaceRejected(),
 	})
-	if err == nil && r.Replaced != "" {
+	if r != nil && r.Replaced != "" {
 		// The deletion of the rejected request gets its own audit line.
 		_ = s.done(ctx, tokenbrokerv1.SystemUserService_DeleteSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), nil)
 	}
