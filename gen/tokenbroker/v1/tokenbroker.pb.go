@@ -856,6 +856,9 @@ type ListSystemUserRequestsRequest struct {
 	// List agent requests instead of standard ones.
 	Agent bool `protobuf:"varint,2,opt,name=agent,proto3" json:"agent,omitempty"`
 	// From a previous answer's next_page_token; empty for the first page.
+	// Page tokens are opaque, valid for one hour, and only for the caller,
+	// client and list they were issued for (agent and standard requests are
+	// different lists); any other is INVALID_ARGUMENT.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1063,9 +1066,11 @@ func (x *SystemUser) GetIntegrationTitle() string {
 
 // ListSystemUsersRequest pages through a system's system users.
 type ListSystemUsersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// From a previous answer's next_page_token, with the same rules as
+	// ListSystemUserRequestsRequest.page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }

@@ -189,7 +189,10 @@ type SystemUserServiceClient interface {
 	// call DeleteSystemUserRequest and create again.
 	CreateSystemUserRequest(ctx context.Context, in *CreateSystemUserRequestRequest, opts ...grpc.CallOption) (*CreateSystemUserRequestResponse, error)
 	// GetSystemUserRequest reads a request by id, or by customer_org and
-	// external_ref.
+	// external_ref. The policy is checked before Altinn is called. By id, a
+	// caller with no rule for the client is PERMISSION_DENIED, and a request
+	// of a customer the caller may not see is NOT_FOUND, exactly like one
+	// that does not exist.
 	GetSystemUserRequest(ctx context.Context, in *GetSystemUserRequestRequest, opts ...grpc.CallOption) (*GetSystemUserRequestResponse, error)
 	// ListSystemUserRequests lists the requests of the client's system, one
 	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
@@ -295,7 +298,10 @@ type SystemUserServiceServer interface {
 	// call DeleteSystemUserRequest and create again.
 	CreateSystemUserRequest(context.Context, *CreateSystemUserRequestRequest) (*CreateSystemUserRequestResponse, error)
 	// GetSystemUserRequest reads a request by id, or by customer_org and
-	// external_ref.
+	// external_ref. The policy is checked before Altinn is called. By id, a
+	// caller with no rule for the client is PERMISSION_DENIED, and a request
+	// of a customer the caller may not see is NOT_FOUND, exactly like one
+	// that does not exist.
 	GetSystemUserRequest(context.Context, *GetSystemUserRequestRequest) (*GetSystemUserRequestResponse, error)
 	// ListSystemUserRequests lists the requests of the client's system, one
 	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
