@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,12 +106,16 @@ type Emulator struct {
 	clients     map[string]*Client
 	systemUsers map[systemUserKey]string
 	seenJTI     map[string]time.Time
-	systems     map[string]System
+	systems     map[string]*registered
 	suRequests  map[string]*systemUserRequest
 	agentUsers  map[string]bool
-	assertions  []string
-	tokens      []string
-	record      bool
+	// organisations is the emulated business register; requestTimeout
+	// the age of a timed-out request (0: DefaultRequestTimeout).
+	organisations  map[string]bool
+	requestTimeout time.Duration
+	assertions     []string
+	tokens         []string
+	record         bool
 
 	hook      atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
 	requests  atomic.Int64
@@ -724,6 +729,14 @@ func (e *Emulator) checkSystemUser(raw json.RawMessage, g *grant) *oauthError {
 	}
 	e.mu.Lock()
 	suID, found := e.systemUsers[systemUserKey{g.client.ID, number, lookup}]
+	// Altinn finds the system user by the client id on the registered
+	// system (Altinn/altinn-authentication
+	// src/Authentication/Controllers/SystemUserController.cs
+	// CheckIfPartyHasIntegration): a client id dropped from the system
+	// finds none.
+	if sys := e.systems[g.client.SystemID]; sys != nil && !slices.Contains(sys.ClientID, g.client.ID) {
+		found = false
+	}
 	e.mu.Unlock()
 	if !found {
 		return fail(400, "invalid_altinn_customer_configuration", "MP-303",
