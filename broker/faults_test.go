@@ -1,0 +1,349 @@
+package broker_test
+
+// Fault injection with the shipped defaults (issue 14): every fault runs
+// against a broker built as `tokenbroker serve` builds it, with the default
+// transport, attempt timeout, retry policy, hedging, breaker, grant rate and
+// sweep interval. Only token lifetimes are shortened. Tests wait on events
+// (answers, the breaker's state, the emulator's counters), never on a
+// clock, and assert outcomes and grant counts, never a time.
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/lestrrat-go/jwx/v2/jwk"
+
+	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/breaker"
+	"github.com/tokenbroker/tokenbroker/broker/hedge"
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/policy"
+	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
+)
+
+// defaultsEnv is a broker with the shipped defaults in front of the
+// emulator, on real time.
+type defaultsEnv struct {
+	b      *broker.Broker
+	emu    *maskinportentest.Emulator
+	mp     *maskinporten.Client
+	brk    *breaker.Breaker
+	hedger *hedge.Hedger
+	log    *bytes.Buffer
+	mu     *sync.Mutex
+	minVal time.Duration // min_validity of call; 0: the default
+}
+
+type defaultsOptions struct {
+	tokenTTL time.Duration // 0: the emulator's 120 s
+	tokenURL string        // "" : the emulator's
+	noHedge  bool          // hedging off (for the figure's control run)
+	noLeak   bool          // benchmarks: no recording
+}
+
+func newDefaultsEnv(t testing.TB, o defaultsOptions) *defaultsEnv {
+	t.Helper()
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{
+		SigningKey: signertest.RSA(t, signertest.KeyB),
+		TokenTTL:   o.tokenTTL,
+		FastTokens: true,
+	})
+	if !o.noLeak {
+		emu.Record()
+	}
+	key := signertest.Key(t, signertest.KeyA, "kid-a")
+	pub, _ := key.PublicJWK()
+	if err := emu.AddClient(maskinportentest.Client{ID: emuClientID, Org: "991825827", SystemID: "991825827_x",
+		Scopes: []string{scope, "other:scope"}, Keys: []jwk.Key{pub}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, org := range append(orgs(2000), "310904473", "314250052", "313775429") {
+		emu.ApproveSystemUser(emuClientID, org, "")
+	}
+	tokenURL := o.tokenURL
+	if tokenURL == "" {
+		tokenURL = srv.URL + "/token"
+	}
+	// As buildBroker in cmd/tokenbroker wires them, all with defaults.
+	brk := breaker.New(breaker.Config{})
+	hc := hedge.Config{Breaker: brk}
+	if o.noHedge {
+		hc.Budget = -1
+	}
+	hedger := hedge.New(hc)
+	httpClient := maskinporten.NewHTTPClient(maskinporten.TransportConfig{})
+	fresh := maskinporten.NewHTTPClient(maskinporten.TransportConfig{FreshConnections: true})
+	t.Cleanup(httpClient.CloseIdleConnections)
+	mp, err := maskinporten.New(maskinporten.Config{
+		ClientID:        emuClientID,
+		Key:             key,
+		Environment:     maskinporten.Environment{Name: "emulator", Issuer: emu.Issuer(), TokenURL: tokenURL},
+		HTTPClient:      httpClient,
+		HedgeHTTPClient: fresh,
+		Hedger:          hedger,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	env := &defaultsEnv{emu: emu, mp: mp, brk: brk, hedger: hedger, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
+	if o.tokenTTL > 0 && o.tokenTTL < time.Minute {
+		env.minVal = o.tokenTTL / 4
+	}
+	ex := altinn.NewExchanger(srv.URL+maskinportentest.ExchangePath, httpClient)
+	b, err := broker.New(broker.Config{
+		Policy:  policy.AllowAll(),
+		Clients: []broker.Client{{Name: "demo", Scopes: []string{scope, "other:scope"}, Source: mp, Exchanger: ex}},
+		Logger:  slog.New(slog.NewTextHandler(lockedWriter{env.mu, env.log}, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(b.Close)
+	env.b = b
+	if !o.noLeak {
+		t.Cleanup(func() {
+			env.mu.Lock()
+			defer env.mu.Unlock()
+			emu.CheckNoLeaks(t, "broker log", env.log.String())
+		})
+	}
+	return env
+}
+
+// call is GetToken with the 2 s deadline of the issue's callers.
+func (env *defaultsEnv) call(org string) (*broker.Token, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	r := req(org)
+	r.MinValidity = env.minVal
+	return env.b.GetToken(ctx, r)
+}
+
+func circuitOpen(err error) bool {
+	var me *maskinporten.Error
+	return errors.As(err, &me) && me.CircuitOpen && me.Retryable && me.RetryAfter >= 0
+}
+
+// The upstream hangs (or never lets a connection complete): one caller
+// calling again and again for one cold key. Each flight's attempt is
+// hedged once and both are reported hung at the hedge delay; a caller
+// arriving while the flight is stuck starts a new one instead of joining.
+// The fifth hung attempt opens the breaker, which abandons every hung
+// flight; from then on the caller gets UNAVAILABLE without a grant.
+// Grants: 5 (3 flights: 2 + 2 + 1, the third one's hedge refused by the
+// opened breaker).
+func TestFaultHang(t *testing.T) {
+	t.Parallel()
+	env := newDefaultsEnv(t, defaultsOptions{})
+	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Hang})
+	hangUntilOpen(t, env, func() int64 { return env.emu.Requests() }, 3)
+}
+
+// The token endpoint's address swallows SYNs (a full accept queue): the
+// dial never completes. Same course as a hang, and the 5 attempts never
+// reach a server; but a dial gives up after the connect timeout (3 s), and
+// the first flight's retry is the fifth attempt, during the second or
+// third call.
+func TestFaultBlackHole(t *testing.T) {
+	t.Parallel()
+	env := newDefaultsEnv(t, defaultsOptions{tokenURL: "http://" + maskinportentest.BlackHole(t) + "/token"})
+	hangUntilOpen(t, env, func() int64 { return env.hedger.Stats().Attempts }, 2)
+	if n := env.emu.Requests(); n != 0 {
+		t.Errorf("%d requests reached the emulator through a black hole", n)
+	}
+}
+
+func hangUntilOpen(t *testing.T, env *defaultsEnv, attempts func() int64, minCalls int) {
+	t.Helper()
+	var errs []error
+	for len(errs) < 10 {
+		_, err := env.call("310904473")
+		if err == nil {
+			t.Fatal("got a token from a hung upstream")
+		}
+		errs = append(errs, err)
+		if circuitOpen(err) {
+			break
+		}
+	}
+	last := errs[len(errs)-1]
+	if !circuitOpen(last) {
+		t.Fatalf("the breaker never opened: %v", last)
+	}
+	for i, err := range errs[:len(errs)-1] {
+		if !errors.Is(err, broker.ErrUpstreamSlow) {
+			t.Errorf("call %d before the breaker opened: %v, want ErrUpstreamSlow", i, err)
+		}
+	}
+	if n := attempts(); n != 5 || len(errs) < minCalls || len(errs) > 3 {
+		t.Errorf("%d attempts over %d calls until the breaker opened, want 5 over %d to 3", n, len(errs), minCalls)
+	}
+	// While it is open, a caller without a token gets UNAVAILABLE without
+	// a grant (unless a probe happens to be due: then one grant, which
+	// hangs too).
+	before := attempts()
+	_, err := env.call("314250052")
+	if !circuitOpen(err) && !errors.Is(err, broker.ErrUpstreamSlow) {
+		t.Errorf("call with the breaker open: %v", err)
+	}
+	if circuitOpen(err) && attempts() != before {
+		t.Errorf("a refused call made a grant")
+	}
+}
+
+// A slow answer (above the hedge delay) to every other request, starting
+// with the first: the hedge, on a fresh connection, answers first and
+// wins; the slow attempt is cancelled. Grants: 2, tokens issued: 1.
+func TestFaultSlow(t *testing.T) {
+	t.Parallel()
+	env := newDefaultsEnv(t, defaultsOptions{})
+	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Slow, Delay: time.Minute, SlowEvery: 2})
+	tok, err := env.call("310904473")
+	if err != nil {
+		t.Fatalf("GetToken with a slow first attempt: %v", err)
+	}
+	if tok.AccessToken == "" || env.emu.Requests() != 2 || env.emu.Issued() != 1 {
+		t.Errorf("%d grants, %d tokens; want 2 and 1", env.emu.Requests(), env.emu.Issued())
+	}
+	if s := env.hedger.Stats(); s.Hedges != 1 || s.HedgeWins != 1 {
+		t.Errorf("hedger %+v, want 1 hedge that won", s)
+	}
+	waitFor(t, "the slow attempt to be cancelled", func() bool { return env.emu.Held() == 0 })
+	if env.brk.Open() {
+		t.Error("one slow attempt opened the breaker")
+	}
+}
+
+// Every other request fails with a 503: each of 10 keys gets its token on
+// the retry. Grants: 20, the breaker stays closed.
+func TestFaultFlapping(t *testing.T) {
+	t.Parallel()
+	env := newDefaultsEnv(t, defaultsOptions{})
+	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Flap})
+	for _, org := range orgs(10) {
+		if _, err := env.call(org); err != nil {
+			t.Fatalf("org %s: %v", org, err)
+		}
+	}
+	if n, issued := env.emu.Requests(), env.emu.Issued(); n != 20 || issued != 10 {
+		t.Errorf("%d grants, %d tokens; want 20 and 10", n, issued)
+	}
+	if env.brk.Open() {
+		t.Error("a flapping upstream opened the breaker")
+	}
+}
+
+// A 429 storm with Retry-After: 1. The first key's fetch makes its 3
+// attempts, each after the pause the previous 429 asked for; meanwhile the
+// pause holds back the whole client, so a caller for another key gets
+// UNAVAILABLE with the time left, without a grant. After the storm, one
+// grant gets the token. Grants: 3 + 0 + 1.
+func TestFault429Storm(t *testing.T) {
+	t.Parallel()
+	env := newDefaultsEnv(t, defaultsOptions{})
+	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Throttle, RetryAfter: time.Second})
+	_, err := env.b.GetToken(context.Background(), req("310904473"))
+	var me *maskinporten.Error
+	if !errors.As(err, &me) || me.StatusCode != http.StatusTooManyRequests || !me.Retryable {
+		t.Fatalf("during the storm: %v, want a retryable 429", err)
+	}
+	if n := env.emu.Requests(); n != 3 {
+		t.Fatalf("%d grants for one key during the storm, want 3", n)
+	}
+	_, err = env.call("314250052")
+	if !errors.As(err, &me) || !me.Throttled || me.RetryAfter <= 0 {
+		t.Fatalf("another key during the pause: %v, want the client's pause", err)
+	}
+	if n := env.emu.Requests(); n != 3 {
+		t.Errorf("%d grants, want none more during the pause", n)
+	}
+	env.emu.SetFault(maskinportentest.Fault{})
+	waitFor(t, "a token after the storm", func() bool {
+		_, err := env.call("314250052")
+		return err == nil
+	})
+	if n := env.emu.Requests(); n != 4 {
+		t.Errorf("%d grants, want 4", n)
+	}
+}
+
+// A hang that ends: 10 hot keys (callers keep using them) with 4 s tokens.
+// Maskinporten hangs when their first refreshes are due; the breaker opens
+// on the hung refreshes while every caller keeps its still-valid token.
+// When the hang ends, the next probe closes the breaker and every key is
+// refreshed at once. Outcome: no caller error while tokens were valid,
+// every key fresh; grants: 10 warm-ups + the refreshes that hung (5 to 13:
+// hedges included, within the budget's floor) + 10 fresh.
+func TestFaultHangEnds(t *testing.T) {
+	t.Parallel()
+	env := newDefaultsEnv(t, defaultsOptions{tokenTTL: 4 * time.Second})
+	hot := orgs(10)
+	first := map[string]string{}
+	for _, org := range hot {
+		tok, err := env.call(org)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first[org] = tok.AccessToken
+	}
+	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Hang})
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var callErrs []error
+	wg.Add(1)
+	go func() { // callers keep the keys hot
+		defer wg.Done()
+		for {
+			for _, org := range hot {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if _, err := env.call(org); err != nil {
+					mu.Lock()
+					callErrs = append(callErrs, err)
+					mu.Unlock()
+				}
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	waitFor(t, "the breaker to open on hung refreshes", env.brk.Open)
+	hung := env.emu.Requests() - 10
+	env.emu.SetFault(maskinportentest.Fault{})
+	fresh := func() bool {
+		for _, org := range hot {
+			tok, err := env.call(org)
+			if err != nil || tok.AccessToken == first[org] {
+				return false
+			}
+		}
+		return true
+	}
+	waitFor(t, "every hot key to hold a fresh token", fresh)
+	close(stop)
+	wg.Wait()
+	if len(callErrs) > 0 {
+		t.Errorf("%d calls failed while every key held a valid token, first: %v", len(callErrs), callErrs[0])
+	}
+	if issued := env.emu.Issued(); issued != 20 {
+		t.Errorf("%d tokens issued, want 20 (10 warm-ups, 10 refreshes)", issued)
+	}
+	// The 10 refreshes fall due within 5 % of the lifetime of each other,
+	// so all may go out before the first is reported hung; the hedges
+	// sent before the breaker opened are within the budget's floor.
+	if hung < 5 || hung > 10+hedge.DefaultMinPerMinute {
+		t.Errorf("%d grants hung before the breaker opened, want 5 to %d", hung, 10+hedge.DefaultMinPerMinute)
+	}
+	t.Logf("grants: 10 warm-ups, %d hung, %d in all", hung, env.emu.Requests())
+}
