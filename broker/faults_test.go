@@ -95,7 +95,7 @@ func newDefaultsEnv(t testing.TB, o defaultsOptions) *defaultsEnv {
 	}
 	env := &defaultsEnv{emu: emu, mp: mp, brk: brk, hedger: hedger, log: &bytes.Buffer{}, mu: &sync.Mutex{}}
 	if o.tokenTTL > 0 && o.tokenTTL < time.Minute {
-		env.minVal = o.tokenTTL / 4
+		env.minVal = time.Second
 	}
 	ex := altinn.NewExchanger(srv.URL+maskinportentest.ExchangePath, httpClient)
 	b, err := broker.New(broker.Config{
@@ -233,8 +233,11 @@ func TestFaultFlapping(t *testing.T) {
 			t.Fatalf("org %s: %v", org, err)
 		}
 	}
-	if n, issued := env.emu.Requests(), env.emu.Issued(); n != 20 || issued != 10 {
-		t.Errorf("%d grants, %d tokens; want 20 and 10", n, issued)
+	// A hedge could go out only if the machine were so loaded that an
+	// answer took longer than the hedge delay; it is counted apart.
+	hedges := env.hedger.Stats().Hedges
+	if n, issued := env.emu.Requests(), env.emu.Issued(); n != 20+hedges || issued < 10 || issued > 10+hedges {
+		t.Errorf("%d grants, %d tokens, %d hedges; want 20 and 10 (plus the hedges)", n, issued, hedges)
 	}
 	if env.brk.Open() {
 		t.Error("a flapping upstream opened the breaker")
@@ -275,7 +278,7 @@ func TestFault429Storm(t *testing.T) {
 	}
 }
 
-// A hang that ends: 10 hot keys (callers keep using them) with 4 s tokens.
+// A hang that ends: 10 hot keys (callers keep using them) with 8 s tokens.
 // Maskinporten hangs when their first refreshes are due; the breaker opens
 // on the hung refreshes while every caller keeps its still-valid token.
 // When the hang ends, the next probe closes the breaker and every key is
@@ -284,7 +287,7 @@ func TestFault429Storm(t *testing.T) {
 // hedges included, within the budget's floor) + 10 fresh.
 func TestFaultHangEnds(t *testing.T) {
 	t.Parallel()
-	env := newDefaultsEnv(t, defaultsOptions{tokenTTL: 4 * time.Second})
+	env := newDefaultsEnv(t, defaultsOptions{tokenTTL: 8 * time.Second})
 	hot := orgs(10)
 	first := map[string]string{}
 	for _, org := range hot {
@@ -336,8 +339,8 @@ func TestFaultHangEnds(t *testing.T) {
 	if len(callErrs) > 0 {
 		t.Errorf("%d calls failed while every key held a valid token, first: %v", len(callErrs), callErrs[0])
 	}
-	if issued := env.emu.Issued(); issued != 20 {
-		t.Errorf("%d tokens issued, want 20 (10 warm-ups, 10 refreshes)", issued)
+	if issued, hedges := env.emu.Issued(), env.hedger.Stats().Hedges; issued < 20 || issued > 20+hedges {
+		t.Errorf("%d tokens issued, want 20 (10 warm-ups, 10 refreshes; more only for hedges, %d)", issued, hedges)
 	}
 	// The 10 refreshes fall due within 5 % of the lifetime of each other,
 	// so all may go out before the first is reported hung; the hedges
