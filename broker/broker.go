@@ -55,6 +55,9 @@ type upstreamState interface {
 	// Unavailable returns the error a caller without a cached token gets
 	// at once, or nil when a request could go out now.
 	Unavailable() error
+	// Recovering reports that the upstream was down and a request sent
+	// now would be a probe.
+	Recovering() bool
 	// HedgeDelay is how long a request may go unanswered before it counts
 	// as hung: a flight older than that is raced by a new one.
 	HedgeDelay() time.Duration
@@ -496,8 +499,11 @@ func (b *Broker) client(name string) (*Client, error) {
 //
 // When the upstream is known to be down (its breaker is open, or it asked
 // for a pause with a 429), the caller gets that error at once instead of
-// waiting. A flight older than the upstream's hedge delay is stuck: a new
-// caller starts a new flight beside it (once per flight) rather than
+// waiting. While it recovers (a probe is due or out), the caller starts
+// the fetch, which then is the probe or fails at once, but does not wait
+// for it: a probe may hang for a hedge delay; a token it brings serves the
+// next call. A flight older than the upstream's hedge delay is stuck: a
+// new caller starts a new flight beside it (once per flight) rather than
 // joining it, so that a flight caught on a hung connection does not hold
 // the callers that come after it.
 func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration) (*maskinporten.Token, bool, time.Duration, error) {
@@ -507,11 +513,13 @@ func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration)
 		return t, true, 0, nil
 	}
 	up := e.upstream()
+	recovering := false
 	if up != nil {
 		if err := up.Unavailable(); err != nil {
 			e.mu.Unlock()
 			return nil, false, 0, fmt.Errorf("client %q, customer_org %s: %w", e.client.Name, e.req.CustomerOrg, err)
 		}
+		recovering = up.Recovering()
 		if f := e.flight; f != nil && !f.raced && time.Since(f.started) > up.HedgeDelay() {
 			f.raced = true
 			e.flight = nil
@@ -519,6 +527,10 @@ func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration)
 	}
 	f := b.startLocked(e, true)
 	e.mu.Unlock()
+	if recovering {
+		return nil, false, 0, fmt.Errorf("client %q, customer_org %s: %w", e.client.Name, e.req.CustomerOrg, &maskinporten.Error{
+			Description: "upstream recovering after an outage: a probe is on its way", Retryable: true, CircuitOpen: true, RetryAfter: up.HedgeDelay()})
+	}
 
 	var slow <-chan time.Time
 	if dl, ok := ctx.Deadline(); ok {

@@ -106,6 +106,12 @@ func (x *Exchanger) Unavailable() error {
 	return nil
 }
 
+// Recovering reports whether Altinn's breaker is open or half-open.
+func (x *Exchanger) Recovering() bool {
+	b := x.hedger().Breaker()
+	return b != nil && b.Open()
+}
+
 // HedgeDelay is how long an exchange may go unanswered before it counts
 // as hung.
 func (x *Exchanger) HedgeDelay() time.Duration { return x.hedger().Delay() }

@@ -378,6 +378,14 @@ func (c *Client) Unavailable() error {
 	return nil
 }
 
+// Recovering reports whether the breaker is open or half-open: a grant
+// sent now would be a probe, which nobody should wait for, since it may
+// hang for a hedge delay.
+func (c *Client) Recovering() bool {
+	b := c.hedger.Breaker()
+	return b != nil && b.Open()
+}
+
 // Hedger returns the hedger of the client's attempts.
 func (c *Client) Hedger() *hedge.Hedger { return c.hedger }
 
