@@ -144,24 +144,38 @@ func TestFaultHang(t *testing.T) {
 	t.Parallel()
 	env := newDefaultsEnv(t, defaultsOptions{})
 	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Hang})
-	hangUntilOpen(t, env, func() int64 { return env.emu.Requests() }, 3)
+	hangUntilOpen(t, env, func() int64 { return env.emu.Requests() })
 }
 
 // The token endpoint's address swallows SYNs (a full accept queue): the
-// dial never completes. Same course as a hang, and the 5 attempts never
-// reach a server; but a dial gives up after the connect timeout (3 s), and
-// the first flight's retry is the fifth attempt, during the second or
-// third call.
+// dial never completes. One caller without a deadline: each try is hedged
+// and both dials are reported hung at the hedge delay, then fail at the
+// connect timeout (3 s) and the fetch retries. The fifth hung attempt (the
+// third try's) opens the breaker, which ends the fetch with UNAVAILABLE.
+// Attempts: 5 (2 + 2 + 1), none of which reaches a server.
 func TestFaultBlackHole(t *testing.T) {
 	t.Parallel()
 	env := newDefaultsEnv(t, defaultsOptions{tokenURL: "http://" + maskinportentest.BlackHole(t) + "/token"})
-	hangUntilOpen(t, env, func() int64 { return env.hedger.Stats().Attempts }, 2)
+	_, err := env.b.GetToken(context.Background(), req("310904473"))
+	if !circuitOpen(err) {
+		t.Fatalf("GetToken through a black hole: %v, want the breaker open", err)
+	}
+	if s := env.hedger.Stats(); s.Attempts != 5 || s.Hedges != 2 {
+		t.Errorf("%d attempts, %d of them hedges; want 5 and 2", s.Attempts, s.Hedges)
+	}
 	if n := env.emu.Requests(); n != 0 {
 		t.Errorf("%d requests reached the emulator through a black hole", n)
 	}
+	before := env.hedger.Stats().Attempts
+	if _, err := env.call("314250052"); !circuitOpen(err) {
+		t.Errorf("call with the breaker open: %v", err)
+	}
+	if n := env.hedger.Stats().Attempts - before; n > 1 {
+		t.Errorf("a refused call made %d attempts", n)
+	}
 }
 
-func hangUntilOpen(t *testing.T, env *defaultsEnv, attempts func() int64, minCalls int) {
+func hangUntilOpen(t *testing.T, env *defaultsEnv, attempts func() int64) {
 	t.Helper()
 	var errs []error
 	for len(errs) < 10 {
@@ -183,8 +197,8 @@ func hangUntilOpen(t *testing.T, env *defaultsEnv, attempts func() int64, minCal
 			t.Errorf("call %d before the breaker opened: %v, want ErrUpstreamSlow", i, err)
 		}
 	}
-	if n := attempts(); n != 5 || len(errs) < minCalls || len(errs) > 3 {
-		t.Errorf("%d attempts over %d calls until the breaker opened, want 5 over %d to 3", n, len(errs), minCalls)
+	if n := attempts(); n != 5 || len(errs) != 3 {
+		t.Errorf("%d attempts over %d calls until the breaker opened, want 5 over 3", n, len(errs))
 	}
 	// While it is open, a caller without a token gets UNAVAILABLE at once:
 	// without a grant, or, if a probe happens to be due, after starting
@@ -201,17 +215,33 @@ func hangUntilOpen(t *testing.T, env *defaultsEnv, attempts func() int64, minCal
 
 // A slow answer (above the hedge delay) to every other request, starting
 // with the first: the hedge, on a fresh connection, answers first and
-// wins; the slow attempt is cancelled. Grants: 2, tokens issued: 1.
+// wins; the slow attempt is cancelled and its connection closed, never
+// reused. Grants: 2, tokens issued: 1 (plus a warm-up grant and a grant
+// after the fault).
 func TestFaultSlow(t *testing.T) {
 	t.Parallel()
 	env := newDefaultsEnv(t, defaultsOptions{})
+	var addrMu sync.Mutex
+	var addrs []string // the client side of the connection of each grant
+	env.emu.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path == "/token" {
+			addrMu.Lock()
+			addrs = append(addrs, r.RemoteAddr)
+			addrMu.Unlock()
+		}
+		return false
+	})
+	// A warm-up grant leaves a kept-alive connection in the pool.
+	if _, err := env.call("313775429"); err != nil {
+		t.Fatal(err)
+	}
 	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Slow, Delay: time.Minute, SlowEvery: 2})
 	tok, err := env.call("310904473")
 	if err != nil {
 		t.Fatalf("GetToken with a slow first attempt: %v", err)
 	}
-	if tok.AccessToken == "" || env.emu.Requests() != 2 || env.emu.Issued() != 1 {
-		t.Errorf("%d grants, %d tokens; want 2 and 1", env.emu.Requests(), env.emu.Issued())
+	if tok.AccessToken == "" || env.emu.Requests() != 3 || env.emu.Issued() != 2 {
+		t.Errorf("%d grants, %d tokens; want 3 and 2 (with the warm-up)", env.emu.Requests(), env.emu.Issued())
 	}
 	if s := env.hedger.Stats(); s.Hedges != 1 || s.HedgeWins != 1 {
 		t.Errorf("hedger %+v, want 1 hedge that won", s)
@@ -219,6 +249,17 @@ func TestFaultSlow(t *testing.T) {
 	waitFor(t, "the slow attempt to be cancelled", func() bool { return env.emu.Held() == 0 })
 	if env.brk.Open() {
 		t.Error("one slow attempt opened the breaker")
+	}
+	// The slow attempt took the pooled connection; the hedge came on a new
+	// one; the next grant does not reuse the connection that hung.
+	env.emu.SetFault(maskinportentest.Fault{})
+	if _, err := env.call("314250052"); err != nil {
+		t.Fatal(err)
+	}
+	addrMu.Lock()
+	defer addrMu.Unlock()
+	if len(addrs) != 4 || addrs[1] != addrs[0] || addrs[2] == addrs[1] || addrs[3] == addrs[1] {
+		t.Errorf("connections of warm-up, slow attempt, hedge, next grant: %v; want the slow attempt on the pooled one, the hedge and the next grant not on it", addrs)
 	}
 }
 

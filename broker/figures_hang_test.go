@@ -227,3 +227,91 @@ func TestFigureSlowAttempts(t *testing.T) {
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
 var _ = broker.ErrUpstreamSlow
+
+// Figure H2b: the same callers, but on 10 cold orgs (no token yet) while
+// Maskinporten hangs from the start, for 4 s: here every call must wait
+// until the breaker learns of the hang. Reported: the calls that waited
+// past 100 ms and how late into the hang the last one started, and the
+// time from the end of the hang until every org has a token.
+func TestFigureHangCold(t *testing.T) {
+	figuresOnly(t)
+	const (
+		hangFor = 4 * time.Second
+		callers = 20
+	)
+	env := newDefaultsEnv(t, defaultsOptions{tokenTTL: 6 * time.Second, noLeak: true})
+	cold := orgs(10)
+	env.emu.SetFault(maskinportentest.Fault{Mode: maskinportentest.Hang})
+	type result struct {
+		org        string
+		start, end time.Time
+		err        error
+	}
+	results := make(chan result, 1_000_000)
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	hangStart := time.Now()
+	for i := 0; i < callers; i++ {
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			for n := 0; ; n++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				org := cold[(i+n)%len(cold)]
+				start := time.Now()
+				_, err := env.call(org)
+				results <- result{org, start, time.Now(), err}
+				time.Sleep(5 * time.Millisecond)
+			}
+		}(i)
+	}
+	time.Sleep(hangFor)
+	env.emu.SetFault(maskinportentest.Fault{})
+	recovered := time.Now()
+	grantsInHang := env.emu.Requests()
+	time.Sleep(2 * time.Second)
+	close(stop)
+	wg.Wait()
+	close(results)
+	var inHang, slow, deadlineHit, other int
+	var lastSlow time.Duration
+	first := map[string]time.Duration{}
+	for r := range results {
+		if r.start.Before(recovered) {
+			inHang++
+			if r.end.Sub(r.start) > 100*time.Millisecond {
+				slow++
+				lastSlow = max(lastSlow, r.start.Sub(hangStart))
+			}
+			switch {
+			case r.err == nil:
+			case errors.Is(r.err, context.DeadlineExceeded):
+				deadlineHit++
+			case !isUnavailable(r.err):
+				other++
+			}
+		}
+		if r.err == nil && !r.start.Before(recovered) {
+			if _, ok := first[r.org]; !ok {
+				first[r.org] = r.end.Sub(recovered)
+			}
+		}
+	}
+	var recovery time.Duration
+	for _, org := range cold {
+		d, ok := first[org]
+		if !ok {
+			t.Errorf("org %s got no token after the hang", org)
+		}
+		recovery = max(recovery, d)
+	}
+	t.Logf("FIGURE hang_cold calls_in_hang=%d waited_over_100ms=%d share=%.4f last_wait_over_100ms_at_s=%.2f deadline_exceeded=%d other=%d grants_in_hang=%d recovery_ms=%d",
+		inHang, slow, float64(slow)/float64(max(inHang, 1)), lastSlow.Seconds(), deadlineHit, other, grantsInHang, recovery.Milliseconds())
+	if deadlineHit != 0 || other != 0 {
+		t.Errorf("%d calls past their deadline, %d other failures", deadlineHit, other)
+	}
+}
