@@ -14,6 +14,7 @@ import (
 	"log/slog"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,6 +38,7 @@ type defaultsEnv struct {
 	mp     *maskinporten.Client
 	brk    *breaker.Breaker
 	hedger *hedge.Hedger
+	ex     *altinn.Exchanger
 	log    *bytes.Buffer
 	mu     *sync.Mutex
 	minVal time.Duration // min_validity of call; 0: the default
@@ -98,6 +100,8 @@ func newDefaultsEnv(t testing.TB, o defaultsOptions) *defaultsEnv {
 		env.minVal = time.Second
 	}
 	ex := altinn.NewExchanger(srv.URL+maskinportentest.ExchangePath, httpClient)
+	ex.HedgeHTTP = fresh
+	env.ex = ex
 	b, err := broker.New(broker.Config{
 		Policy:  policy.AllowAll(),
 		Clients: []broker.Client{{Name: "demo", Scopes: []string{scope, "other:scope"}, Source: mp, Exchanger: ex}},
@@ -390,4 +394,32 @@ func TestFaultHangEnds(t *testing.T) {
 		t.Errorf("%d grants hung before the breaker opened, want 5 to %d", hung, 10+hedge.DefaultMinPerMinute)
 	}
 	t.Logf("grants: 10 warm-ups, %d hung, %d in all", hung, env.emu.Requests())
+}
+
+// The Altinn exchange hangs once: it is hedged like a grant, and the
+// hedge's answer wins. Grants: 1, exchange requests: 2, Altinn tokens: 1.
+func TestFaultExchangeHang(t *testing.T) {
+	t.Parallel()
+	env := newDefaultsEnv(t, defaultsOptions{})
+	var requests atomic.Int64
+	env.emu.SetHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != maskinportentest.ExchangePath || requests.Add(1) > 1 {
+			return false
+		}
+		<-r.Context().Done() // a GET has no body: the server sees the client go
+		return true
+	})
+	r := req("310904473")
+	r.Kind = broker.KindAltinn
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if _, err := env.b.GetToken(ctx, r); err != nil {
+		t.Fatalf("Altinn token with a hung exchange: %v", err)
+	}
+	if g, x, n := env.emu.Requests(), requests.Load(), env.emu.Exchanges(); g != 1 || x != 2 || n != 1 {
+		t.Errorf("%d grants, %d exchange requests, %d Altinn tokens; want 1, 2, 1", g, x, n)
+	}
+	if s := env.ex.Hedger.Stats(); s.Hedges != 1 || s.HedgeWins != 1 {
+		t.Errorf("exchange hedger %+v, want 1 hedge that won", s)
+	}
 }
