@@ -59,8 +59,9 @@ type upstreamState interface {
 	// now would be a probe.
 	Recovering() bool
 	// HedgeDelay is how long a request may go unanswered before it counts
-	// as hung: a flight older than that is raced by a new one.
+	// as hung: a flight older than that is raced by a new one, if Hedging.
 	HedgeDelay() time.Duration
+	Hedging() bool
 	// OnRecovery registers f to be called when requests may go out again
 	// after an outage.
 	OnRecovery(f func())
@@ -274,6 +275,7 @@ func (b *Broker) Sweep() {
 	now := b.now()
 	n := now.UnixNano()
 	idleCut := now.Add(-b.idleAfter).UnixNano()
+	probed := map[upstreamState]bool{}
 	b.cache.entries.Range(func(_, v any) bool {
 		e := v.(*entry)
 		if e.lastUsed.Load() < idleCut {
@@ -284,7 +286,16 @@ func (b *Broker) Sweep() {
 			e.negative.CompareAndSwap(neg, nil)
 		}
 		if e.tok.Load() != nil && n >= e.refreshAt.Load() && e.lastUsed.Load() > e.fetchedAt.Load() {
-			b.refreshAsync(e)
+			// While the upstream recovers, one refresh per sweep goes out
+			// as its probe; the probe closing the breaker wakes the next
+			// sweep, which refreshes the rest.
+			up := e.upstream()
+			if up != nil && up.Recovering() && up.Unavailable() == nil && !probed[up] {
+				probed[up] = true
+				b.refreshAsyncProbe(e, true)
+			} else {
+				b.refreshAsync(e)
+			}
 		}
 		return true
 	})
@@ -505,7 +516,9 @@ func (b *Broker) client(name string) (*Client, error) {
 // next call. A flight older than the upstream's hedge delay is stuck: a
 // new caller starts a new flight beside it (once per flight) rather than
 // joining it, so that a flight caught on a hung connection does not hold
-// the callers that come after it.
+// the callers that come after it. Like a hedge, this happens only where
+// hedging is on; each such flight's attempts count for the breaker, which
+// bounds the extra grants.
 func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration) (*maskinporten.Token, bool, time.Duration, error) {
 	e.mu.Lock()
 	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(b.now()) >= minValidity {
@@ -520,7 +533,7 @@ func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration)
 			return nil, false, 0, fmt.Errorf("client %q, customer_org %s: %w", e.client.Name, e.req.CustomerOrg, err)
 		}
 		recovering = up.Recovering()
-		if f := e.flight; f != nil && !f.raced && time.Since(f.started) > up.HedgeDelay() {
+		if f := e.flight; f != nil && !f.raced && up.Hedging() && time.Since(f.started) > up.HedgeDelay() {
 			f.raced = true
 			e.flight = nil
 		}
@@ -569,9 +582,18 @@ func (e *entry) upstream() upstreamState {
 	return us
 }
 
-// refreshAsync starts a background fetch for e unless one is in flight or
-// the refresh is no longer due (another one just finished).
-func (b *Broker) refreshAsync(e *entry) {
+// refreshAsync starts a background fetch for e unless one is in flight,
+// the refresh is no longer due (another one just finished), or the
+// upstream is down or recovering: a refresh then would fail at once (and
+// log that), or wait on a probe that Sweep sends.
+func (b *Broker) refreshAsync(e *entry) { b.refreshAsyncProbe(e, false) }
+
+// refreshAsyncProbe is refreshAsync; probe lets the refresh go out while
+// the upstream recovers, as its probe.
+func (b *Broker) refreshAsyncProbe(e *entry, probe bool) {
+	if up := e.upstream(); up != nil && (up.Unavailable() != nil || (up.Recovering() && !probe)) {
+		return
+	}
 	e.mu.Lock()
 	if e.flight == nil && b.now().UnixNano() >= e.refreshAt.Load() {
 		b.cache.refreshes.Add(1)

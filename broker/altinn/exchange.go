@@ -116,6 +116,10 @@ func (x *Exchanger) Recovering() bool {
 // as hung.
 func (x *Exchanger) HedgeDelay() time.Duration { return x.hedger().Delay() }
 
+// Hedging reports whether slow exchanges are hedged (and so whether a
+// stuck flight may be raced).
+func (x *Exchanger) Hedging() bool { return x.hedger().Hedging() }
+
 // OnRecovery calls f when exchanges may go out again after Altinn's
 // breaker was open.
 func (x *Exchanger) OnRecovery(f func()) {
@@ -128,9 +132,13 @@ func (x *Exchanger) OnRecovery(f func()) {
 	}
 }
 
+// unguarded hedges the exchanges of an Exchanger made without
+// NewExchanger and without a Hedger: no breaker, default delays.
+var unguarded = hedge.New(hedge.Config{})
+
 func (x *Exchanger) hedger() *hedge.Hedger {
 	if x.Hedger == nil {
-		x.Hedger = hedge.New(hedge.Config{})
+		return unguarded
 	}
 	return x.Hedger
 }

@@ -97,6 +97,10 @@ func New(cfg Config) *Hedger {
 	return h
 }
 
+// Hedging reports whether hedges may be sent at all (Budget is not
+// negative).
+func (h *Hedger) Hedging() bool { return h.budget >= 0 }
+
 // Breaker returns the breaker the Hedger reports to, or nil.
 func (h *Hedger) Breaker() *breaker.Breaker { return h.brk }
 

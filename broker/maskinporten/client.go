@@ -74,11 +74,12 @@ type Config struct {
 	// GrantRate caps the grants sent per second by this client, and
 	// GrantBurst the grants sent at once; 0 means 50 and 50, negative
 	// GrantRate lifts the cap. A cold start over thousands of orgs then
-	// cannot make Maskinporten throttle the client: Digdir documents no
-	// rate limit for /token, so the cap is generous and only smooths
-	// bursts. Grants for which a caller waits go before refresh-ahead
-	// grants (see WithWaiters). Hedges are bounded by the hedge budget
-	// instead.
+	// cannot make Maskinporten throttle the client. Digdir documents no
+	// rate limit for /token (none in maskinporten_protocol_token.md or
+	// maskinporten_feilsoking.md of felleslosninger/docs), so the cap is
+	// generous and only smooths bursts. Grants for which a caller waits
+	// go before refresh-ahead grants (see WithWaiters). Hedges are bounded
+	// by the hedge budget instead.
 	GrantRate  float64
 	GrantBurst int
 	// OnAttempt, when not nil, is called after every grant sent (or
@@ -313,7 +314,13 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 }
 
 // try waits for the client's grant rate and any pause a 429 asked for,
-// then makes one hedged attempt.
+// then makes one hedged attempt. Each attempt, the hedge included, signs
+// its own grant with a fresh jti: Digdir's JWT grant page says a grant
+// cannot be reused (felleslosninger/docs,
+// _docs/Maskinporten/maskinporten_protocol_jwtgrant.md, claim jti;
+// MP-012 "Grant is used before" otherwise), so two grants in flight for one
+// token are two independent requests, and whichever answers first is a
+// valid token.
 func (c *Client) try(ctx context.Context, r Request) (*Token, error) {
 	if err := c.admit(ctx); err != nil {
 		return nil, err
@@ -388,6 +395,10 @@ func (c *Client) Recovering() bool {
 
 // Hedger returns the hedger of the client's attempts.
 func (c *Client) Hedger() *hedge.Hedger { return c.hedger }
+
+// Hedging reports whether slow attempts are hedged (and so whether a
+// stuck flight may be raced).
+func (c *Client) Hedging() bool { return c.hedger.Hedging() }
 
 // HedgeDelay is how long an attempt may go unanswered before it counts as
 // hung (and is hedged).
