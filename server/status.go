@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
@@ -165,6 +166,11 @@ func maskinportenStatus(err error, me *maskinporten.Error) error {
 	case me.Retryable:
 		st = status.New(codes.Unavailable, fmt.Sprintf("Maskinporten is unavailable, retry later (%v)", err))
 		info.Reason = "MASKINPORTEN_UNAVAILABLE"
+		if me.CircuitOpen || me.Throttled || me.RetryAfter > 0 {
+			// The breaker is open or Maskinporten asked for a pause: say
+			// when a retry can succeed.
+			return withDetails(st, info, &errdetails.RetryInfo{RetryDelay: durationpb.New(max(me.RetryAfter, time.Millisecond))})
+		}
 	default:
 		st = status.New(codes.FailedPrecondition, fmt.Sprintf("Maskinporten refused the grant; fix the client configuration (%v)", err))
 	}

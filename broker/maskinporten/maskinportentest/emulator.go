@@ -118,6 +118,7 @@ type Emulator struct {
 	record         bool
 
 	hook      atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
+	faults    faultState
 	requests  atomic.Int64
 	issued    atomic.Int64
 	exchanges atomic.Int64
@@ -137,6 +138,7 @@ func New(cfg Config) (*Emulator, error) {
 		systemUsers: map[systemUserKey]string{},
 		seenJTI:     map[string]time.Time{},
 	}
+	e.faults.release = make(chan struct{})
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -167,6 +169,7 @@ func NewServer(tb testing.TB, cfg Config) (*Emulator, *httptest.Server) {
 	}
 	srv := httptest.NewServer(e)
 	tb.Cleanup(srv.Close)
+	tb.Cleanup(e.releaseHeld) // first: held requests must end for Close to return
 	e.SetIssuer(srv.URL + "/")
 	return e, srv
 }
@@ -296,6 +299,9 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Date", e.now().UTC().Format(http.TimeFormat))
 	if h := e.hook.Load(); h != nil && (*h)(w, r) {
+		return
+	}
+	if r.URL.Path == "/token" && e.serveFault(w, r) {
 		return
 	}
 	if e.serveVendor(w, r) {
