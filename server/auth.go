@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -47,20 +49,49 @@ func MTLS(roots *x509.CertPool) Authenticator {
 			return identity.ID{}, errors.New("not a TLS connection")
 		}
 		certs := ti.State.PeerCertificates
-		if len(certs) == 0 {
+		switch {
+		case len(certs) == 0:
 			return identity.ID{}, errors.New("no client certificate")
-		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
+		case len(certs) > MaxClientChain:
+			return identity.ID{}, fmt.Errorf("client certificate not accepted: a chain of %d certificates, at most %d allowed", len(certs), MaxClientChain)
 		}
 		if _, err := certs[0].Verify(x509.VerifyOptions{
-			Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+			Roots: roots, Intermediates: trustedIntermediates(roots, certs[1:]), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		}); err != nil {
 			return identity.ID{}, fmt.Errorf("client certificate not accepted: %v", err)
 		}
 		return identity.FromCertificate(certs[0])
 	}
+}
+
+// MaxClientChain bounds the certificates a client may present: its own
+// and the intermediates between it and the callers' CA.
+const MaxClientChain = 6
+
+// trustedIntermediates returns the intermediates the peer sent that chain
+// to roots, found from the roots down, so that no signature is ever
+// checked with a key the peer chose: chain building checks a signature
+// against every candidate parent whose name matches, and a peer without
+// a certificate of ours could otherwise send intermediates named like our
+// CA with keys that are slow to verify with (P-521, say), and make each of
+// its calls cost a hundred such checks before it is refused. Verify checks
+// the whole chain again (validity, key usages, constraints).
+func trustedIntermediates(roots *x509.CertPool, sent []*x509.Certificate) *x509.CertPool {
+	trusted := x509.NewCertPool()
+	left := slices.Clone(sent)
+	for progress := true; progress; {
+		progress = false
+		for i, c := range left {
+			if c == nil {
+				continue
+			}
+			if _, err := c.Verify(x509.VerifyOptions{Roots: roots, Intermediates: trusted, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+				trusted.AddCert(c)
+				left[i], progress = nil, true
+			}
+		}
+	}
+	return trusted
 }
 
 // Fixed gives every call the same identity: for plaintext on loopback
@@ -162,13 +193,28 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 		err = errors.New("no identity")
 	}
 	if err != nil {
-		s.auditRefusal(ctx, "", info.FullMethodName, nil, audit.Unauthenticated, codes.Unauthenticated, err.Error())
-		return nil, status.Error(codes.Unauthenticated, "unauthenticated: "+err.Error())
+		// The reason may quote the peer's certificate (x509 errors name
+		// candidate issuers): it is cut, so that a peer cannot make every
+		// refusal of its calls a large answer.
+		msg := clipReason(err.Error())
+		s.auditRefusal(ctx, "", info.FullMethodName, nil, audit.Unauthenticated, codes.Unauthenticated, msg)
+		return nil, status.Error(codes.Unauthenticated, "unauthenticated: "+msg)
 	}
 	if p, ok := peer.FromContext(ctx); ok && s.conns != nil {
 		s.conns.authenticated(p.Addr)
 	}
 	return context.WithValue(ctx, callerKey{}, id), nil
+}
+
+// maxReason bounds the reason of an authentication refusal.
+const maxReason = 256
+
+// clipReason cuts s to maxReason bytes of valid UTF-8.
+func clipReason(s string) string {
+	if len(s) <= maxReason {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxReason], "") + "..."
 }
 
 // authUnary refuses a call that reached it without an identity (the tap
