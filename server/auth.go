@@ -34,7 +34,10 @@ type Authenticator func(ctx context.Context) (identity.ID, error)
 // against roots for client authentication (the certificate must allow
 // client auth as an extended key usage). The identity is typed by where it
 // comes from (identity.FromCertificate): the SPIFFE ID of the only spiffe
-// URI SAN, else "dns:" and the first DNS SAN, else "cn:" and the subject CN.
+// URI SAN, else "dns:" and the first DNS SAN, else "cn:" and the subject CN
+// (refused when a CA of the chain has name constraints, which bound SANs
+// only). Only the intermediates the peer sent that chain to roots take
+// part, and at most MaxClientChain certificates are looked at.
 // The TLS handshake only requests the certificate, so that a missing,
 // expired or foreign certificate gets a clear Unauthenticated here rather
 // than a failed handshake.
@@ -55,13 +58,30 @@ func MTLS(roots *x509.CertPool) Authenticator {
 		case len(certs) > MaxClientChain:
 			return identity.ID{}, fmt.Errorf("client certificate not accepted: a chain of %d certificates, at most %d allowed", len(certs), MaxClientChain)
 		}
-		if _, err := certs[0].Verify(x509.VerifyOptions{
+		chains, err := certs[0].Verify(x509.VerifyOptions{
 			Roots: roots, Intermediates: trustedIntermediates(roots, certs[1:]), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}); err != nil {
+		})
+		if err != nil {
 			return identity.ID{}, fmt.Errorf("client certificate not accepted: %v", err)
 		}
-		return identity.FromCertificate(certs[0])
+		id, err := identity.FromCertificate(certs[0])
+		if err == nil && id.Kind() == identity.CN && slices.ContainsFunc(chains, constrained) {
+			// Name constraints bound SANs, never the CN: a CA limited to
+			// some names could otherwise mint any cn: identity.
+			return identity.ID{}, errors.New("client certificate not accepted: its CA has name constraints, which do not bound a subject CN; give it a DNS or SPIFFE SAN")
+		}
+		return id, err
 	}
+}
+
+// constrained reports whether a certificate of chain carries name
+// constraints.
+func constrained(chain []*x509.Certificate) bool {
+	return slices.ContainsFunc(chain, func(c *x509.Certificate) bool {
+		return c.PermittedDNSDomainsCritical || len(c.PermittedDNSDomains) > 0 || len(c.ExcludedDNSDomains) > 0 ||
+			len(c.PermittedIPRanges) > 0 || len(c.ExcludedIPRanges) > 0 || len(c.PermittedEmailAddresses) > 0 ||
+			len(c.ExcludedEmailAddresses) > 0 || len(c.PermittedURIDomains) > 0 || len(c.ExcludedURIDomains) > 0
+	})
 }
 
 // MaxClientChain bounds the certificates a client may present: its own

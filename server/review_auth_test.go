@@ -171,3 +171,90 @@ func TestUnauthenticatedReasonBounded(t *testing.T) {
 		t.Errorf("the refusal's message is %d bytes, want at most 512", n)
 	}
 }
+
+// TestConstrainedCAMintsNoCommonName (review): X.509 name constraints
+// bound DNS names, IP addresses, e-mail addresses and URIs, not the
+// subject CN, and Go's verifier checks no constraint against it. A CA
+// the callers' CA constrained to the names of one team (say DNS names
+// under billing.example) could issue a certificate with no SAN at all
+// and any CN, and the broker took that CN as the identity "cn:NAME". A CN
+// is now an identity only when no certificate of the chain carries name
+// constraints.
+func TestConstrainedCAMintsNoCommonName(t *testing.T) {
+	t.Parallel()
+	root := mkCert(t, "callers", nil, true)
+	roots := x509.NewCertPool()
+	roots.AddCert(root.cert)
+	auth := MTLS(roots)
+
+	// The team CA, constrained to billing.example.
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "billing team CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+		PermittedDNSDomainsCritical: true, PermittedDNSDomains: []string{"billing.example"},
+		PermittedURIDomains: []string{"billing.example"},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, root.cert, &key.PublicKey, root.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	teamCert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	team := &chainCert{der: der, cert: teamCert, key: key}
+
+	// Its own names are fine.
+	ctx, err := peerWith(mkCert(t, "api.billing.example", team, false).der, team.der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := auth(ctx); err != nil || id.String() != "dns:api.billing.example" {
+		t.Errorf("a name the team CA may issue: %q, %v", id, err)
+	}
+	// A DNS name outside is refused by the verifier.
+	ctx, err = peerWith(mkCert(t, "payroll.example", team, false).der, team.der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := auth(ctx); err == nil {
+		t.Errorf("a DNS name outside the team CA's constraints accepted as %q", id)
+	}
+	// A certificate with no SAN and the CN of another team.
+	lk, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leafTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(8), Subject: pkix.Name{CommonName: "payroll"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	leafDER, err := x509.CreateCertificate(rand.Reader, leafTmpl, team.cert, &lk.PublicKey, team.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, err = peerWith(leafDER, team.der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id, err := auth(ctx); err == nil {
+		t.Errorf("a name-constrained CA minted the identity %q from a CN", id)
+	}
+	// Without constraints in the chain, a CN is still an identity.
+	plain, err := x509.CreateCertificate(rand.Reader, leafTmpl, root.cert, &lk.PublicKey, root.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ctx, err = peerWith(plain); err != nil {
+		t.Fatal(err)
+	}
+	if id, err := auth(ctx); err != nil || id.String() != "cn:payroll" {
+		t.Errorf("a CN from the callers' CA itself: %q, %v; want cn:payroll", id, err)
+	}
+}
