@@ -203,9 +203,18 @@ var publicMethods = map[string]bool{
 // tap authenticates every call, unary or stream (reflection included), as
 // soon as its headers arrive and before its message is read: a peer
 // without an identity gets Unauthenticated at once and holds nothing open.
-// Health needs no identity. The identity travels in the call's context.
+// Health needs no identity; on a connection that has made no
+// authenticated call, at most MaxPendingPublicCalls health calls run at a
+// time. The identity travels in the call's context.
 func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if publicMethods[info.FullMethodName] {
+		if p, ok := peer.FromContext(ctx); ok && s.conns != nil {
+			if !s.conns.startPublic(p.Addr) {
+				return nil, status.Errorf(codes.ResourceExhausted, "at most %d health calls at a time on a connection that has made no authenticated call", MaxPendingPublicCalls)
+			}
+			// The stream's context ends with the call, however it ends.
+			context.AfterFunc(ctx, func() { s.conns.endPublic(p.Addr) })
+		}
 		return ctx, nil
 	}
 	id, err := s.authenticate(ctx)
