@@ -171,6 +171,44 @@ func (g *connGuard) unpend(ip string) {
 	}
 }
 
+// MaxPendingPublicCalls bounds the calls that need no identity (health)
+// in progress on a connection that has not made an authenticated call:
+// each holds a stream, its headers and a goroutine until it ends, and a
+// peer that never sends their message would otherwise hold
+// MaxConcurrentStreams of them per connection.
+const MaxPendingPublicCalls = 8
+
+// startPublic records a call that needs no identity on the connection from
+// addr and reports whether it may proceed: always on an authenticated
+// connection (or one the guard does not know), at most
+// MaxPendingPublicCalls at a time on one that is not. endPublic must
+// follow when the call ends.
+func (g *connGuard) startPublic(addr net.Addr) bool {
+	if addr == nil {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gc, ok := g.conns[addr.String()]
+	if !ok {
+		return true
+	}
+	if !gc.authed && gc.public >= MaxPendingPublicCalls {
+		return false
+	}
+	gc.public++
+	return true
+}
+
+// endPublic records the end of a call startPublic let through.
+func (g *connGuard) endPublic(addr net.Addr) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if gc, ok := g.conns[addr.String()]; ok && gc.public > 0 {
+		gc.public--
+	}
+}
+
 // open returns the number of open connections and of those not yet
 // authenticated.
 func (g *connGuard) open() (all, pending int) {
@@ -188,6 +226,7 @@ type guardedConn struct {
 	addr, ip string
 	timer    stopper
 	authed   bool // under g.mu
+	public   int  // calls without identity in progress, under g.mu
 	once     sync.Once
 }
 

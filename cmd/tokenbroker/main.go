@@ -33,6 +33,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -386,6 +387,17 @@ func openAudit(sink, baseDir string, stderr io.Writer) (*audit.Log, func(), erro
 	return audit.New(f), func() { f.Close() }, nil
 }
 
+// Limits of the operator endpoints (http_listen): open connections (more
+// wait in the listen queue), header bytes of a request, and how long a
+// keep-alive connection may stay idle.
+const (
+	operatorMaxConns       = 64
+	operatorMaxHeaderBytes = 16 << 10
+)
+
+// operatorIdleTimeout is a variable for tests.
+var operatorIdleTimeout = time.Minute
+
 // serveHTTP serves the operator endpoints (/metrics, /healthz, /readyz) on
 // addr until stop is called.
 func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
@@ -393,7 +405,13 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logge
 	if err != nil {
 		return nil, fmt.Errorf("http_listen: %w", err)
 	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	// Nobody authenticates here, so what a peer can hold is bounded: a
+	// few connections, small headers, and no connection kept open idle
+	// (Go keeps an idle keep-alive connection forever unless told, and
+	// the process's file descriptors are the gRPC listener's too).
+	lis = netutil.LimitListener(lis, operatorMaxConns)
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: operatorIdleTimeout, MaxHeaderBytes: operatorMaxHeaderBytes}
 	go func() { _ = hs.Serve(lis) }()
 	base := "http://" + lis.Addr().String()
 	log.Info("operator endpoints", slog.String("metrics", base+"/metrics"), slog.String("healthz", base+"/healthz"),
