@@ -24,8 +24,9 @@ type Limits struct {
 	// KeepaliveMinTime is the shortest interval between pings a client may
 	// send; a client that pings more often is disconnected.
 	KeepaliveMinTime time.Duration
-	// MaxConnections bounds the open TCP connections; past it, new ones
-	// are closed at once.
+	// MaxConnections bounds the open TCP connections; past it, the oldest
+	// connection that has not made an authenticated call is closed to make
+	// room, and when all have, the new one is closed at once.
 	MaxConnections int
 	// MaxPendingPerIP bounds the TCP connections of one IP address that
 	// have not yet made an authenticated call.
@@ -88,6 +89,7 @@ type connGuard struct {
 	mu      sync.Mutex
 	conns   map[string]*guardedConn // by remote address
 	pending map[string]int          // unauthenticated connections by IP
+	seq     uint64                  // admissions so far
 }
 
 type stopper interface{ Stop() bool }
@@ -108,7 +110,14 @@ func (g *connGuard) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if gc, reason := g.admit(c); gc != nil {
+		gc, evicted, reason := g.admit(c)
+		if evicted != nil {
+			evicted.Close()
+			if g.refused != nil {
+				g.refused("max_connections (the oldest unauthenticated connection was closed)")
+			}
+		}
+		if gc != nil {
 			return gc, nil
 		} else {
 			c.Close()
@@ -119,17 +128,35 @@ func (g *connGuard) Accept() (net.Conn, error) {
 	}
 }
 
-func (g *connGuard) admit(c net.Conn) (*guardedConn, string) {
+// admit decides on a new connection. At MaxConnections it makes room by
+// evicting the oldest connection that has not yet made an authenticated
+// call, which the caller must close (so that peers without an identity,
+// reconnecting as fast as they are closed, cannot keep out a caller that
+// has one); only when every connection is authenticated is the new one
+// refused.
+func (g *connGuard) admit(c net.Conn) (admitted, evicted *guardedConn, reason string) {
 	addr, ip := c.RemoteAddr().String(), ipOf(c.RemoteAddr())
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	switch {
-	case len(g.conns) >= g.limits.MaxConnections:
-		return nil, "max_connections"
-	case g.pending[ip] >= g.limits.MaxPendingPerIP:
-		return nil, "max_pending_per_ip"
+	if g.pending[ip] >= g.limits.MaxPendingPerIP {
+		return nil, nil, "max_pending_per_ip"
 	}
-	gc := &guardedConn{Conn: c, g: g, addr: addr, ip: ip}
+	if len(g.conns) >= g.limits.MaxConnections {
+		for _, o := range g.conns {
+			if !o.authed && (evicted == nil || o.seq < evicted.seq) {
+				evicted = o
+			}
+		}
+		if evicted == nil {
+			return nil, nil, "max_connections"
+		}
+		delete(g.conns, evicted.addr)
+		evicted.authed = true // counted out here, not again in Close
+		evicted.timer.Stop()
+		g.unpend(evicted.ip)
+	}
+	g.seq++
+	gc := &guardedConn{Conn: c, g: g, addr: addr, ip: ip, seq: g.seq}
 	g.conns[addr] = gc
 	g.pending[ip]++
 	gc.timer = g.afterFunc(g.limits.FirstRequestTimeout, func() {
@@ -143,7 +170,7 @@ func (g *connGuard) admit(c net.Conn) (*guardedConn, string) {
 			}
 		}
 	})
-	return gc, ""
+	return gc, evicted, ""
 }
 
 // authenticated records that the connection from addr made an
@@ -224,6 +251,7 @@ type guardedConn struct {
 	net.Conn
 	g        *connGuard
 	addr, ip string
+	seq      uint64 // order of admission
 	timer    stopper
 	authed   bool // under g.mu
 	public   int  // calls without identity in progress, under g.mu

@@ -191,6 +191,12 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	// The config check saw a name; this is where it really bound (a
+	// "localhost" that resolves elsewhere must not serve plaintext).
+	if ta, ok := lis.Addr().(*net.TCPAddr); cfg.Insecure && (!ok || !ta.IP.IsLoopback()) {
+		lis.Close()
+		return fmt.Errorf("insecure: %q bound %s, which is not a loopback address", cfg.Listen, lis.Addr())
+	}
 	servers := []*server.Server{srv}
 	serving := []func() error{func() error { return srv.Serve(ctx, lis) }}
 	if cfg.Unix.Path != "" {
