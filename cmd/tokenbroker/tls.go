@@ -5,6 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc/credentials"
@@ -104,7 +107,23 @@ func openTLS(ctx context.Context, c TLSConfig, baseDir string, log *slog.Logger,
 	}
 	return &tlsSetup{
 		creds: credentials.NewTLS(files.ServerConfig()), auth: server.MTLSRoots(files.Roots), status: files.Status,
-		watch: func(ctx context.Context) { files.Watch(ctx, every, hooks.tlsLooked) },
+		watch: func(ctx context.Context) {
+			// SIGHUP, which reloads keys and policy, also looks at once.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+			go func() {
+				for {
+					select {
+					case <-ctx.Done():
+						return
+					case <-hup:
+						_ = files.Reload()
+					}
+				}
+			}()
+			files.Watch(ctx, every, hooks.tlsLooked)
+		},
 		close: func() {},
 	}, nil
 }
