@@ -188,7 +188,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 			return err
 		}
 		defer ts.close()
-		go ts.watch(ctx)
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go ts.watch(watchCtx)
 		tcpCfg.Authenticate = ts.auth
 		tcpCfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(ts.creds))
 		m.ObserveTLS(ts.metric)
