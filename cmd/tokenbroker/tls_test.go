@@ -273,6 +273,11 @@ func TestTLSCertificateExpiringReported(t *testing.T) {
 	if s, ok := tlsz["expires_in_seconds"].(float64); !ok || s <= 9*86400 || s > 10*86400 {
 		t.Errorf("expires_in_seconds = %v, want about 10 days", tlsz["expires_in_seconds"])
 	}
+	var out strings.Builder
+	if err := run(context.Background(), []string{"check", "--config", b.configPath}, &out, &out); err != nil ||
+		!strings.Contains(out.String(), "mTLS, certificate CN=tokenbroker serial "+serialOf(b.firstServer)) {
+		t.Errorf("check: %v\n%s", err, out.String())
+	}
 	scrape := scrapeMetrics(t, b.log.String())
 	m := regexp.MustCompile(`tokenbroker_tls_certificate_expiry_seconds\{source="files"\} (\S+)`).FindStringSubmatch(scrape)
 	if m == nil {
