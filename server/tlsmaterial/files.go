@@ -119,9 +119,9 @@ func (f *Files) Reload() error {
 				slog.String("error", err.Error()), slog.String("serial", f.cur.Load().info.Serial))
 		}
 		f.refused = err.Error()
-		if raw != nil {
-			f.seen = digest
-		}
+		// Files that could not be read have no digest: whatever is read
+		// next counts as a change, even the set in use coming back.
+		f.seen = digest
 		return err
 	}
 	old := f.cur.Swap(m)

@@ -217,6 +217,26 @@ func TestFilesRefused(t *testing.T) {
 	}
 }
 
+// TestFilesComeBack: after a file went missing, the set in use coming
+// back is taken again and the error cleared.
+func TestFilesComeBack(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	if err := os.Remove(f.key); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.files.Reload(); err == nil || f.files.Status().ReloadError == "" {
+		t.Fatalf("missing key: %v, status %+v", err, f.files.Status())
+	}
+	write(t, f.key, f.first.KeyPEM)
+	if err := f.files.Reload(); err != nil {
+		t.Fatalf("the key back: %v", err)
+	}
+	if st := f.files.Status(); st.ReloadError != "" || st.Serial != serial(f.first) {
+		t.Errorf("status with the key back: %+v", st)
+	}
+}
+
 // TestFilesNewCABundle: a new callers' CA bundle applies with the pair.
 func TestFilesNewCABundle(t *testing.T) {
 	t.Parallel()
