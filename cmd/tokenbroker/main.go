@@ -40,6 +40,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/audit"
 	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
+	"github.com/tokenbroker/tokenbroker/server/tlsmaterial"
 )
 
 func main() {
@@ -111,6 +112,12 @@ type serveHooks struct {
 	// looked, when not nil, receives after every look the config watcher
 	// takes at the file, so that tests can wait for looks instead of time.
 	looked chan<- struct{}
+	// tlsInterval replaces tls.reload_interval when not zero; tlsLooked,
+	// when not nil, receives after every look at the TLS files, and
+	// svidUpdated after every update of the SPIFFE Workload API.
+	tlsInterval time.Duration
+	tlsLooked   chan<- struct{}
+	svidUpdated chan<- tlsmaterial.CertInfo
 }
 
 // runServe serves with a config file until ctx ends. SIGHUP (or
@@ -171,17 +178,24 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		return err
 	}
 	tcpCfg := common
+	var healthOpts []server.HealthOption
 	if cfg.Insecure {
 		tcpCfg.Authenticate = server.Fixed(insecureID)
 		log.Warn("INSECURE: plaintext gRPC without caller authentication on a loopback address; every caller is "+insecureID.String(),
 			slog.String("listen", cfg.Listen))
 	} else {
-		creds, roots, err := loadTLS(cfg.TLS, baseDir)
+		ts, err := openTLS(ctx, cfg.TLS, baseDir, log, hooks)
 		if err != nil {
 			return err
 		}
-		tcpCfg.Authenticate = server.MTLS(roots)
-		tcpCfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(creds))
+		defer ts.close()
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go ts.watch(watchCtx)
+		tcpCfg.Authenticate = ts.auth
+		tcpCfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(ts.creds))
+		m.ObserveTLS(ts.metric)
+		healthOpts = append(healthOpts, server.WithTLS(ts.status))
 	}
 	srv, err := server.New(tcpCfg)
 	if err != nil {
@@ -217,7 +231,7 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		log.Info("serving on unix socket", slog.String("path", ulis.Addr().String()))
 	}
 	if cfg.HTTPListen != "" {
-		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler(), rt.keyStatus), log)
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler(), rt.keyStatus, healthOpts...), log)
 		if err != nil {
 			lis.Close()
 			return err

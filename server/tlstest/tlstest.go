@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -66,6 +67,9 @@ type Leaf struct {
 	IPs     []net.IP
 	Server  bool
 	Expired bool
+	// NotBefore and NotAfter, when not zero, replace the default validity
+	// (an hour ago to 12 hours from now).
+	NotBefore, NotAfter time.Time
 }
 
 // Issued is an issued certificate with its key, as tls.Certificate and PEM.
@@ -75,7 +79,8 @@ type Issued struct {
 	KeyPEM  []byte
 }
 
-var serial = big.NewInt(100)
+// serial numbers the certificates; parallel tests issue concurrently.
+var serial atomic.Int64
 
 // Issue signs a certificate for l.
 func (ca *CA) Issue(tb testing.TB, l Leaf) *Issued {
@@ -84,9 +89,8 @@ func (ca *CA) Issue(tb testing.TB, l Leaf) *Issued {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	serial = new(big.Int).Add(serial, big.NewInt(1))
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
+		SerialNumber: big.NewInt(100 + serial.Add(1)),
 		Subject:      pkix.Name{CommonName: l.CN},
 		DNSNames:     l.DNS,
 		IPAddresses:  l.IPs,
@@ -100,6 +104,12 @@ func (ca *CA) Issue(tb testing.TB, l Leaf) *Issued {
 	}
 	if l.Expired {
 		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)
+	}
+	if !l.NotBefore.IsZero() {
+		tmpl.NotBefore = l.NotBefore
+	}
+	if !l.NotAfter.IsZero() {
+		tmpl.NotAfter = l.NotAfter
 	}
 	for _, u := range l.URIs {
 		pu, err := url.Parse(u)
