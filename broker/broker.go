@@ -116,6 +116,10 @@ type Config struct {
 	// bytes); nil means a random key, so tokens work only in this process.
 	// Replicas behind one address must share a key.
 	PageTokenKey []byte
+	// Shared, when not nil, is a cache level shared with other replicas:
+	// a miss here looks there before fetching, and a fetched token goes to
+	// both (SharedCache). nil keeps every token in this process.
+	Shared SharedCache
 }
 
 // Broker serves tokens. It is safe for concurrent use. Close stops its
@@ -141,6 +145,7 @@ type Broker struct {
 	skewMu     sync.Mutex
 	skewWarned map[string]bool
 	pages      *pagetoken.Codec
+	shared     SharedCache
 }
 
 // New checks cfg and returns a Broker.
@@ -162,6 +167,7 @@ func New(cfg Config) (*Broker, error) {
 		stop:               make(chan struct{}),
 		loopDone:           make(chan struct{}),
 		skewWarned:         map[string]bool{},
+		shared:             cfg.Shared,
 	}
 	b.cache.max = int64(cfg.MaxEntries)
 	pages, err := pagetoken.New(cfg.PageTokenKey, func() time.Time { return b.now() })
@@ -352,6 +358,8 @@ type Health struct {
 	Clients map[string]ClientHealth
 	// Cache counts. InFlight is the number of fetches running now.
 	Entries, Hits, Misses, Refreshes, Evictions, InFlight int64
+	// Shared is the state of the shared cache level; nil without one.
+	Shared *SharedHealth
 }
 
 // ClientHealth is the state of one client.
@@ -373,6 +381,10 @@ func (b *Broker) Health() Health {
 		Refreshes: b.cache.refreshes.Load(),
 		Evictions: b.cache.evictions.Load(),
 		InFlight:  b.cache.inFlight.Load(),
+	}
+	if b.shared != nil {
+		sh := b.shared.Health()
+		h.Shared = &sh
 	}
 	for name, c := range b.clients {
 		var ch ClientHealth
@@ -531,6 +543,8 @@ func (b *Broker) client(name string) (*Client, error) {
 // hedging is on; each such flight's attempts count for the breaker, which
 // bounds the extra grants.
 func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration) (*maskinporten.Token, bool, time.Duration, error) {
+	sharedRetry := false
+again:
 	e.mu.Lock()
 	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(b.now()) >= minValidity {
 		e.mu.Unlock()
@@ -549,7 +563,7 @@ func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration)
 			e.flight = nil
 		}
 	}
-	f := b.startLocked(e, true)
+	f := b.startLocked(e, true, minValidity)
 	e.mu.Unlock()
 	if recovering {
 		return nil, false, 0, fmt.Errorf("client %q, customer_org %s: %w", e.client.Name, e.req.CustomerOrg, &maskinporten.Error{
@@ -573,10 +587,16 @@ func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration)
 	if f.err != nil {
 		return nil, false, 0, f.err
 	}
+	if f.shared && f.tok.ExpiresAt.Sub(b.now()) < minValidity && f.tok.Lifetime() >= minValidity && !sharedRetry {
+		// A joiner asking for more than the flight's starter: a token of
+		// another replica was good enough for that one, not for this.
+		sharedRetry = true
+		goto again
+	}
 	if f.tok.ExpiresAt.Sub(b.now()) < minValidity {
 		return nil, false, 0, fmt.Errorf("%w: asked for %v, a fresh token lives %v", ErrMinValidityTooLong, minValidity, f.tok.Lifetime().Round(time.Second))
 	}
-	return f.tok, false, f.latency, nil
+	return f.tok, f.shared, f.latency, nil
 }
 
 // upstream returns what knows the state of the upstream e's fetch goes to
@@ -608,16 +628,17 @@ func (b *Broker) refreshAsyncProbe(e *entry, probe bool) {
 	e.mu.Lock()
 	if e.flight == nil && b.now().UnixNano() >= e.refreshAt.Load() {
 		b.cache.refreshes.Add(1)
-		b.startLocked(e, false)
+		b.startLocked(e, false, 0)
 	}
 	e.mu.Unlock()
 }
 
 // startLocked returns the flight of e, starting one if there is none;
-// waited says that a caller waits for it. e.mu must be held.
-func (b *Broker) startLocked(e *entry, waited bool) *flight {
+// waited says that a caller waits for it, need how long a token from the
+// shared level must still live for it. e.mu must be held.
+func (b *Broker) startLocked(e *entry, waited bool, need time.Duration) *flight {
 	if e.flight == nil {
-		e.flight = &flight{done: make(chan struct{}), started: time.Now()}
+		e.flight = &flight{done: make(chan struct{}), started: time.Now(), need: need}
 		b.cache.inFlight.Add(1)
 		go b.run(e, e.flight)
 	}
@@ -638,7 +659,7 @@ func (b *Broker) run(e *entry, f *flight) {
 	ctx = maskinporten.WithWaiters(ctx, &f.waiting)
 	c, r := e.client, e.req
 	start := b.now()
-	tok, err := b.fetchFor(ctx, e)
+	tok, shared, err := b.fetchShared(ctx, e, f.need)
 	now := b.now()
 	latency := now.Sub(start)
 	var me *maskinporten.Error
@@ -659,7 +680,7 @@ func (b *Broker) run(e *entry, f *flight) {
 			e.negative.Store(&negative{err: err, until: now.Add(b.negativeTTL)})
 		}
 	}
-	f.tok, f.err, f.latency = tok, err, latency
+	f.tok, f.err, f.latency, f.shared = tok, err, latency, shared
 	if e.flight == f {
 		e.flight = nil
 	}
@@ -675,6 +696,10 @@ func (b *Broker) run(e *entry, f *flight) {
 	}
 	if err != nil {
 		b.log.Warn("token fetch failed", append(attrs, slog.String("error", err.Error()), slog.Bool("permanent", permanent))...)
+		return
+	}
+	if shared {
+		b.log.Debug("token from the shared cache", append(attrs, slog.String("jti", tok.JWTID), slog.Time("expires_at", tok.ExpiresAt))...)
 		return
 	}
 	b.log.Info("token fetched", append(attrs, slog.String("jti", tok.JWTID), slog.Time("expires_at", tok.ExpiresAt))...)

@@ -77,6 +77,11 @@ type flight struct {
 	raced   bool
 	// waiting is true once a caller waits for the flight.
 	waiting atomic.Bool
+	// need is how long a token taken from the shared level must still
+	// live: the min validity of the caller that started the flight.
+	need time.Duration
+	// shared is true when tok came from the shared level, not a fetch.
+	shared bool
 }
 
 // entry returns the entry for k, creating it with mk when there is none.

@@ -7,7 +7,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEBIAN_PACKAGES=(softhsm2)   # SoftHSM2: the PKCS#11 backend is tested against it
+# SoftHSM2: the PKCS#11 backend is tested against it. redis-server: the
+# shared cache (broker/sharedcache) is tested against real Redis processes
+# that the tests start themselves, on free ports in temp dirs.
+DEBIAN_PACKAGES=(softhsm2 redis-server)
 
 step() { printf '\n== %s\n' "$*"; }
 
@@ -29,6 +32,8 @@ export PATH="$PWD/.tmp/bin:$PATH"
 step "SPIRE (scripts/spire.sh: spire-server, spire-agent)"
 scripts/spire.sh
 export TOKENBROKER_REQUIRE_SPIRE=1
+# The shared cache tests then must run, not skip.
+export TOKENBROKER_REQUIRE_REDIS=1
 
 # promtool checks the alerting rules. It is taken from Debian's prometheus
 # package without installing the package, which would also set up and start

@@ -1,0 +1,57 @@
+package sharedcache
+
+import (
+	"crypto/tls"
+	"errors"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// RedisConfig says how to reach Redis. One address is a single server;
+// several are a Cluster; MasterName makes them Sentinels.
+type RedisConfig struct {
+	// Addrs are host:port addresses; at least one.
+	Addrs []string
+	// MasterName, when set, is the Sentinel master set and Addrs are the
+	// Sentinels.
+	MasterName string
+	// Username and Password authenticate (Redis 6 ACL user; Username ""
+	// is the default user). SentinelPassword authenticates to Sentinels.
+	Username, Password, SentinelPassword string
+	// DB is the database number (not in a Cluster).
+	DB int
+	// TLS, when not nil, is used for every connection.
+	TLS *tls.Config
+	// Timeout bounds dialling, each read and each write; 0 means 250 ms.
+	Timeout time.Duration
+}
+
+// Dial returns go-redis's universal client for cfg. It connects lazily.
+// Commands fail within the timeout rather than retrying for long: a slow
+// Redis must cost a caller milliseconds, then the replica falls back.
+func Dial(cfg RedisConfig) (redis.UniversalClient, error) {
+	if len(cfg.Addrs) == 0 {
+		return nil, errors.New("addrs: at least one Redis address is needed")
+	}
+	t := cfg.Timeout
+	if t == 0 {
+		t = 250 * time.Millisecond
+	}
+	return redis.NewUniversalClient(&redis.UniversalOptions{
+		Addrs:                 cfg.Addrs,
+		MasterName:            cfg.MasterName,
+		Username:              cfg.Username,
+		Password:              cfg.Password,
+		SentinelPassword:      cfg.SentinelPassword,
+		DB:                    cfg.DB,
+		TLSConfig:             cfg.TLS,
+		DialTimeout:           t,
+		ReadTimeout:           t,
+		WriteTimeout:          t,
+		PoolTimeout:           t,
+		ContextTimeoutEnabled: true,
+		MaxRetries:            1,
+		DisableIdentity:       true,
+	}), nil
+}
