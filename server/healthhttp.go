@@ -46,12 +46,27 @@ type cacheReport struct {
 	Refreshes int64 `json:"refreshes"`
 	Evictions int64 `json:"evictions"`
 	InFlight  int64 `json:"in_flight"`
+	// Shared is the cache level shared with other replicas in Redis, when
+	// configured; up is false while this replica falls back to its own
+	// cache (status is then "degraded": tokens are still served).
+	Shared *sharedReport `json:"shared,omitempty"`
+}
+
+type sharedReport struct {
+	Up        bool  `json:"up"`
+	Hits      int64 `json:"hits"`
+	Fetches   int64 `json:"fetches"`
+	Waits     int64 `json:"waits"`
+	Fallbacks int64 `json:"fallbacks"`
+	Outages   int64 `json:"outages"`
+	Returns   int64 `json:"returns"`
 }
 
 // HTTPHandler serves the operator endpoints:
 //   - /healthz: 200 with a JSON report of the broker's state (clock skew
-//     per client, cache counts); status "degraded" when a client's clock
-//     skew exceeds broker.MaxClockSkew (the broker still serves);
+//     per client, cache counts, the shared cache level); status
+//     "degraded" when a client's clock skew exceeds broker.MaxClockSkew or
+//     the shared cache fails (the broker still serves);
 //   - /readyz: 200 while ready() is true (the gRPC health status is
 //     SERVING), 503 otherwise;
 //   - /metrics: metrics, when not nil.
@@ -83,6 +98,13 @@ func HTTPHandler(b *broker.Broker, ready func() bool, metrics http.Handler, keys
 			Clients: map[string]clientReport{},
 			Cache: cacheReport{Entries: h.Entries, Hits: h.Hits, Misses: h.Misses,
 				Refreshes: h.Refreshes, Evictions: h.Evictions, InFlight: h.InFlight},
+		}
+		if s := h.Shared; s != nil {
+			rep.Cache.Shared = &sharedReport{Up: s.Up, Hits: s.Hits, Fetches: s.Fetches, Waits: s.Waits,
+				Fallbacks: s.Fallbacks, Outages: s.Outages, Returns: s.Returns}
+			if !s.Up {
+				rep.Status = "degraded"
+			}
 		}
 		for name, c := range h.Clients {
 			cr := clientReport{ClockSkewTooLarge: c.ClockSkewTooLarge}

@@ -1,8 +1,10 @@
 package sharedcache
 
 import (
+	"context"
 	"crypto/tls"
 	"errors"
+	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -34,6 +36,7 @@ func Dial(cfg RedisConfig) (redis.UniversalClient, error) {
 	if len(cfg.Addrs) == 0 {
 		return nil, errors.New("addrs: at least one Redis address is needed")
 	}
+	quietOnce.Do(func() { redis.SetLogger(quiet{}) })
 	t := cfg.Timeout
 	if t == 0 {
 		t = 250 * time.Millisecond
@@ -55,3 +58,11 @@ func Dial(cfg RedisConfig) (redis.UniversalClient, error) {
 		DisableIdentity:       true,
 	}), nil
 }
+
+// quiet drops go-redis's own log lines (a line per failed dial while Redis
+// is down); Cache logs an outage once, and its return.
+type quiet struct{}
+
+func (quiet) Printf(context.Context, string, ...any) {}
+
+var quietOnce sync.Once

@@ -20,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
+	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
 )
 
 const scope = "altinn:systembruker.demo"
@@ -89,7 +90,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func newReplica(t testing.TB, up *upstream, rs *redisServer, mod func(*broker.Config)) *replica {
+func newReplica(t testing.TB, up *upstream, rs *sharedcachetest.Server, mod func(*broker.Config)) *replica {
 	t.Helper()
 	r := &replica{logs: &syncBuffer{}}
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -102,7 +103,7 @@ func newReplica(t testing.TB, up *upstream, rs *redisServer, mod func(*broker.Co
 		SweepInterval:   50 * time.Millisecond,
 	}
 	if rs != nil {
-		c, err := sharedcache.New(sharedcache.Config{Client: rs.client(t), Keys: []sharedcache.Key{{ID: "k1", Secret: secret1}},
+		c, err := sharedcache.New(sharedcache.Config{Client: rs.Client(t), Keys: []sharedcache.Key{{ID: "k1", Secret: secret1}},
 			RetryEvery: 50 * time.Millisecond, Logger: log})
 		if err != nil {
 			t.Fatal(err)
@@ -164,7 +165,7 @@ func checkToken(tok *broker.Token, org string, minValidity time.Duration) error 
 // 3 replicas, 1,000 concurrent callers on one cold key: one grant.
 func TestSharedColdKeyStampede(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
+	rs := sharedcachetest.Start(t)
 	up := &upstream{lifetime: time.Minute}
 	reps := []*replica{newReplica(t, up, rs, nil), newReplica(t, up, rs, nil), newReplica(t, up, rs, nil)}
 	const callers = 1000
@@ -242,9 +243,9 @@ func TestSharedLifetimes(t *testing.T) {
 		shared   bool
 	}{{"1_replica", 1, false}, {"3_replicas_own_caches", 3, false}, {"3_replicas_shared", 3, true}} {
 		t.Run(tc.name, func(t *testing.T) {
-			var rs *redisServer
+			var rs *sharedcachetest.Server
 			if tc.shared {
-				rs = startRedis(t)
+				rs = sharedcachetest.Start(t)
 			}
 			up := &upstream{lifetime: lifetime}
 			var reps []*replica
@@ -277,7 +278,7 @@ func TestSharedLifetimes(t *testing.T) {
 // for the keys they hold, and its first calls are served from Redis.
 func TestSharedReplicaRestart(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
+	rs := sharedcachetest.Start(t)
 	up := &upstream{lifetime: 10 * time.Minute}
 	reps := []*replica{newReplica(t, up, rs, nil), newReplica(t, up, rs, nil), newReplica(t, up, rs, nil)}
 	keys := orgs(20)
@@ -322,7 +323,7 @@ func TestSharedReplicaRestart(t *testing.T) {
 // short TTL: one grant for three replicas.
 func TestSharedNegative(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
+	rs := sharedcachetest.Start(t)
 	up := &upstream{lifetime: time.Minute, refused: map[string]bool{"310904473": true}}
 	var reps []*replica
 	for range 3 {
@@ -344,7 +345,7 @@ func TestSharedNegative(t *testing.T) {
 // past its expiry or below min_validity (run checks every one).
 func TestSharedRedisOutage(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
+	rs := sharedcachetest.Start(t)
 	up := &upstream{lifetime: 2 * time.Second}
 	reps := []*replica{newReplica(t, up, rs, nil), newReplica(t, up, rs, nil), newReplica(t, up, rs, nil)}
 	keys := orgs(20)

@@ -10,6 +10,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
+	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
 )
 
 // After a run with tokens and a refusal in Redis, every key and value is
@@ -18,7 +19,7 @@ import (
 // replica treats it as a miss, fetches, and overwrites it.
 func TestSharedRedisHoldsNothingInClear(t *testing.T) {
 	t.Parallel()
-	rs := startRedis(t)
+	rs := sharedcachetest.Start(t)
 	keys := orgs(10)
 	up := &upstream{lifetime: time.Minute, refused: map[string]bool{keys[9]: true}}
 	a := newReplica(t, up, rs, func(c *broker.Config) { c.NegativeTTL = time.Minute })
@@ -36,7 +37,7 @@ func TestSharedRedisHoldsNothingInClear(t *testing.T) {
 		}
 		tokens = append(tokens, tok.AccessToken)
 	}
-	raw := rs.raw(t)
+	raw := rs.Raw(t)
 	ctx := context.Background()
 	names, err := raw.Keys(ctx, "*").Result()
 	if err != nil {
@@ -45,7 +46,7 @@ func TestSharedRedisHoldsNothingInClear(t *testing.T) {
 	if len(names) != len(keys) {
 		t.Fatalf("%d Redis keys after %d keys were fetched; want one each (locks released): %q", len(names), len(keys), names)
 	}
-	other, err := sharedcache.New(sharedcache.Config{Client: rs.client(t), Keys: []sharedcache.Key{{ID: "k1", Secret: secret2}}})
+	other, err := sharedcache.New(sharedcache.Config{Client: rs.Client(t), Keys: []sharedcache.Key{{ID: "k1", Secret: secret2}}})
 	if err != nil {
 		t.Fatal(err)
 	}

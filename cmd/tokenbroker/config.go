@@ -332,6 +332,9 @@ type CacheConfig struct {
 	MaxEntries int `yaml:"max_entries"`
 	// NegativeTTL remembers permanent refusals this long; default 5s.
 	NegativeTTL Duration `yaml:"negative_ttl"`
+	// Shared, when set, is a cache level in Redis that replicas share
+	// (see SharedCacheConfig); without it nothing is shared.
+	Shared *SharedCacheConfig `yaml:"shared"`
 }
 
 // ClientConfig is one Maskinporten client.
@@ -534,6 +537,11 @@ func (c *Config) check() error {
 	}
 	if d := time.Duration(c.Cache.DefaultMinValidity); d > time.Hour {
 		return fmt.Errorf("cache.default_min_validity: %v, want at most 1h", d)
+	}
+	if c.Cache.Shared != nil {
+		if err := c.Cache.Shared.check(time.Duration(c.Maskinporten.Timeout)); err != nil {
+			return err
+		}
 	}
 	if len(c.Clients) == 0 {
 		return errors.New("clients: at least one client is required")

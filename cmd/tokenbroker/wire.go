@@ -376,6 +376,9 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		MaxEntries:         cfg.Cache.MaxEntries,
 		NegativeTTL:        time.Duration(cfg.Cache.NegativeTTL),
 	}
+	if bc.Shared, err = sharedCacheFor(cfg, baseDir, os.LookupEnv, log); err != nil {
+		return nil, err
+	}
 	exURL, err := altinn.ExchangeURLFor(cfg.Maskinporten.Environment, cfg.Altinn.ExchangeURL)
 	if err != nil {
 		return nil, err

@@ -199,7 +199,12 @@ var (
 		"Cache events: hit, miss, refresh (background renewals started), eviction.", []string{"event"}, nil)
 	descEntries  = prometheus.NewDesc("tokenbroker_cache_entries", "Keys in the token cache.", nil, nil)
 	descInFlight = prometheus.NewDesc("tokenbroker_cache_fetches_in_flight", "Fetches from Maskinporten running now.", nil, nil)
-	descSkew     = prometheus.NewDesc("tokenbroker_clock_skew_seconds",
+	descSharedUp = prometheus.NewDesc("tokenbroker_shared_cache_up",
+		"1 while the cache level shared with other replicas (Redis) is in use, 0 while this replica falls back to its own cache.", nil, nil)
+	descShared = prometheus.NewDesc("tokenbroker_shared_cache_events_total",
+		"Shared cache events: hit (token from Redis), fetch (made under the shared lock), wait (for another replica's fetch), fallback (fetch without Redis), outage, return.",
+		[]string{"event"}, nil)
+	descSkew = prometheus.NewDesc("tokenbroker_clock_skew_seconds",
 		"Maskinporten's clock minus ours, from its last Date header.", []string{"client"}, nil)
 )
 
@@ -210,6 +215,8 @@ func (c *brokerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- descEntries
 	ch <- descInFlight
 	ch <- descSkew
+	ch <- descSharedUp
+	ch <- descShared
 }
 
 func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
@@ -219,6 +226,13 @@ func (c *brokerCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(h.Entries))
 	ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(h.InFlight))
+	if s := h.Shared; s != nil {
+		ch <- prometheus.MustNewConstMetric(descSharedUp, prometheus.GaugeValue, boolFloat(s.Up))
+		for event, v := range map[string]int64{"hit": s.Hits, "fetch": s.Fetches, "wait": s.Waits, "fallback": s.Fallbacks,
+			"outage": s.Outages, "return": s.Returns} {
+			ch <- prometheus.MustNewConstMetric(descShared, prometheus.CounterValue, float64(v), event)
+		}
+	}
 	for name, ch2 := range h.Clients {
 		if ch2.ClockSkewKnown {
 			ch <- prometheus.MustNewConstMetric(descSkew, prometheus.GaugeValue, ch2.ClockSkew.Seconds(), name)

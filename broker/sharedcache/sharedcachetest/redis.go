@@ -1,8 +1,10 @@
-package sharedcache_test
+// Package sharedcachetest starts redis-server processes for tests: each on
+// a free port in its own temp dir, never a system service.
+package sharedcachetest
 
 import (
 	"context"
-	"fmt"
+	"errors"
 	"net"
 	"os"
 	"os/exec"
@@ -16,22 +18,27 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
 )
 
-// redisServer is a redis-server process of the test's own, on a free port
-// in a temp dir; Stop and Start stop and restart it on the same port.
-type redisServer struct {
+// Server is a redis-server process of the test's own, on a free port in a
+// temp dir; Stop and Start stop and restart it on the same port.
+type Server struct {
 	t    testing.TB
 	bin  string
 	dir  string
 	port int
+	args []string
 	cmd  *exec.Cmd
+	done chan struct{} // closed when cmd has exited
 }
 
-func (r *redisServer) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
+// Addr is the server's host:port.
+func (r *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.Itoa(r.port)) }
 
-// startRedis starts a redis-server, or skips the test when there is none
+// Start starts a redis-server with args added to its command line (such as
+// "--user", "name", "on", ">password", "~*", "+@all"), stopped at the end of the test,
+// or skips the test when there is none
 // (scripts/test.sh installs it and sets TOKENBROKER_REQUIRE_REDIS=1, which
 // turns the skip into a failure).
-func startRedis(t testing.TB) *redisServer {
+func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
@@ -46,29 +53,40 @@ func startRedis(t testing.TB) *redisServer {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	r := &redisServer{t: t, bin: bin, dir: t.TempDir(), port: port}
+	r := &Server{t: t, bin: bin, dir: t.TempDir(), port: port, args: args}
 	r.Start()
 	t.Cleanup(r.Stop)
 	return r
 }
 
 // Start starts the server and waits until it answers PING.
-func (r *redisServer) Start() {
+func (r *Server) Start() {
 	r.t.Helper()
 	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--dir", r.dir,
 		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", filepath.Join(r.dir, "redis.log"))
+	r.cmd.Args = append(r.cmd.Args, r.args...)
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}
+	done, cmd := make(chan struct{}), r.cmd
+	r.done = done
+	go func() { _ = cmd.Wait(); close(done) }()
 	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
 	defer c.Close()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		err := c.Ping(context.Background()).Err()
-		if err == nil {
+		var answer redis.Error // NOAUTH and the like: it is up
+		if err == nil || errors.As(err, &answer) {
 			return
 		}
-		if time.Now().After(deadline) {
+		exited := false
+		select {
+		case <-done:
+			exited = true
+		default:
+		}
+		if exited || time.Now().After(deadline) {
 			log, _ := os.ReadFile(filepath.Join(r.dir, "redis.log"))
 			r.t.Fatalf("redis-server on %s did not start: %v\n%s", r.Addr(), err, log)
 		}
@@ -77,17 +95,17 @@ func (r *redisServer) Start() {
 }
 
 // Stop kills the server (as a crash would) and waits for it to exit.
-func (r *redisServer) Stop() {
+func (r *Server) Stop() {
 	if r.cmd == nil {
 		return
 	}
 	_ = r.cmd.Process.Kill()
-	_ = r.cmd.Wait()
+	<-r.done
 	r.cmd = nil
 }
 
-// client returns a client made as the broker makes it.
-func (r *redisServer) client(t testing.TB) redis.UniversalClient {
+// Client returns a client made as the broker makes it.
+func (r *Server) Client(t testing.TB) redis.UniversalClient {
 	t.Helper()
 	c, err := sharedcache.Dial(sharedcache.RedisConfig{Addrs: []string{r.Addr()}})
 	if err != nil {
@@ -97,11 +115,9 @@ func (r *redisServer) client(t testing.TB) redis.UniversalClient {
 	return c
 }
 
-// raw returns a plain client for inspecting the server.
-func (r *redisServer) raw(t testing.TB) *redis.Client {
+// Raw returns a plain client for inspecting the server.
+func (r *Server) Raw(t testing.TB) *redis.Client {
 	c := redis.NewClient(&redis.Options{Addr: r.Addr()})
 	t.Cleanup(func() { c.Close() })
 	return c
 }
-
-var _ = fmt.Sprint
