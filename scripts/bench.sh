@@ -27,6 +27,9 @@ echo "== figures 2-5 (Go)"
 go test -count=1 -run 'TestFigure' -v ./broker/ | grep FIGURE | sed 's/^ *figures_test.go:[0-9]*: //'
 go test -count=1 -run '^$' -bench 'BenchmarkFigure' -benchtime 3x ./broker/ | grep -o 'FIGURE.*runs=3$'
 
+echo "== several replicas sharing a cache in Redis (broker/sharedcache; needs redis-server)"
+go test -count=1 -run 'TestShared|TestFigureShared' -v ./broker/sharedcache/ | grep -o 'FIGURE.*'
+
 echo "== signing backends (Go benchmark, 400 sequential signatures each)"
 go test -count=1 -run '^$' -bench 'BenchmarkFigureSignLatency' -benchtime 1x ./cmd/tokenbroker/ | grep -o 'FIGURE.*'
 

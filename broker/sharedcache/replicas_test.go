@@ -437,4 +437,43 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-var _ = slices.Contains[[]string]
+
+// Figure: the latency of a call served from Redis (a cold replica: its own
+// cache misses, Redis has the token) against one served from the replica's
+// own cache. Nothing is asserted about time; the figure is logged.
+func TestFigureSharedHitLatency(t *testing.T) {
+	t.Parallel()
+	rs := sharedcachetest.Start(t)
+	up := &upstream{lifetime: 10 * time.Minute}
+	warm := newReplica(t, up, rs, nil)
+	keys := orgs(500)
+	for _, org := range keys {
+		if _, err := warm.b.GetToken(context.Background(), req(org, time.Minute)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cold := newReplica(t, up, rs, nil)
+	grants := up.grants.Load()
+	var redisHit, localHit []time.Duration
+	for _, org := range keys {
+		for i, into := range []*[]time.Duration{&redisHit, &localHit} {
+			start := time.Now()
+			tok, err := cold.b.GetToken(context.Background(), req(org, time.Minute))
+			*into = append(*into, time.Since(start))
+			if err != nil || !tok.Cached {
+				t.Fatalf("call %d for org %s: cached %v, %v", i, org, tok != nil && tok.Cached, err)
+			}
+		}
+	}
+	if up.grants.Load() != grants {
+		t.Fatalf("%d grants for tokens Redis holds", up.grants.Load()-grants)
+	}
+	pct := func(d []time.Duration, p float64) time.Duration {
+		s := slices.Clone(d)
+		slices.Sort(s)
+		return s[int(p*float64(len(s)-1))]
+	}
+	r50, r99, l50, l99 := pct(redisHit, .5), pct(redisHit, .99), pct(localHit, .5), pct(localHit, .99)
+	t.Logf("FIGURE shared_hit_latency calls=%d redis_p50=%v redis_p99=%v inprocess_p50=%v inprocess_p99=%v ratio_p50=%.0f ratio_p99=%.0f",
+		len(keys), r50, r99, l50, l99, float64(r50)/float64(l50), float64(r99)/float64(l99))
+}
