@@ -32,6 +32,10 @@ type upstream struct {
 	lifetime time.Duration
 	grants   atomic.Int64
 	refused  map[string]bool // orgs answered with MP-303
+	// started, when not nil, receives once per grant; gate, when not nil,
+	// holds each grant until it closes.
+	started chan struct{}
+	gate    chan struct{}
 
 	mu  sync.Mutex
 	per map[string]int
@@ -45,6 +49,16 @@ func (u *upstream) Token(ctx context.Context, r maskinporten.Request) (*maskinpo
 	}
 	u.per[r.CustomerOrg]++
 	u.mu.Unlock()
+	if u.started != nil {
+		u.started <- struct{}{}
+	}
+	if u.gate != nil {
+		select {
+		case <-u.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
 	if u.refused[r.CustomerOrg] {
 		return nil, &maskinporten.Error{StatusCode: 400, Code: "invalid_grant", MPCode: "MP-303",
 			Description: "MP-303: no system user found"}
@@ -416,6 +430,47 @@ func TestSharedRedisOutage(t *testing.T) {
 	}
 }
 
+// Redis that hangs (the process stopped: connections open, no answer) is
+// a failure too: each replica gives up on it after its command timeout and
+// serves from its own cache; no call fails, and sharing resumes when Redis
+// answers again.
+func TestSharedRedisHangs(t *testing.T) {
+	t.Parallel()
+	rs := sharedcachetest.Start(t)
+	up := &upstream{lifetime: 2 * time.Second}
+	reps := []*replica{newReplica(t, up, rs, nil), newReplica(t, up, rs, nil), newReplica(t, up, rs, nil)}
+	keys := orgs(20)
+	stop := make(chan struct{})
+	calls, fails, done := run(t, func() []*replica { return reps }, keys, 200*time.Millisecond, stop, 9)
+	waitFor(t, "calls before the hang", func() bool { return calls.Load() > 500 })
+	rs.Pause()
+	waitFor(t, "every replica to fall back", func() bool {
+		for _, r := range reps {
+			if r.b.Health().Shared.Up {
+				return false
+			}
+		}
+		return true
+	})
+	grantsDown := up.grants.Load()
+	waitFor(t, "refreshes without Redis", func() bool { return up.grants.Load() > grantsDown+int64(len(keys)) })
+	rs.Resume()
+	waitFor(t, "every replica to share again", func() bool {
+		for _, r := range reps {
+			if h := r.b.Health().Shared; !h.Up || h.Returns == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	close(stop)
+	done.Wait()
+	t.Logf("FIGURE shared_redis_hang calls=%d failed=%d", calls.Load(), fails.Load())
+	if fails.Load() != 0 {
+		t.Fatalf("%d of %d calls failed while Redis hung; want 0", fails.Load(), calls.Load())
+	}
+}
+
 func sharedHits(reps []*replica) int64 {
 	var n int64
 	for _, r := range reps {
@@ -436,7 +491,6 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
-
 
 // Figure: the latency of a call served from Redis (a cold replica: its own
 // cache misses, Redis has the token) against one served from the replica's
@@ -476,4 +530,52 @@ func TestFigureSharedHitLatency(t *testing.T) {
 	r50, r99, l50, l99 := pct(redisHit, .5), pct(redisHit, .99), pct(localHit, .5), pct(localHit, .99)
 	t.Logf("FIGURE shared_hit_latency calls=%d redis_p50=%v redis_p99=%v inprocess_p50=%v inprocess_p99=%v ratio_p50=%.0f ratio_p99=%.0f",
 		len(keys), r50, r99, l50, l99, float64(r50)/float64(l50), float64(r99)/float64(l99))
+}
+
+// A replica that died holding a key's lock delays the others only until
+// the lock expires; then one of them fetches. A replica whose lock expired
+// and was taken by another does not delete the other's lock when it is
+// done (the fencing value).
+func TestSharedLockTakeoverAndFencing(t *testing.T) {
+	t.Parallel()
+	rs := sharedcachetest.Start(t)
+	raw := rs.Raw(t)
+	ctx := context.Background()
+	up := &upstream{lifetime: time.Minute}
+	r := newReplica(t, up, rs, nil)
+	org := orgs(1)[0]
+	_, lock := sharedcache.Names(r.cache, sharedKeyFor(org))
+
+	// A dead replica's lock, with the expiry it set.
+	if err := raw.Set(ctx, lock, "fence-of-a-dead-replica", 300*time.Millisecond).Err(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.b.GetToken(ctx, req(org, time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if up.grants.Load() != 1 || r.b.Health().Shared.Waits != 1 {
+		t.Fatalf("%d grants, %d waits; want the replica to wait for the dead lock, then fetch once", up.grants.Load(), r.b.Health().Shared.Waits)
+	}
+
+	// Fencing: while this replica fetches, its lock is replaced by
+	// another's (as after an expiry); finishing must leave that one.
+	org2 := orgs(2)[1]
+	_, lock2 := sharedcache.Names(r.cache, sharedKeyFor(org2))
+	up.started, up.gate = make(chan struct{}, 1), make(chan struct{})
+	got := make(chan error, 1)
+	go func() {
+		_, err := r.b.GetToken(ctx, req(org2, time.Second))
+		got <- err
+	}()
+	<-up.started
+	if err := raw.Set(ctx, lock2, "fence-of-another-replica", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	close(up.gate)
+	if err := <-got; err != nil {
+		t.Fatal(err)
+	}
+	if v, err := raw.Get(ctx, lock2).Result(); err != nil || v != "fence-of-another-replica" {
+		t.Fatalf("the other replica's lock after this one finished: %q, %v; want it kept", v, err)
+	}
 }

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -94,12 +95,29 @@ func (r *Server) Start() {
 	}
 }
 
+// Pause stops the server process (SIGSTOP): it holds its connections and
+// answers nothing, as a hung Redis does, until Resume.
+func (r *Server) Pause() {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// Resume continues a paused server (SIGCONT).
+func (r *Server) Resume() {
+	r.t.Helper()
+	if err := r.cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
 // Stop kills the server (as a crash would) and waits for it to exit.
 func (r *Server) Stop() {
 	if r.cmd == nil {
 		return
 	}
-	_ = r.cmd.Process.Kill()
+	_ = r.cmd.Process.Kill() // a paused process dies too
 	<-r.done
 	r.cmd = nil
 }
