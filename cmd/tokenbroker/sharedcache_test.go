@@ -75,6 +75,15 @@ func TestServeWithSharedCache(t *testing.T) {
 			t.Errorf("metrics lack %s", want)
 		}
 	}
+	rules, err := os.ReadFile(filepath.Join("..", "..", "deploy", "prometheus", "tokenbroker-rules.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range regexp.MustCompile(`tokenbroker_shared_cache_[a-z_]+`).FindAllString(string(rules), -1) {
+		if !strings.Contains(scrape, "\n# TYPE "+name+" ") {
+			t.Errorf("the alerting rules use %s, which the broker does not export", name)
+		}
+	}
 	hz := regexp.MustCompile(`"healthz":"(http://[^"]+)"`).FindStringSubmatch(logB.String())
 	if hz == nil {
 		t.Fatal("no healthz URL in the log")
