@@ -18,6 +18,9 @@ type RedisConfig struct {
 	// MasterName, when set, is the Sentinel master set and Addrs are the
 	// Sentinels.
 	MasterName string
+	// Cluster makes one address a Cluster (a configuration endpoint, as
+	// cloud Redis services give); several addresses are one anyway.
+	Cluster bool
 	// Username and Password authenticate (Redis 6 ACL user; Username ""
 	// is the default user). SentinelPassword authenticates to Sentinels.
 	Username, Password, SentinelPassword string
@@ -44,6 +47,7 @@ func Dial(cfg RedisConfig) (redis.UniversalClient, error) {
 	return redis.NewUniversalClient(&redis.UniversalOptions{
 		Addrs:                 cfg.Addrs,
 		MasterName:            cfg.MasterName,
+		IsClusterMode:         cfg.Cluster,
 		Username:              cfg.Username,
 		Password:              cfg.Password,
 		SentinelPassword:      cfg.SentinelPassword,

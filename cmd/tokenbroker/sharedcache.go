@@ -51,6 +51,8 @@ type RedisConfig struct {
 	// master_name they are Sentinels.
 	Addrs      []string `yaml:"addrs"`
 	MasterName string   `yaml:"master_name"`
+	// Cluster makes one address a Cluster (a configuration endpoint).
+	Cluster bool `yaml:"cluster"`
 	// Username is the ACL user (Redis 6+); empty is the default user.
 	Username string `yaml:"username"`
 	// PasswordFile holds the password (a trailing newline is dropped);
@@ -94,7 +96,10 @@ func (c *SharedCacheConfig) check(fetchTimeout time.Duration) error {
 			return fmt.Errorf("%s.redis.addrs[%d]: %q is not host:port", where, i, a)
 		}
 	}
-	if c.Redis.DB != 0 && (len(c.Redis.Addrs) > 1 && c.Redis.MasterName == "") {
+	if c.Redis.Cluster && c.Redis.MasterName != "" {
+		return fmt.Errorf("%s.redis.cluster: not with master_name (Sentinel)", where)
+	}
+	if c.Redis.DB != 0 && ((len(c.Redis.Addrs) > 1 || c.Redis.Cluster) && c.Redis.MasterName == "") {
 		return fmt.Errorf("%s.redis.db: a Cluster has only database 0", where)
 	}
 	if t := c.Redis.TLS; t != nil && (t.Cert == "") != (t.Key == "") {
@@ -139,7 +144,7 @@ func sharedCacheFor(cfg *Config, baseDir string, lookup func(string) (string, bo
 	if err := c.check(time.Duration(cfg.Maskinporten.Timeout)); err != nil {
 		return nil, err
 	}
-	rc := sharedcache.RedisConfig{Addrs: c.Redis.Addrs, MasterName: c.Redis.MasterName, Username: c.Redis.Username,
+	rc := sharedcache.RedisConfig{Addrs: c.Redis.Addrs, MasterName: c.Redis.MasterName, Cluster: c.Redis.Cluster, Username: c.Redis.Username,
 		DB: c.Redis.DB, Timeout: time.Duration(c.Timeout)}
 	var err error
 	if rc.Password, err = readSecret(baseDir, c.Redis.PasswordFile, "cache.shared.redis.password_file"); err != nil {

@@ -123,6 +123,8 @@ func TestSharedCacheConfigErrors(t *testing.T) {
 		{"redis: {addrs: [\"r:6379\"]}\n    keys: [{id: k1, file: k}]\n    lock_ttl: 30s\n", "cache.shared.lock_ttl: 30s, want less than maskinporten.timeout"},
 		{"redis: {addrs: [\"r:6379\"]}\n    keys: [{id: k1, file: k}]\n    timeout: 10s\n", "cache.shared.timeout: 10s"},
 		{"redis: {addrs: [\"r:6379\"], tls: {cert: c.pem}}\n    keys: [{id: k1, file: k}]\n", "cache.shared.redis.tls: cert and key go together"},
+		{"redis: {addrs: [\"r:6379\"], cluster: true, db: 2}\n    keys: [{id: k1, file: k}]\n", "cache.shared.redis.db: a Cluster has only database 0"},
+		{"redis: {addrs: [\"r:26379\"], cluster: true, master_name: m}\n    keys: [{id: k1, file: k}]\n", "cache.shared.redis.cluster: not with master_name"},
 	} {
 		_, err := parseConfig(append(append([]byte{}, data...), []byte("cache:\n  shared:\n    "+tc.section)...))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -26,6 +27,7 @@ type Server struct {
 	bin  string
 	dir  string
 	port int
+	pre  []string // before the options: a config file, --sentinel
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
@@ -41,6 +43,56 @@ func (r *Server) Addr() string { return net.JoinHostPort("127.0.0.1", strconv.It
 // turns the skip into a failure).
 func Start(t testing.TB, args ...string) *Server {
 	t.Helper()
+	r := newServer(t)
+	r.args = args
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// StartSentinel starts a Sentinel (redis-server --sentinel) that monitors
+// master under the name "mymaster", with a quorum of 1.
+func StartSentinel(t testing.TB, master *Server) *Server {
+	t.Helper()
+	r := newServer(t)
+	conf := filepath.Join(r.dir, "sentinel.conf")
+	if err := os.WriteFile(conf, []byte("sentinel monitor mymaster 127.0.0.1 "+strconv.Itoa(master.port)+" 1\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r.pre = []string{conf, "--sentinel"}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
+// StartCluster starts a Redis Cluster of one node that serves all 16,384
+// slots, and waits until the cluster state is ok.
+func StartCluster(t testing.TB) *Server {
+	t.Helper()
+	r := newServer(t)
+	r.args = []string{"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(r.dir, "nodes.conf")}
+	r.Start()
+	t.Cleanup(r.Stop)
+	c := r.Raw(t)
+	ctx := context.Background()
+	if err := c.Do(ctx, "CLUSTER", "ADDSLOTSRANGE", 0, 16383).Err(); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		info, err := c.ClusterInfo(ctx).Result()
+		if err == nil && strings.Contains(info, "cluster_state:ok") {
+			return r
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("cluster state not ok: %q, %v", info, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func newServer(t testing.TB) *Server {
+	t.Helper()
 	bin, err := exec.LookPath("redis-server")
 	if err != nil {
 		if os.Getenv("TOKENBROKER_REQUIRE_REDIS") != "" {
@@ -54,17 +106,14 @@ func Start(t testing.TB, args ...string) *Server {
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	r := &Server{t: t, bin: bin, dir: t.TempDir(), port: port, args: args}
-	r.Start()
-	t.Cleanup(r.Stop)
-	return r
+	return &Server{t: t, bin: bin, dir: t.TempDir(), port: port}
 }
 
 // Start starts the server and waits until it answers PING.
 func (r *Server) Start() {
 	r.t.Helper()
-	r.cmd = exec.Command(r.bin, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--dir", r.dir,
-		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", filepath.Join(r.dir, "redis.log"))
+	r.cmd = exec.Command(r.bin, append(r.pre, "--port", strconv.Itoa(r.port), "--bind", "127.0.0.1", "--dir", r.dir,
+		"--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", filepath.Join(r.dir, "redis.log"))...)
 	r.cmd.Args = append(r.cmd.Args, r.args...)
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
