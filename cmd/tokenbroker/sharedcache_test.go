@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -14,10 +16,13 @@ import (
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
 
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/server/tlstest"
 )
 
 // Two serve processes with one cache.shared section, against a Redis with
@@ -102,6 +107,59 @@ func TestServeWithSharedCache(t *testing.T) {
 		if strings.Contains(l, "redis-password-1") || strings.Contains(l, "c2VjcmV0LXNlY3JldC1zZWNyZXQt") {
 			t.Error("a Redis password or cache key is in the log, metrics or health")
 		}
+	}
+}
+
+// cache.shared.redis.tls: the broker reaches a Redis that speaks only TLS
+// and asks for a client certificate, verifying Redis's certificate with
+// the configured CA.
+func TestSharedCacheTLS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ca := tlstest.NewCA(t, "redis CA")
+	caFile := filepath.Join(dir, "redis-ca.pem")
+	if err := os.WriteFile(caFile, ca.PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	srvCert, srvKey := ca.Issue(t, tlstest.Leaf{CN: "redis", IPs: []net.IP{net.ParseIP("127.0.0.1")}, Server: true}).WriteFiles(t, dir, "redis")
+	client := ca.Issue(t, tlstest.Leaf{CN: "tokenbroker"})
+	client.WriteFiles(t, dir, "client")
+	rs := sharedcachetest.StartTLS(t, srvCert, srvKey, caFile, &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{client.TLS}})
+	if err := os.WriteFile(filepath.Join(dir, "cache-key"), []byte("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")
+	data, err := os.ReadFile(base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name, tls string
+		up        bool
+	}{
+		{"verified, with a client certificate", "{ca: redis-ca.pem, cert: client.pem, key: client-key.pem}", true},
+		{"without a client certificate", "{ca: redis-ca.pem}", false},
+		{"system roots: Redis's CA unknown", "{cert: client.pem, key: client-key.pem}", false},
+	} {
+		cfg, err := parseConfig(append(append([]byte{}, data...), []byte("cache:\n  shared:\n    redis: {addrs: [\""+rs.Addr()+
+			"\"], tls: "+tc.tls+"}\n    keys: [{id: k1, file: cache-key}]\n")...))
+		if err != nil {
+			t.Fatal(err)
+		}
+		sc, err := sharedCacheFor(cfg, dir, os.LookupEnv, slog.New(slog.DiscardHandler))
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		tok := &maskinporten.Token{AccessToken: "x", ExpiresAt: time.Now().Add(time.Minute), IssuedAt: time.Now()}
+		got, err := sc.Fetch(context.Background(), "key", func(*maskinporten.Token) bool { return true },
+			func(context.Context) (*maskinporten.Token, error) { return tok, nil })
+		if err != nil || got != tok {
+			t.Fatalf("%s: fetch through the shared level: %v", tc.name, err)
+		}
+		if h := sc.Health(); h.Up != tc.up || (h.Fetches == 1) != tc.up {
+			t.Errorf("%s: up %v, fetches under the lock %d; want up %v", tc.name, h.Up, h.Fetches, tc.up)
+		}
+		sc.(*sharedcache.Cache).Close()
 	}
 }
 

@@ -4,6 +4,7 @@ package sharedcachetest
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"net"
 	"os"
@@ -28,6 +29,7 @@ type Server struct {
 	dir  string
 	port int
 	pre  []string // before the options: a config file, --sentinel
+	tls  *tls.Config
 	args []string
 	cmd  *exec.Cmd
 	done chan struct{} // closed when cmd has exited
@@ -91,6 +93,21 @@ func StartCluster(t testing.TB) *Server {
 	}
 }
 
+// StartTLS starts a redis-server that speaks only TLS on its port, with
+// the certificate and key at certFile and keyFile, asking clients for a
+// certificate issued by the CA at caFile. client is what the helper
+// itself connects with (to wait for the server).
+func StartTLS(t testing.TB, certFile, keyFile, caFile string, client *tls.Config) *Server {
+	t.Helper()
+	r := newServer(t)
+	r.tls = client
+	r.args = []string{"--tls-port", strconv.Itoa(r.port), "--port", "0", "--tls-cert-file", certFile,
+		"--tls-key-file", keyFile, "--tls-ca-cert-file", caFile}
+	r.Start()
+	t.Cleanup(r.Stop)
+	return r
+}
+
 func newServer(t testing.TB) *Server {
 	t.Helper()
 	bin, err := exec.LookPath("redis-server")
@@ -121,7 +138,7 @@ func (r *Server) Start() {
 	done, cmd := make(chan struct{}), r.cmd
 	r.done = done
 	go func() { _ = cmd.Wait(); close(done) }()
-	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1})
+	c := redis.NewClient(&redis.Options{Addr: r.Addr(), MaxRetries: -1, TLSConfig: r.tls})
 	defer c.Close()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
@@ -184,7 +201,7 @@ func (r *Server) Client(t testing.TB) redis.UniversalClient {
 
 // Raw returns a plain client for inspecting the server.
 func (r *Server) Raw(t testing.TB) *redis.Client {
-	c := redis.NewClient(&redis.Options{Addr: r.Addr()})
+	c := redis.NewClient(&redis.Options{Addr: r.Addr(), TLSConfig: r.tls})
 	t.Cleanup(func() { c.Close() })
 	return c
 }
