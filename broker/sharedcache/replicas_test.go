@@ -164,14 +164,22 @@ func req(org string, minValidity time.Duration) broker.Request {
 	return broker.Request{CustomerOrg: org, Scopes: []string{scope}, MinValidity: minValidity}
 }
 
-// checkToken fails when tok does not live minValidity from now.
-func checkToken(tok *broker.Token, org string, minValidity time.Duration) error {
-	left := time.Until(tok.ExpiresAt)
-	if left < minValidity {
-		return fmt.Errorf("org %s: token served with %v left, below min_validity %v", org, left, minValidity)
+// checkToken fails when tok, served by a call that started at start, is
+// not for org or did not live minValidity when the broker chose it (at or
+// after start, so its expiry is at least start + minValidity).
+func checkToken(tok *broker.Token, org string, minValidity time.Duration, start time.Time) error {
+	if left := tok.ExpiresAt.Sub(start); left < minValidity {
+		return fmt.Errorf("org %s: token served with less than %v left, below min_validity %v", org, left, minValidity)
 	}
-	if !strings.Contains(tok.AccessToken, base64.RawURLEncoding.EncodeToString([]byte(`{"consumer":"` + org))[:10]) {
-		return fmt.Errorf("org %s: token of another key served", org)
+	parts := strings.Split(tok.AccessToken, ".")
+	var claims struct {
+		Consumer string `json:"consumer"`
+	}
+	if len(parts) != 3 {
+		return fmt.Errorf("org %s: not a JWT", org)
+	}
+	if b, err := base64.RawURLEncoding.DecodeString(parts[1]); err != nil || json.Unmarshal(b, &claims) != nil || claims.Consumer != org {
+		return fmt.Errorf("org %s: token of another key served (%q)", org, claims.Consumer)
 	}
 	return nil
 }
@@ -224,11 +232,12 @@ func run(t *testing.T, reps func() []*replica, keys []string, minValidity time.D
 				r := rr[rng.IntN(len(rr))]
 				org := keys[rng.IntN(len(keys))]
 				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				start := time.Now()
 				tok, err := r.b.GetToken(ctx, req(org, minValidity))
 				cancel()
 				calls.Add(1)
 				if err == nil {
-					err = checkToken(tok, org, minValidity)
+					err = checkToken(tok, org, minValidity, start)
 				}
 				if err != nil {
 					fails.Add(1)

@@ -103,11 +103,12 @@ func TestSharedRedisHoldsNothingInClear(t *testing.T) {
 	}
 	b := newReplica(t, up, rs, nil)
 	before := up.grants.Load()
+	start := time.Now()
 	tok, err := b.b.GetToken(ctx, req(keys[1], time.Second))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := checkToken(tok, keys[1], time.Second); err != nil {
+	if err := checkToken(tok, keys[1], time.Second, start); err != nil {
 		t.Fatal(err)
 	}
 	if up.grants.Load() != before+1 || b.cache.Broken() == 0 {

@@ -63,9 +63,10 @@ func TestSharedTopologies(t *testing.T) {
 				go func() {
 					defer wg.Done()
 					<-start
+					start := time.Now()
 					tok, err := reps[i%3].GetToken(context.Background(), req("310904473", 10*time.Second))
 					if err == nil {
-						err = checkToken(tok, "310904473", 10*time.Second)
+						err = checkToken(tok, "310904473", 10*time.Second, start)
 					}
 					if err != nil {
 						t.Error(err)
