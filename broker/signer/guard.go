@@ -22,11 +22,11 @@ type Guarded struct {
 	onChange func(healthy bool)
 }
 
-// Guard returns s with a per-signature timeout (0 means 5 s). onChange, when
+// Guard returns s with a per-signature timeout (0 means DefaultCallTimeout). onChange, when
 // not nil, is called whenever the signer turns healthy or unhealthy.
 func Guard(s crypto.Signer, timeout time.Duration, onChange func(healthy bool)) *Guarded {
 	if timeout <= 0 {
-		timeout = 5 * time.Second
+		timeout = DefaultCallTimeout
 	}
 	g := &Guarded{Signer: s, timeout: timeout, onChange: onChange}
 	g.healthy.Store(true)

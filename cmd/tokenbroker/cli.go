@@ -197,6 +197,7 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("explain: clients %s key: %w", cc.Name, err)
 	}
+	defer key.Close()
 	mp, err := maskinporten.New(maskinporten.Config{ClientID: cc.ClientID, Key: key, Environment: env,
 		GrantLifetime: time.Duration(cfg.Maskinporten.GrantLifetime), ResourceAsString: cc.ResourceAsString})
 	if err != nil {
@@ -250,6 +251,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 			if err != nil {
 				return fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
 			}
+			_ = key.Close() // opening it was the check
 			expiry := "expiry not configured"
 			if t, _ := kc.expiry(); !t.IsZero() {
 				expiry = fmt.Sprintf("expires %s (in %d days)", t.UTC().Format(time.DateOnly), int(time.Until(t).Hours()/24))

@@ -20,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -536,9 +537,9 @@ func (c ClientConfig) checkKeys(where string) error {
 	if len(c.Keys) > 0 && c.Key != (KeyConfig{}) {
 		return fmt.Errorf("%s: set key or keys, not both", where)
 	}
-	keys := c.keyList()
+	list := c.keyList()
 	active, kids := 0, map[string]bool{}
-	for i, k := range keys {
+	for i, k := range list {
 		kw := where + ".key"
 		if len(c.Keys) > 0 {
 			kw = fmt.Sprintf("%s.keys[%d]", where, i)
@@ -559,14 +560,14 @@ func (c ClientConfig) checkKeys(where string) error {
 		if _, err := signer.ParseAlgorithm(k.Algorithm); err != nil {
 			return fmt.Errorf("%s.algorithm: %w", kw, err)
 		}
-		if _, _, err := parseSignerURI(k.Signer); err != nil {
+		if err := keys.Check(k.spec("", 0)); err != nil {
 			return fmt.Errorf("%s.signer: %w", kw, err)
 		}
 		if _, err := k.expiry(); err != nil {
 			return fmt.Errorf("%s.expires: %w", kw, err)
 		}
 	}
-	if len(keys) > 1 && active != 1 {
+	if len(list) > 1 && active != 1 {
 		return fmt.Errorf("%s.keys: exactly one key must be active: true (found %d)", where, active)
 	}
 	return nil

@@ -104,6 +104,7 @@ func runJWKS(args []string, stdout, stderr io.Writer) error {
 				return fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
 			}
 			pub, err := key.PublicJWK()
+			_ = key.Close()
 			if err != nil {
 				return err
 			}

@@ -51,6 +51,7 @@ func runSigner(ctx context.Context, args []string, stderr io.Writer, ready chan<
 	if err != nil {
 		return fmt.Errorf("signer serve: key: %w", err)
 	}
+	defer key.Close()
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 	var opts []grpc.ServerOption
 	var lis net.Listener

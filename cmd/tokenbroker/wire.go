@@ -3,14 +3,11 @@ package main
 import (
 	"context"
 	"crypto"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/http"
-	"net/url"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -25,125 +22,25 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/pagetoken"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
-	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
-	"github.com/tokenbroker/tokenbroker/broker/signer/azurekvsigner"
-	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
-	"github.com/tokenbroker/tokenbroker/broker/signer/gcpkmssigner"
-	"github.com/tokenbroker/tokenbroker/broker/signer/grpcsigner"
-	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
 	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
-// parseSignerURI splits a key.signer URI into its backend and location.
-// Supported: file:PATH, file:///ABSOLUTE/PATH, and pkcs11:... (RFC 7512,
-// checked by package pkcs11signer).
-func parseSignerURI(raw string) (backend, location string, err error) {
-	if strings.HasPrefix(raw, "grpc:") {
-		if _, err := grpcsigner.ParseURI(raw, ""); err != nil {
-			return "", "", err
-		}
-		return "grpc", raw, nil
-	}
-	if strings.HasPrefix(raw, "gcpkms:") {
-		if _, err := gcpkmssigner.ParseURI(raw); err != nil {
-			return "", "", err
-		}
-		return "gcpkms", raw, nil
-	}
-	if strings.HasPrefix(raw, "azurekv:") {
-		if _, err := azurekvsigner.ParseURI(raw); err != nil {
-			return "", "", err
-		}
-		return "azurekv", raw, nil
-	}
-	if strings.HasPrefix(raw, "awskms:") {
-		if _, err := awskmssigner.ParseURI(raw); err != nil {
-			return "", "", err
-		}
-		return "awskms", raw, nil
-	}
-	if strings.HasPrefix(raw, "pkcs11:") {
-		if _, err := pkcs11signer.ParseURI(raw); err != nil {
-			return "", "", err
-		}
-		return "pkcs11", raw, nil
-	}
-	u, err := url.Parse(raw)
-	if err != nil || u.Scheme == "" {
-		return "", "", fmt.Errorf("%q is not a URI such as file:mp-key.pem", raw)
-	}
-	switch u.Scheme {
-	case "file":
-		p := u.Opaque
-		if p == "" {
-			p = u.Path
-		}
-		if p == "" {
-			return "", "", errors.New("file: URI without a path")
-		}
-		if u.Host != "" && u.Host != "localhost" {
-			return "", "", fmt.Errorf("file URI with host %q: use file:PATH or file:///PATH", u.Host)
-		}
-		return "file", p, nil
-	default:
-		return "", "", fmt.Errorf("unsupported signer scheme %q (supported: file, pkcs11, awskms, gcpkms, azurekv, grpc)", u.Scheme)
+// spec is the signer.Spec of a key config: relative paths resolve against
+// baseDir, and each backend call is bounded by timeout (zero: the
+// backend's default).
+func (k KeyConfig) spec(baseDir string, timeout time.Duration) signer.Spec {
+	return signer.Spec{
+		URI: k.Signer, KeyID: k.KID, Algorithm: signer.Algorithm(k.Algorithm), BaseDir: baseDir,
+		Password:              signer.PasswordSource{File: k.PasswordFile, Env: k.PasswordEnv},
+		AllowLoosePermissions: k.AllowLoosePermissions, CallTimeout: timeout,
 	}
 }
 
 // openKey loads the key a client's config names.
 func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
-	alg, err := signer.ParseAlgorithm(k.Algorithm)
-	if err != nil {
-		return nil, err
-	}
-	backend, loc, err := parseSignerURI(k.Signer)
-	if err != nil {
-		return nil, err
-	}
-	switch backend {
-	case "file":
-		var opts []filesigner.Option
-		if k.AllowLoosePermissions {
-			opts = append(opts, filesigner.AllowLoosePermissions())
-		}
-		path := resolvePath(baseDir, loc)
-		if ext := strings.ToLower(filepath.Ext(path)); ext == ".p12" || ext == ".pfx" {
-			pw, err := keyPassword(k, baseDir)
-			if err != nil {
-				return nil, err
-			}
-			return filesigner.LoadPKCS12(path, pw, k.KID, alg, opts...)
-		}
-		if k.PasswordFile != "" || k.PasswordEnv != "" {
-			return nil, errors.New("password_file/password_env: only PKCS#12 files (.p12, .pfx) take a password")
-		}
-		return filesigner.Load(path, k.KID, alg, opts...)
-	case "pkcs11":
-		if k.KID == "" {
-			return nil, errors.New("kid: required for a pkcs11 key")
-		}
-		return pkcs11signer.Open(loc, k.KID, alg)
-	case "awskms", "gcpkms", "azurekv":
-		if k.KID == "" {
-			return nil, fmt.Errorf("kid: required for a %s key", backend)
-		}
-		open := map[string]func(context.Context, string, string, signer.Algorithm) (*signer.Key, error){
-			"awskms": awskmssigner.Open, "gcpkms": gcpkmssigner.Open, "azurekv": azurekvsigner.Open,
-		}[backend]
-		return open(context.Background(), loc, k.KID, alg)
-	case "grpc":
-		if k.KID == "" {
-			return nil, errors.New("kid: required for a grpc signer key")
-		}
-		t, err := grpcsigner.ParseURI(loc, baseDir)
-		if err != nil {
-			return nil, err
-		}
-		return grpcsigner.Open(context.Background(), t, k.KID, alg)
-	default:
-		return nil, fmt.Errorf("unsupported signer backend %q", backend)
-	}
+	return keys.Open(context.Background(), k.spec(baseDir, 0))
 }
 
 // ExpiryWarning is how long before a key's expiry the broker starts to warn.
@@ -184,29 +81,6 @@ func newHTTPClient(connectTimeout time.Duration) *http.Client {
 		ExpectContinueTimeout: time.Second,
 		ForceAttemptHTTP2:     true,
 	}}
-}
-
-// keyPassword reads a PKCS#12 password from the file or environment
-// variable the key config names.
-func keyPassword(k KeyConfig, baseDir string) (string, error) {
-	switch {
-	case k.PasswordFile != "" && k.PasswordEnv != "":
-		return "", errors.New("password_file and password_env: set one")
-	case k.PasswordFile != "":
-		b, err := os.ReadFile(resolvePath(baseDir, k.PasswordFile))
-		if err != nil {
-			return "", fmt.Errorf("password_file: %w", err)
-		}
-		return strings.TrimRight(string(b), "\r\n"), nil
-	case k.PasswordEnv != "":
-		pw, ok := os.LookupEnv(k.PasswordEnv)
-		if !ok {
-			return "", fmt.Errorf("password_env: %s is not set", k.PasswordEnv)
-		}
-		return pw, nil
-	default:
-		return "", errors.New("a PKCS#12 key needs password_file or password_env")
-	}
 }
 
 // buildBroker loads every key and builds the broker. Any failure names the
@@ -443,7 +317,7 @@ func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir 
 		}
 	}()
 	for _, kc := range c.keyList() {
-		key, err := openKey(kc, baseDir)
+		key, err := keys.Open(ctx, kc.spec(baseDir, rt.signTimeout))
 		if err != nil {
 			return nil, nil, fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
 		}
