@@ -15,7 +15,7 @@ import (
 // checked like any other, and refused before anything reaches Maskinporten.
 func TestEmptyCallerDoesNotSkipPolicy(t *testing.T) {
 	t.Parallel()
-	pol, err := policy.New([]policy.Rule{{Callers: []string{"billing"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}}})
+	pol, err := policy.New([]policy.Rule{{Callers: []string{"unix:billing"}, Clients: []string{"*"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestEmptyCallerDoesNotSkipPolicy(t *testing.T) {
 	if _, err := b.GetToken(context.Background(), r); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("empty caller: %v, want ErrPermissionDenied", err)
 	}
-	r.Caller = "billing"
+	r.Caller = "unix:billing"
 	if _, err := b.GetToken(context.Background(), r); err != nil {
 		t.Fatalf("named caller: %v", err)
 	}
@@ -76,7 +76,7 @@ func TestCacheKeyIncludesClientName(t *testing.T) {
 // whose rule lists external_refs may not create a request without one.
 func TestCreateSystemUserRequestExternalRefRuleRefusesNoExternalRef(t *testing.T) {
 	t.Parallel()
-	pol, err := policy.New([]policy.Rule{{Callers: []string{"billing"}, Clients: []string{"*"}, Scopes: []string{"*"},
+	pol, err := policy.New([]policy.Rule{{Callers: []string{"unix:billing"}, Clients: []string{"*"}, Scopes: []string{"*"},
 		CustomerOrgs: []string{"*"}, ExternalRefs: []string{"tenant-1"}}})
 	if err != nil {
 		t.Fatal(err)
@@ -91,7 +91,7 @@ func TestCreateSystemUserRequestExternalRefRuleRefusesNoExternalRef(t *testing.T
 	}
 	defer b.Close()
 	ctx := context.Background()
-	p := broker.SystemUserRequestParams{Caller: "billing", CustomerOrg: "310904473", Rights: []string{"r"}}
+	p := broker.SystemUserRequestParams{Caller: "unix:billing", CustomerOrg: "310904473", Rights: []string{"r"}}
 	if _, _, err := b.CreateSystemUserRequest(ctx, p); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("no external_ref: %v, want ErrPermissionDenied", err)
 	}

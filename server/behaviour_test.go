@@ -62,8 +62,8 @@ func TestServerAuthOnlyCertRefusedAsCaller(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if id, err := auth(ctx); err != nil || id != "billing.example" {
-		t.Errorf("client certificate: %q, %v; want billing.example", id, err)
+	if id, err := auth(ctx); err != nil || id.String() != "dns:billing.example" {
+		t.Errorf("client certificate: %q, %v; want dns:billing.example", id, err)
 	}
 	// A client certificate of another CA is refused.
 	other := tlstest.NewCA(t, "other").Issue(t, tlstest.Leaf{CN: "billing"})

@@ -50,31 +50,25 @@ var DefaultLimits = Limits{
 // withDefaults fills the zero fields of l from DefaultLimits.
 func (l Limits) withDefaults() Limits {
 	d := DefaultLimits
-	if l.MaxHeaderBytes == 0 {
-		l.MaxHeaderBytes = d.MaxHeaderBytes
+	return Limits{
+		MaxHeaderBytes:       or(l.MaxHeaderBytes, d.MaxHeaderBytes),
+		HandshakeTimeout:     or(l.HandshakeTimeout, d.HandshakeTimeout),
+		FirstRequestTimeout:  or(l.FirstRequestTimeout, d.FirstRequestTimeout),
+		IdleTimeout:          or(l.IdleTimeout, d.IdleTimeout),
+		KeepaliveMinTime:     or(l.KeepaliveMinTime, d.KeepaliveMinTime),
+		MaxConnections:       or(l.MaxConnections, d.MaxConnections),
+		MaxPendingPerIP:      or(l.MaxPendingPerIP, d.MaxPendingPerIP),
+		MaxConcurrentStreams: or(l.MaxConcurrentStreams, d.MaxConcurrentStreams),
 	}
-	if l.HandshakeTimeout == 0 {
-		l.HandshakeTimeout = d.HandshakeTimeout
+}
+
+// or returns v, or d when v is the zero value.
+func or[T comparable](v, d T) T {
+	var zero T
+	if v == zero {
+		return d
 	}
-	if l.FirstRequestTimeout == 0 {
-		l.FirstRequestTimeout = d.FirstRequestTimeout
-	}
-	if l.IdleTimeout == 0 {
-		l.IdleTimeout = d.IdleTimeout
-	}
-	if l.KeepaliveMinTime == 0 {
-		l.KeepaliveMinTime = d.KeepaliveMinTime
-	}
-	if l.MaxConnections == 0 {
-		l.MaxConnections = d.MaxConnections
-	}
-	if l.MaxPendingPerIP == 0 {
-		l.MaxPendingPerIP = d.MaxPendingPerIP
-	}
-	if l.MaxConcurrentStreams == 0 {
-		l.MaxConcurrentStreams = d.MaxConcurrentStreams
-	}
-	return l
+	return v
 }
 
 // connGuard wraps a TCP listener: it closes new connections past

@@ -249,6 +249,7 @@ func TestHostilePeers(t *testing.T) {
 	idle := p99("idle")
 	before := p.rss(t)
 
+	attackStart := time.Now()
 	limits := server.DefaultLimits
 	const ips = 16
 	perIP := limits.MaxPendingPerIP
@@ -335,6 +336,18 @@ func TestHostilePeers(t *testing.T) {
 		case <-time.After(time.Minute):
 			t.Fatal("a hostile connection is still open a minute later")
 		}
+	}
+	// The unauthenticated streams (64 per connection, thousands in all)
+	// are audited through the per-peer throttle: at most its burst (20)
+	// plus its rate (5/s) per source IP over the attack, and the rest
+	// counted in "suppressed" lines.
+	elapsed := time.Since(attackStart).Seconds()
+	lines := strings.Count(p.log.String(), `"decision":"unauthenticated"`)
+	if bound := int(float64(ips) * (20 + 5*(elapsed+1))); lines > bound || lines == 0 {
+		t.Errorf("%d unauthenticated audit lines for %d refused streams from %d IPs over %.0f s, want 1 to %d", lines, ips*perIP*streams, ips, elapsed, bound)
+	}
+	if !strings.Contains(p.log.String(), `"decision":"suppressed"`) {
+		t.Error("no suppressed-count audit line")
 	}
 	p99("after the attack")
 	after := p.rss(t)
