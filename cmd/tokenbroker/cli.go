@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/tokenbroker/tokenbroker/broker/keyring"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/orgno"
 	tokenbrokerclient "github.com/tokenbroker/tokenbroker/client"
@@ -255,7 +256,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 			expiry := "expiry not configured"
 			if t, _ := kc.expiry(); !t.IsZero() {
 				expiry = fmt.Sprintf("expires %s (in %d days)", t.UTC().Format(time.DateOnly), int(time.Until(t).Hours()/24))
-				if time.Until(t) < ExpiryWarning {
+				if time.Until(t) < keyring.ExpiryWarning {
 					expiry += ": register a new key and rotate"
 				}
 			}

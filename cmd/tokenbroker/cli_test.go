@@ -10,6 +10,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/keyring"
+	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
 func TestTokenCommand(t *testing.T) {
@@ -143,7 +146,7 @@ func TestReadmeConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README.md's reference config: %v", err)
 	}
-	if time.Duration(cfg.Maskinporten.SignProbeInterval) != signerProbeInterval || time.Duration(cfg.Maskinporten.SignTimeout) != 5*time.Second {
+	if time.Duration(cfg.Maskinporten.SignProbeInterval) != keyring.DefaultProbeInterval || time.Duration(cfg.Maskinporten.SignTimeout) != signer.DefaultCallTimeout {
 		t.Errorf("README.md's sign_probe_interval %v and sign_timeout %v differ from the defaults", cfg.Maskinporten.SignProbeInterval, cfg.Maskinporten.SignTimeout)
 	}
 }

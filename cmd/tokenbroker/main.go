@@ -217,22 +217,17 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 		}
 		defer stopHTTP()
 	}
-	rt.mu.Lock()
-	rt.setReady = func(ok bool) {
+	rt.ring.Notify(rt.setKey, func(ok bool) {
 		for _, s := range servers {
 			s.SetServing(ok)
 		}
-	}
-	rt.mu.Unlock()
+	})
 	probe := time.Duration(cfg.Maskinporten.SignProbeInterval)
-	if probe == 0 {
-		probe = signerProbeInterval
-	}
 	if hooks.probeInterval > 0 {
 		probe = hooks.probeInterval
 	}
-	go rt.probeSigners(ctx, probe)
-	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload, time.Duration(cfg.ConfigWatchInterval), hooks.looked)
+	go rt.ring.RunProbes(ctx, probe)
+	reloadOnSignal(ctx, *configPath, rt, log, hooks.reload, time.Duration(cfg.ConfigWatchInterval), hooks.looked)
 	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
 		slog.Int("policy_rules", len(cfg.Policy)))
 	if hooks.ready != nil {
@@ -252,22 +247,26 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	return first
 }
 
-// signerProbeInterval is how often every key signs a throwaway digest
-// unless maskinporten.sign_probe_interval says otherwise.
-const signerProbeInterval = 15 * time.Second
-
 // reloadOnSignal reloads the config whenever reload (or SIGHUP) fires, and,
 // when watch is not zero, whenever a look at the file every watch finds
 // its content changed, until ctx ends: keys and policy change atomically
 // per client; a config that fails to load changes nothing. A watched
 // change that fails is reported once, not at every look. looked, when not
-// nil, receives after each look (for tests).
+// nil, receives after each look (for tests). It takes SIGHUP and the
+// file's digest before it returns, so that neither a signal nor a change
+// right after the start is lost; the loop runs in its own goroutine.
 func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Logger, reload <-chan struct{}, watch time.Duration, looked chan<- struct{}) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var tick <-chan time.Time
 	seen := fileDigest(path)
+	go func() {
+		defer signal.Stop(hup)
+		reloadLoop(ctx, path, rt, log, hup, reload, watch, looked, seen)
+	}()
+}
+
+func reloadLoop(ctx context.Context, path string, rt *running, log *slog.Logger, hup <-chan os.Signal, reload <-chan struct{}, watch time.Duration, looked chan<- struct{}, seen string) {
+	var tick <-chan time.Time
 	if watch > 0 {
 		t := time.NewTicker(watch)
 		defer t.Stop()

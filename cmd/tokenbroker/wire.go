@@ -8,9 +8,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"slices"
-	"strings"
-	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -19,6 +16,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
+	"github.com/tokenbroker/tokenbroker/broker/keyring"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/pagetoken"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
@@ -43,26 +41,6 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 	return keys.Open(context.Background(), k.spec(baseDir, 0))
 }
 
-// ExpiryWarning is how long before a key's expiry the broker starts to warn.
-const ExpiryWarning = 30 * 24 * time.Hour
-
-// warnExpiry logs a warning for a key that has expired or expires within
-// ExpiryWarning.
-func warnExpiry(ctx context.Context, log *slog.Logger, client, kid string, expires time.Time) {
-	if expires.IsZero() {
-		return
-	}
-	switch left := time.Until(expires); {
-	case left <= 0:
-		log.ErrorContext(ctx, "key has expired: Maskinporten refuses its grants (MP-121); register a new key and rotate",
-			slog.String("client", client), slog.String("kid", kid), slog.Time("expired", expires))
-	case left < ExpiryWarning:
-		log.WarnContext(ctx, "key expires soon: register a new key at Maskinporten and rotate",
-			slog.String("client", client), slog.String("kid", kid), slog.Time("expires", expires),
-			slog.Duration("left", left.Round(time.Hour)))
-	}
-}
-
 // newHTTPClient returns the client for Maskinporten: bounded connect and
 // TLS handshake times and a pool of kept-alive connections. Each exchange
 // is bounded by the maskinporten client's attempt timeout.
@@ -83,8 +61,6 @@ func newHTTPClient(connectTimeout time.Duration) *http.Client {
 	}}
 }
 
-// buildBroker loads every key and builds the broker. Any failure names the
-// client and the problem.
 // telemetry is what buildBroker instruments the clients with; zero fields
 // mean none.
 type telemetry struct {
@@ -93,117 +69,62 @@ type telemetry struct {
 }
 
 // running is what a config reload may change in a running broker: the
-// policy, and each client's keys.
+// policy, and each client's keys (held by the key ring).
 type running struct {
-	broker      *broker.Broker
-	clients     map[string]*maskinporten.Client
-	tel         telemetry
-	log         *slog.Logger
-	signTimeout time.Duration
-
-	mu sync.Mutex
-	// active holds each client's active key, guarded.
-	active map[string]*signer.Guarded
-	// setReady receives the readiness the signers allow: true when every
-	// active key signs.
-	setReady func(bool)
-	// keys describes every loaded key, by client, for /healthz.
-	keys map[string][]keyInfo
+	broker *broker.Broker
+	ring   *keyring.Ring
+	// clients are the Maskinporten clients, by name: each signs with the
+	// ring's active key for it.
+	clients map[string]*maskinporten.Client
 }
 
-// keyInfo is what /healthz shows of a key.
-type keyInfo struct {
-	kid, backend string
-	active       bool
-	expires      time.Time
-	guard        *signer.Guarded
+// setKey makes k the key client signs grants with.
+func (rt *running) setKey(client string, k *signer.Key) { _ = rt.clients[client].SetKey(k) }
+
+// ringClients is the key ring's view of the config's clients.
+func ringClients(cfg *Config, baseDir string) ([]keyring.Client, error) {
+	timeout := time.Duration(cfg.Maskinporten.SignTimeout)
+	var out []keyring.Client
+	for i, c := range cfg.Clients {
+		rc := keyring.Client{Name: c.Name}
+		for _, kc := range c.keyList() {
+			expires, err := kc.expiry()
+			if err != nil {
+				return nil, fmt.Errorf("clients[%d] (%s) key %q: expires: %w", i, c.Name, kc.KID, err)
+			}
+			rc.Keys = append(rc.Keys, keyring.Key{Spec: kc.spec(baseDir, timeout), Active: kc.Active, Expires: expires})
+		}
+		out = append(out, rc)
+	}
+	return out, nil
 }
 
 // keyStatus lists the keys for /healthz.
 func (rt *running) keyStatus() []server.KeyStatus {
-	rt.mu.Lock()
-	defer rt.mu.Unlock()
 	var out []server.KeyStatus
-	for client, keys := range rt.keys {
-		for _, k := range keys {
-			ks := server.KeyStatus{Client: client, KeyID: k.kid, Backend: k.backend, Active: k.active, Signing: k.guard.Healthy()}
-			if !k.expires.IsZero() {
-				e := k.expires
-				ks.Expires = &e
-				ks.ExpiresSoon = time.Until(e) < ExpiryWarning
-			}
-			out = append(out, ks)
+	for _, st := range rt.ring.Status() {
+		ks := server.KeyStatus{Client: st.Client, KeyID: st.KeyID, Backend: st.Backend, Active: st.Active, Signing: st.Signing,
+			ExpiresSoon: st.ExpiresSoon}
+		if !st.Expires.IsZero() {
+			e := st.Expires
+			ks.Expires = &e
 		}
+		out = append(out, ks)
 	}
-	slices.SortFunc(out, func(a, b server.KeyStatus) int { return strings.Compare(a.Client+a.KeyID, b.Client+b.KeyID) })
 	return out
 }
 
 // metricKeys lists the keys for the metrics.
 func (rt *running) metricKeys() []metrics.Key {
 	var out []metrics.Key
-	for _, ks := range rt.keyStatus() {
-		k := metrics.Key{Client: ks.Client, KeyID: ks.KeyID, Backend: ks.Backend, Active: ks.Active, Signing: ks.Signing}
-		if ks.Expires != nil {
-			k.Expires = *ks.Expires
-		}
-		out = append(out, k)
+	for _, st := range rt.ring.Status() {
+		out = append(out, metrics.Key{Client: st.Client, KeyID: st.KeyID, Backend: st.Backend, Active: st.Active,
+			Signing: st.Signing, Expires: st.Expires})
 	}
 	return out
 }
 
-// signerChanged logs that the key kid of client stopped or resumed
-// signing and recomputes readiness, which follows the active keys only.
-func (rt *running) signerChanged(client, kid, backend string, ok bool) {
-	attrs := []any{slog.String("client", client), slog.String("kid", kid), slog.String("backend", backend)}
-	if ok {
-		rt.log.Info("key signs again", attrs...)
-	} else {
-		rt.log.Error("key does not sign", attrs...)
-	}
-	rt.mu.Lock()
-	all := true
-	for _, g := range rt.active {
-		all = all && g.Healthy()
-	}
-	set := rt.setReady
-	rt.mu.Unlock()
-	if set != nil {
-		set(all)
-	}
-	if !all {
-		rt.log.Error("an active key does not sign: readiness is NOT_SERVING until it signs again")
-	}
-}
-
-// probeSigners signs a throwaway digest with every key, active or standby,
-// every interval, so that readiness and the key metrics follow the
-// backends even without traffic, and a broken standby key shows before a
-// rotation to it.
-func (rt *running) probeSigners(ctx context.Context, interval time.Duration) {
-	t := time.NewTicker(interval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		rt.mu.Lock()
-		var guards []*signer.Guarded
-		for _, keys := range rt.keys {
-			for _, k := range keys {
-				guards = append(guards, k.guard)
-			}
-		}
-		rt.mu.Unlock()
-		for _, g := range guards {
-			_ = g.Probe(crypto.SHA256)
-		}
-	}
-}
-
-func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry) (*running, error) {
+func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry) (_ *running, err error) {
 	env, err := cfg.environment()
 	if err != nil {
 		return nil, fmt.Errorf("maskinporten: %w", err)
@@ -258,14 +179,27 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	if tel.metrics != nil {
 		exchanger.OnExchange = tel.metrics.ObserveExchange()
 	}
-	rt := &running{clients: map[string]*maskinporten.Client{}, tel: tel, log: log,
-		signTimeout: time.Duration(cfg.Maskinporten.SignTimeout), active: map[string]*signer.Guarded{}, keys: map[string][]keyInfo{}}
-	for i, c := range cfg.Clients {
-		active, guard, err := rt.loadKeys(ctx, i, c, baseDir)
+	rcs, err := ringClients(cfg, baseDir)
+	if err != nil {
+		return nil, err
+	}
+	var wrap func(string, crypto.Signer) crypto.Signer
+	if tel.metrics != nil {
+		wrap = tel.metrics.TimeSigner
+	}
+	ring, err := keyring.Open(ctx, keyring.Config{Logger: log, Wrap: wrap}, rcs)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
 		if err != nil {
-			return nil, err
+			ring.Close()
 		}
-		rt.active[c.Name] = guard
+	}()
+	rt := &running{ring: ring}
+	clients := map[string]*maskinporten.Client{}
+	for i, c := range cfg.Clients {
+		active := ring.Active(c.Name)
 		var onAttempt func(time.Duration, error)
 		if tel.metrics != nil {
 			onAttempt = tel.metrics.ObserveAttempt(c.Name)
@@ -289,7 +223,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		if err != nil {
 			return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
 		}
-		rt.clients[c.Name] = mp
+		clients[c.Name] = mp
 		bc.Clients = append(bc.Clients, broker.Client{Name: c.Name, Scopes: c.Scopes, Source: mp, Exchanger: exchanger,
 			SystemID: c.SystemID, Vendor: vendor})
 		log.InfoContext(ctx, "client ready", slog.String("client", c.Name), slog.String("client_id", c.ClientID),
@@ -301,87 +235,26 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		return nil, err
 	}
 	rt.broker = b
+	rt.clients = clients
 	return rt, nil
-}
-
-// loadKeys opens every key of client c (failing on the first that does not
-// load), instruments them, warns about expiry, and returns the active one
-// with its guard.
-func (rt *running) loadKeys(ctx context.Context, i int, c ClientConfig, baseDir string) (active *signer.Key, activeGuard *signer.Guarded, err error) {
-	var infos []keyInfo
-	defer func() {
-		if err == nil {
-			rt.mu.Lock()
-			rt.keys[c.Name] = infos
-			rt.mu.Unlock()
-		}
-	}()
-	for _, kc := range c.keyList() {
-		key, err := keys.Open(ctx, kc.spec(baseDir, rt.signTimeout))
-		if err != nil {
-			return nil, nil, fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
-		}
-		if rt.tel.metrics != nil {
-			key.Signer = rt.tel.metrics.TimeSigner(key.Backend, key.Signer)
-		}
-		guard := signer.Guard(key.Signer, rt.signTimeout, func(ok bool) { rt.signerChanged(c.Name, key.KeyID, key.Backend, ok) })
-		key.Signer = guard
-		expires, _ := kc.expiry()
-		if expires.IsZero() {
-			expires = key.NotAfter() // a certificate's own expiry
-		}
-		warnExpiry(ctx, rt.log, c.Name, key.KeyID, expires)
-		isActive := kc.Active || len(c.keyList()) == 1
-		if isActive {
-			active, activeGuard = key, guard
-		}
-		infos = append(infos, keyInfo{kid: key.KeyID, backend: key.Backend, active: isActive, expires: expires, guard: guard})
-	}
-	return active, activeGuard, nil
 }
 
 // reload applies a new config to the running broker: every client's keys
 // (the active one may change; the one active now must still be listed) and
-// the policy. It changes nothing unless all of it loads. Other changes need
-// a restart.
+// the policy. It changes nothing unless all of it loads: the policy is
+// compiled and the keys opened before either is swapped in. Other changes
+// need a restart.
 func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) error {
 	pol, err := cfg.policy()
 	if err != nil {
 		return err
 	}
-	next := map[string]*signer.Key{}
-	guards := map[string]*signer.Guarded{}
-	for i, c := range cfg.Clients {
-		mp, ok := rt.clients[c.Name]
-		if !ok {
-			return fmt.Errorf("clients[%d] (%s): adding a client needs a restart", i, c.Name)
-		}
-		current := mp.KeyID()
-		listed := false
-		for _, k := range c.keyList() {
-			listed = listed || k.KID == current
-		}
-		if !listed && c.activeKID() != "" {
-			return fmt.Errorf("clients[%d] (%s): the active key %q was removed; make another key active, reload, and only then remove it",
-				i, c.Name, current)
-		}
-		active, guard, err := rt.loadKeys(ctx, i, c, baseDir)
-		if err != nil {
-			return err
-		}
-		next[c.Name] = active
-		guards[c.Name] = guard
+	rcs, err := ringClients(cfg, baseDir)
+	if err != nil {
+		return err
 	}
-	rt.mu.Lock()
-	for name, g := range guards {
-		rt.active[name] = g
-	}
-	rt.mu.Unlock()
-	for name, k := range next {
-		if old := rt.clients[name].KeyID(); old != k.KeyID {
-			rt.log.InfoContext(ctx, "active key changed", slog.String("client", name), slog.String("from", old), slog.String("to", k.KeyID))
-		}
-		_ = rt.clients[name].SetKey(k)
+	if err := rt.ring.Replace(ctx, rcs); err != nil {
+		return err
 	}
 	rt.broker.SetPolicy(pol)
 	return nil

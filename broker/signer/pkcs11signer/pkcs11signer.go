@@ -235,6 +235,10 @@ func (h *hsmSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) 
 		return sig, nil
 	}
 	h.mu.Lock()
+	if h.ctx == nil { // closed: never reopen a closed key
+		h.mu.Unlock()
+		return nil, fmt.Errorf("pkcs11: sign: %w (key closed)", err)
+	}
 	if h.key == key { // nobody reopened meanwhile
 		old := h.ctx
 		if rerr := h.open(); rerr != nil {
