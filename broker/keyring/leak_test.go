@@ -1,0 +1,72 @@
+package keyring_test
+
+import (
+	"context"
+	"crypto"
+	"runtime"
+	"testing"
+	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/keyring"
+	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
+)
+
+// TestReloadsKeepSessionsAndConnections: 100 reloads of a PKCS#11 key
+// (SoftHSM2) and a gRPC signer key leave as many PKCS#11 sessions open in
+// the module, and as many connections at the signer, as one load, and no
+// more goroutines.
+func TestReloadsKeepSessionsAndConnections(t *testing.T) {
+	hsmURI := signertest.SoftHSM(t, signertest.KeyA)
+	grpcURI, lis := signertest.GRPCSigner(t, signertest.KeyB)
+	clients := []keyring.Client{
+		{Name: "hsm", Keys: []keyring.Key{{Spec: signer.Spec{URI: hsmURI, KeyID: "h1"}}}},
+		{Name: "remote", Keys: []keyring.Key{{Spec: signer.Spec{URI: grpcURI, KeyID: "r1"}}}},
+	}
+	ctx := context.Background()
+	ring, err := keyring.Open(ctx, keyring.Config{}, clients)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ring.Close()
+	sign := func() {
+		t.Helper()
+		for _, c := range []string{"hsm", "remote"} {
+			if _, err := ring.Active(c).Sign(nil, crypto.SHA256.New().Sum(nil)); err != nil {
+				t.Fatalf("%s: %v", c, err)
+			}
+		}
+	}
+	// One reload first, so that what is made once per process (gRPC's
+	// resolvers, the module's own threads) is in the baseline.
+	if err := ring.Replace(ctx, clients); err != nil {
+		t.Fatal(err)
+	}
+	sign()
+	lis.WaitOpen(t, 1)
+	sessions := signertest.SoftHSMSessions(t)
+	if sessions == 0 {
+		t.Fatal("no PKCS#11 session open for an open key")
+	}
+	goroutines := runtime.NumGoroutine()
+	for i := range 100 {
+		if err := ring.Replace(ctx, clients); err != nil {
+			t.Fatalf("reload %d: %v", i, err)
+		}
+		sign()
+	}
+	if got := signertest.SoftHSMSessions(t); got != sessions {
+		t.Errorf("PKCS#11 sessions after 100 reloads: %d, want %d", got, sessions)
+	}
+	lis.WaitOpen(t, 1)
+	// Closed connections end their goroutines a moment later: wait for the
+	// count to come back, failing after a minute.
+	limit := time.Now().Add(time.Minute)
+	for runtime.NumGoroutine() > goroutines {
+		if time.Now().After(limit) {
+			t.Fatalf("goroutines after 100 reloads: %d, want at most %d", runtime.NumGoroutine(), goroutines)
+		}
+		runtime.Gosched()
+		time.Sleep(10 * time.Millisecond)
+	}
+}
