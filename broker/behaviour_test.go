@@ -92,14 +92,14 @@ func TestCreateSystemUserRequestExternalRefRuleRefusesNoExternalRef(t *testing.T
 	defer b.Close()
 	ctx := context.Background()
 	p := broker.SystemUserRequestParams{Caller: "unix:billing", CustomerOrg: "310904473", Rights: []string{"r"}}
-	if _, _, err := b.CreateSystemUserRequest(ctx, p); !errors.Is(err, broker.ErrPermissionDenied) {
+	if _, err := b.CreateSystemUserRequest(ctx, p); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("no external_ref: %v, want ErrPermissionDenied", err)
 	}
 	if src.calls.Load() != 0 || v.calls != 0 {
 		t.Errorf("a refused request reached upstream: %d token fetches, %d vendor calls", src.calls.Load(), v.calls)
 	}
 	p.ExternalRef = "tenant-1"
-	if _, _, err := b.CreateSystemUserRequest(ctx, p); err != nil {
+	if _, err := b.CreateSystemUserRequest(ctx, p); err != nil {
 		t.Errorf("external_ref tenant-1: %v", err)
 	}
 }

@@ -50,6 +50,24 @@ type Client struct {
 	Vendor   VendorAPI
 }
 
+// upstreamState is implemented by token sources and exchangers that know
+// when their upstream is down (*maskinporten.Client, *altinn.Exchanger).
+type upstreamState interface {
+	// Unavailable returns the error a caller without a cached token gets
+	// at once, or nil when a request could go out now.
+	Unavailable() error
+	// Recovering reports that the upstream was down and a request sent
+	// now would be a probe.
+	Recovering() bool
+	// HedgeDelay is how long a request may go unanswered before it counts
+	// as hung: a flight older than that is raced by a new one, if Hedging.
+	HedgeDelay() time.Duration
+	Hedging() bool
+	// OnRecovery registers f to be called when requests may go out again
+	// after an outage.
+	OnRecovery(f func())
+}
+
 // Exchanger trades a Maskinporten token for an Altinn token.
 type Exchanger interface {
 	Exchange(ctx context.Context, mp *maskinporten.Token) (*maskinporten.Token, error)
@@ -116,6 +134,7 @@ type Broker struct {
 	negativeTTL        time.Duration
 
 	policy     atomic.Pointer[policy.Policy]
+	wake       chan struct{}
 	stop       chan struct{}
 	stopOnce   sync.Once
 	loopDone   chan struct{}
@@ -139,6 +158,7 @@ func New(cfg Config) (*Broker, error) {
 		refreshFraction:    cfg.RefreshFraction,
 		idleAfter:          cfg.IdleAfter,
 		negativeTTL:        cfg.NegativeTTL,
+		wake:               make(chan struct{}, 1),
 		stop:               make(chan struct{}),
 		loopDone:           make(chan struct{}),
 		skewWarned:         map[string]bool{},
@@ -207,11 +227,28 @@ func New(cfg Config) (*Broker, error) {
 		interval = 500 * time.Millisecond
 	}
 	if interval > 0 {
+		for _, c := range b.clients {
+			for _, u := range []any{c.Source, c.Exchanger} {
+				if us, ok := u.(upstreamState); ok {
+					us.OnRecovery(b.Wake)
+				}
+			}
+		}
 		go b.loop(interval)
 	} else {
 		close(b.loopDone)
 	}
 	return b, nil
+}
+
+// Wake makes the background loop sweep now rather than at its next tick.
+// Clients call it when their upstream recovers, so that every key in use
+// is refreshed at once (and a probe goes out as soon as one is due).
+func (b *Broker) Wake() {
+	select {
+	case b.wake <- struct{}{}:
+	default:
+	}
 }
 
 // SetPolicy replaces the policy atomically: calls that start after it
@@ -235,6 +272,8 @@ func (b *Broker) loop(interval time.Duration) {
 			return
 		case <-t.C:
 			b.Sweep()
+		case <-b.wake:
+			b.Sweep()
 		}
 	}
 }
@@ -247,6 +286,7 @@ func (b *Broker) Sweep() {
 	now := b.now()
 	n := now.UnixNano()
 	idleCut := now.Add(-b.idleAfter).UnixNano()
+	probed := map[upstreamState]bool{}
 	b.cache.entries.Range(func(_, v any) bool {
 		e := v.(*entry)
 		if e.lastUsed.Load() < idleCut {
@@ -257,7 +297,16 @@ func (b *Broker) Sweep() {
 			e.negative.CompareAndSwap(neg, nil)
 		}
 		if e.tok.Load() != nil && n >= e.refreshAt.Load() && e.lastUsed.Load() > e.fetchedAt.Load() {
-			b.refreshAsync(e)
+			// While the upstream recovers, one refresh per sweep goes out
+			// as its probe; the probe closing the breaker wakes the next
+			// sweep, which refreshes the rest.
+			up := e.upstream()
+			if up != nil && up.Recovering() && up.Unavailable() == nil && !probed[up] {
+				probed[up] = true
+				b.refreshAsyncProbe(e, true)
+			} else {
+				b.refreshAsync(e)
+			}
 		}
 		return true
 	})
@@ -469,14 +518,43 @@ func (b *Broker) client(name string) (*Client, error) {
 // caller with a deadline waits until just before it and then gets
 // ErrUpstreamSlow, so that it can tell a slow Maskinporten from its own
 // deadline.
+//
+// When the upstream is known to be down (its breaker is open, or it asked
+// for a pause with a 429), the caller gets that error at once instead of
+// waiting. While it recovers (a probe is due or out), the caller starts
+// the fetch, which then is the probe or fails at once, but does not wait
+// for it: a probe may hang for a hedge delay; a token it brings serves the
+// next call. A flight older than the upstream's hedge delay is stuck: a
+// new caller starts a new flight beside it (once per flight) rather than
+// joining it, so that a flight caught on a hung connection does not hold
+// the callers that come after it. Like a hedge, this happens only where
+// hedging is on; each such flight's attempts count for the breaker, which
+// bounds the extra grants.
 func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration) (*maskinporten.Token, bool, time.Duration, error) {
 	e.mu.Lock()
 	if t := e.tok.Load(); t != nil && t.ExpiresAt.Sub(b.now()) >= minValidity {
 		e.mu.Unlock()
 		return t, true, 0, nil
 	}
-	f := b.startLocked(e)
+	up := e.upstream()
+	recovering := false
+	if up != nil {
+		if err := up.Unavailable(); err != nil {
+			e.mu.Unlock()
+			return nil, false, 0, fmt.Errorf("client %q, customer_org %s: %w", e.client.Name, e.req.CustomerOrg, err)
+		}
+		recovering = up.Recovering()
+		if f := e.flight; f != nil && !f.raced && up.Hedging() && time.Since(f.started) > up.HedgeDelay() {
+			f.raced = true
+			e.flight = nil
+		}
+	}
+	f := b.startLocked(e, true)
 	e.mu.Unlock()
+	if recovering {
+		return nil, false, 0, fmt.Errorf("client %q, customer_org %s: %w", e.client.Name, e.req.CustomerOrg, &maskinporten.Error{
+			Description: "upstream recovering after an outage: a probe is on its way", Retryable: true, CircuitOpen: true, RetryAfter: up.HedgeDelay()})
+	}
 
 	var slow <-chan time.Time
 	if dl, ok := ctx.Deadline(); ok {
@@ -501,24 +579,50 @@ func (b *Broker) fetch(ctx context.Context, e *entry, minValidity time.Duration)
 	return f.tok, false, f.latency, nil
 }
 
-// refreshAsync starts a background fetch for e unless one is in flight or
-// the refresh is no longer due (another one just finished).
-func (b *Broker) refreshAsync(e *entry) {
+// upstream returns what knows the state of the upstream e's fetch goes to
+// first: the token source (an Altinn token needs a Maskinporten token
+// first, and that fetch checks the exchanger's state itself).
+func (e *entry) upstream() upstreamState {
+	if e.key.kind == KindAltinn {
+		if us, ok := e.client.Exchanger.(upstreamState); ok {
+			return us
+		}
+		return nil
+	}
+	us, _ := e.client.Source.(upstreamState)
+	return us
+}
+
+// refreshAsync starts a background fetch for e unless one is in flight,
+// the refresh is no longer due (another one just finished), or the
+// upstream is down or recovering: a refresh then would fail at once (and
+// log that), or wait on a probe that Sweep sends.
+func (b *Broker) refreshAsync(e *entry) { b.refreshAsyncProbe(e, false) }
+
+// refreshAsyncProbe is refreshAsync; probe lets the refresh go out while
+// the upstream recovers, as its probe.
+func (b *Broker) refreshAsyncProbe(e *entry, probe bool) {
+	if up := e.upstream(); up != nil && (up.Unavailable() != nil || (up.Recovering() && !probe)) {
+		return
+	}
 	e.mu.Lock()
 	if e.flight == nil && b.now().UnixNano() >= e.refreshAt.Load() {
 		b.cache.refreshes.Add(1)
-		b.startLocked(e)
+		b.startLocked(e, false)
 	}
 	e.mu.Unlock()
 }
 
-// startLocked returns the flight of e, starting one if there is none. e.mu
-// must be held.
-func (b *Broker) startLocked(e *entry) *flight {
+// startLocked returns the flight of e, starting one if there is none;
+// waited says that a caller waits for it. e.mu must be held.
+func (b *Broker) startLocked(e *entry, waited bool) *flight {
 	if e.flight == nil {
-		e.flight = &flight{done: make(chan struct{})}
+		e.flight = &flight{done: make(chan struct{}), started: time.Now()}
 		b.cache.inFlight.Add(1)
 		go b.run(e, e.flight)
+	}
+	if waited {
+		e.flight.waiting.Store(true)
 	}
 	return e.flight
 }
@@ -526,10 +630,12 @@ func (b *Broker) startLocked(e *entry) *flight {
 // run performs one fetch and publishes its result to the entry and to the
 // callers waiting on f. A token that is still valid survives a failed
 // refresh caused by an outage; a permanent refusal drops it and is
-// remembered for NegativeTTL.
+// remembered for NegativeTTL. A fetch no caller waits for yields to those
+// that have callers when the client's grant rate is reached.
 func (b *Broker) run(e *entry, f *flight) {
 	ctx, cancel := context.WithTimeout(context.Background(), b.fetchTimeout)
 	defer cancel()
+	ctx = maskinporten.WithWaiters(ctx, &f.waiting)
 	c, r := e.client, e.req
 	start := b.now()
 	tok, err := b.fetchFor(ctx, e)
@@ -544,7 +650,9 @@ func (b *Broker) run(e *entry, f *flight) {
 	e.mu.Lock()
 	switch {
 	case err == nil:
-		e.store(tok, now, b.refreshMargin, b.refreshFraction)
+		if old := e.tok.Load(); old == nil || !tok.ExpiresAt.Before(old.ExpiresAt) {
+			e.store(tok, now, b.refreshMargin, b.refreshFraction)
+		}
 	case permanent:
 		e.tok.Store(nil)
 		if b.negativeTTL > 0 {
@@ -552,7 +660,9 @@ func (b *Broker) run(e *entry, f *flight) {
 		}
 	}
 	f.tok, f.err, f.latency = tok, err, latency
-	e.flight = nil
+	if e.flight == f {
+		e.flight = nil
+	}
 	e.mu.Unlock()
 	close(f.done)
 	b.cache.inFlight.Add(-1)

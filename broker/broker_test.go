@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker"
+	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 )
@@ -448,3 +449,22 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// The broker reads the upstream's state through an optional interface; a
+// method missing on either upstream would silently turn that off.
+var (
+	_ interface {
+		Unavailable() error
+		Recovering() bool
+		HedgeDelay() time.Duration
+		Hedging() bool
+		OnRecovery(func())
+	} = (*maskinporten.Client)(nil)
+	_ interface {
+		Unavailable() error
+		Recovering() bool
+		HedgeDelay() time.Duration
+		Hedging() bool
+		OnRecovery(func())
+	} = (*altinn.Exchanger)(nil)
+)

@@ -70,6 +70,13 @@ type flight struct {
 	tok     *maskinporten.Token
 	err     error
 	latency time.Duration
+	// started is when the flight began, in real time (hedge delays are
+	// real time); raced is set, under the entry's mu, once a newer flight
+	// has replaced it because it seemed stuck.
+	started time.Time
+	raced   bool
+	// waiting is true once a caller waits for the flight.
+	waiting atomic.Bool
 }
 
 // entry returns the entry for k, creating it with mk when there is none.

@@ -87,7 +87,7 @@ func validate(r Request) (*validRequest, error) {
 			return nil, fieldError("scopes", "scope %d: %s", i, msg)
 		}
 	}
-	if err := checkString("external_ref", r.ExternalRef, MaxExternalRefLen); err != nil {
+	if err := checkExternalRef(r.ExternalRef); err != nil {
 		return nil, err
 	}
 	if r.Resource != "" {
@@ -149,6 +149,24 @@ func checkString(field, s string, max int) error {
 		case unicode.IsControl(r):
 			return fieldError(field, "has a control character")
 		}
+	}
+	return nil
+}
+
+// checkExternalRef is the one rule for external_ref, in GetToken, requests
+// and look-ups alike: bounded, valid UTF-8 without control characters, and
+// without leading or trailing whitespace. Altinn trims every string of a
+// request before storing it (Altinn/altinn-authentication
+// src/Authentication/Filters/TrimStringsActionFilter.cs), so a padded
+// reference would be stored trimmed, and grants and look-ups with the
+// padded value would never match it. Refusing is clearer than trimming
+// silently: policy entries and the caller's own records keep one spelling.
+func checkExternalRef(ref string) error {
+	if err := checkString("external_ref", ref, MaxExternalRefLen); err != nil {
+		return err
+	}
+	if strings.TrimSpace(ref) != ref {
+		return fieldError("external_ref", "leading or trailing whitespace (Altinn stores external references trimmed)")
 	}
 	return nil
 }

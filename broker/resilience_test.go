@@ -20,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
+	"github.com/tokenbroker/tokenbroker/broker/hedge"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
@@ -94,8 +95,12 @@ func newEmuEnv(t testing.TB, o emuOptions) *emuEnv {
 		Environment:    maskinporten.Environment{Name: "emulator", Issuer: emu.Issuer(), TokenURL: srv.URL + "/token"},
 		Now:            now,
 		AttemptTimeout: o.attempt,
-		Breaker:        o.breaker,
-		Retry:          maskinporten.RetryPolicy{MaxAttempts: o.maxAttempts, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond},
+		// These tests count grants for the cache's behaviour; a machine
+		// loaded enough to make an answer outlast the hedge delay would
+		// add a hedge. Hedging is tested with the shipped defaults in
+		// faults_test.go.
+		Hedger: hedge.New(hedge.Config{Breaker: o.breaker, Budget: -1}),
+		Retry:  maskinporten.RetryPolicy{MaxAttempts: o.maxAttempts, InitialBackoff: time.Millisecond, MaxBackoff: 5 * time.Millisecond},
 	})
 	if err != nil {
 		t.Fatal(err)

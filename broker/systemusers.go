@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"slices"
 	"strings"
 	"time"
 
@@ -27,6 +28,8 @@ type VendorAPI interface {
 	ListRequests(ctx context.Context, token string, agent bool, systemID, pageURL string) ([]altinn.Request, string, error)
 	ListSystemUsers(ctx context.Context, token, systemID, pageURL string) ([]altinn.SystemUser, string, error)
 	RegisterSystem(ctx context.Context, token string, s altinn.System, update bool) error
+	GetSystem(ctx context.Context, token, id string) (*altinn.System, error)
+	DeleteRequest(ctx context.Context, token, id string) error
 }
 
 // SystemUserRequestParams describe a system user request to create.
@@ -34,6 +37,19 @@ type SystemUserRequestParams struct {
 	Caller, Client, CustomerOrg, ExternalRef, RedirectURL string
 	Rights, AccessPackages                                []string
 	Agent                                                 bool
+	// ReplaceRejected deletes a Rejected, Denied or timed-out request for
+	// the same customer and external reference before creating, so that
+	// the customer is asked again.
+	ReplaceRejected bool
+}
+
+// CreatedRequest is the answer to CreateSystemUserRequest.
+type CreatedRequest struct {
+	*altinn.Request
+	// Existing is true when Altinn returned a request it already had.
+	Existing bool
+	// Replaced is the id of the request deleted for ReplaceRejected.
+	Replaced string
 }
 
 // SystemUserLookup names a request: ID, or CustomerOrg (and ExternalRef).
@@ -69,64 +85,129 @@ func (b *Broker) systemUserClient(name string) (*Client, error) {
 }
 
 // CreateSystemUserRequest asks the customer to approve a system user for
-// the client's system. It returns the request and whether Altinn already
-// had it pending.
-func (b *Broker) CreateSystemUserRequest(ctx context.Context, p SystemUserRequestParams) (*altinn.Request, bool, error) {
+// the client's system. Altinn returns the request it already has for the
+// same customer and external reference whatever its status; with
+// ReplaceRejected a Rejected, Denied or timed-out one is deleted first.
+//
+// When a request was deleted for ReplaceRejected and creating the new one
+// then failed, the error comes with a CreatedRequest holding only
+// Replaced, so that the deletion can still be audited.
+func (b *Broker) CreateSystemUserRequest(ctx context.Context, p SystemUserRequestParams) (*CreatedRequest, error) {
+	r, existing, replaced, err := b.createSystemUserRequest(ctx, p)
+	switch {
+	case err != nil && replaced != "":
+		return &CreatedRequest{Replaced: replaced}, err
+	case err != nil:
+		return nil, err
+	}
+	return &CreatedRequest{Request: r, Existing: existing, Replaced: replaced}, nil
+}
+
+func (b *Broker) createSystemUserRequest(ctx context.Context, p SystemUserRequestParams) (*altinn.Request, bool, string, error) {
 	org, err := orgno.Parse(p.CustomerOrg)
 	if err != nil {
-		return nil, false, fieldError("customer_org", "not an organisation number: %v", err)
+		return nil, false, "", fieldError("customer_org", "not an organisation number: %v", err)
 	}
-	if err := checkString("external_ref", p.ExternalRef, MaxExternalRefLen); err != nil {
-		return nil, false, err
+	if err := checkExternalRef(p.ExternalRef); err != nil {
+		return nil, false, "", err
 	}
 	if err := checkString("client", p.Client, MaxClientLen); err != nil {
-		return nil, false, err
+		return nil, false, "", err
 	}
 	if p.RedirectURL != "" {
 		u, err := url.Parse(p.RedirectURL)
 		if err != nil || u.Scheme != "https" || u.Host == "" || len(p.RedirectURL) > MaxResourceLen {
-			return nil, false, fieldError("redirect_url", "want an absolute https URL")
+			return nil, false, "", fieldError("redirect_url", "want an absolute https URL")
 		}
 	}
 	switch {
 	case len(p.Rights) > MaxScopes || len(p.AccessPackages) > MaxScopes:
-		return nil, false, fieldError("rights", "at most %d rights and %d access packages", MaxScopes, MaxScopes)
+		return nil, false, "", fieldError("rights", "at most %d rights and %d access packages", MaxScopes, MaxScopes)
 	case p.Agent && len(p.Rights) > 0:
-		return nil, false, fieldError("rights", "an agent request takes access packages only")
+		return nil, false, "", fieldError("rights", "an agent request takes access packages only")
 	case p.Agent && len(p.AccessPackages) == 0:
-		return nil, false, fieldError("access_packages", "an agent request needs at least one access package")
+		return nil, false, "", fieldError("access_packages", "an agent request needs at least one access package")
 	case !p.Agent && len(p.Rights) == 0 && len(p.AccessPackages) == 0:
-		return nil, false, fieldError("rights", "a request needs rights or access packages")
+		return nil, false, "", fieldError("rights", "a request needs rights or access packages")
 	}
 	var rights []altinn.Right
 	for _, r := range p.Rights {
 		if msg := checkScope(r); msg != "" {
-			return nil, false, fieldError("rights", "resource id %q: %s", r, msg)
+			return nil, false, "", fieldError("rights", "resource id %q: %s", r, msg)
 		}
 		rights = append(rights, altinn.Right{Resource: []altinn.Attribute{{ID: "urn:altinn:resource", Value: r}}})
 	}
 	var packages []altinn.AccessPackage
 	for _, a := range p.AccessPackages {
 		if !strings.HasPrefix(a, AccessPackagePrefix) || checkScope(a) != "" {
-			return nil, false, fieldError("access_packages", "want an URN starting with %s", AccessPackagePrefix)
+			return nil, false, "", fieldError("access_packages", "want an URN starting with %s", AccessPackagePrefix)
 		}
 		packages = append(packages, altinn.AccessPackage{URN: a})
 	}
 	if err := b.policy.Load().Check(p.Caller, policy.Request{Client: b.clientName(p.Client), CustomerOrg: org, ExternalRef: p.ExternalRef}); err != nil {
-		return nil, false, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
+		return nil, false, "", fmt.Errorf("%w: %w", ErrPermissionDenied, err)
 	}
 	c, err := b.systemUserClient(p.Client)
 	if err != nil {
-		return nil, false, err
+		return nil, false, "", err
 	}
 	tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestWrite)
 	if err != nil {
-		return nil, false, err
+		return nil, false, "", err
 	}
-	return c.Vendor.CreateRequest(ctx, tok.AccessToken, p.Agent, altinn.Request{
+	var replaced string
+	if p.ReplaceRejected {
+		if replaced, err = b.replaceRejected(ctx, c, p.Agent, org, p.ExternalRef, tok.AccessToken); err != nil {
+			return nil, false, "", err
+		}
+	}
+	r, existing, err := c.Vendor.CreateRequest(ctx, tok.AccessToken, p.Agent, altinn.Request{
 		SystemID: c.SystemID, PartyOrgNo: org, ExternalRef: p.ExternalRef, Rights: rights,
 		AccessPackages: packages, RedirectURL: p.RedirectURL,
 	})
+	return r, existing, replaced, err
+}
+
+// replaceRejected deletes the request Altinn has for (system, org, ref) if
+// it is Rejected, Denied or timed out, and returns its id. Altinn would
+// otherwise return that request again instead of asking the customer
+// (RequestSystemUserController.cs CreateRequest and CreateAgentRequest).
+func (b *Broker) replaceRejected(ctx context.Context, c *Client, agent bool, org, ref, writeToken string) (string, error) {
+	read, err := b.vendorToken(ctx, c, altinn.ScopeRequestRead)
+	if err != nil {
+		return "", err
+	}
+	if ref == "" {
+		ref = org
+	}
+	old, err := c.Vendor.GetRequestByExternalRef(ctx, read.AccessToken, agent, c.SystemID, org, ref)
+	var pe *altinn.ProblemError
+	switch {
+	case errors.As(err, &pe) && pe.StatusCode == http.StatusNotFound:
+		return "", nil
+	case err != nil:
+		return "", err
+	case !Replaceable(old):
+		return "", nil
+	}
+	if err := c.Vendor.DeleteRequest(ctx, writeToken, old.ID); err != nil {
+		return "", err
+	}
+	return old.ID, nil
+}
+
+// Replaceable reports whether r is a request the customer can no longer
+// approve: Rejected, Denied, or timed out (Altinn's timedOut flag, or a
+// status Timedout). Altinn sets the flag by age alone, so an accepted
+// request gets it too; that one is never replaceable.
+func Replaceable(r *altinn.Request) bool {
+	switch strings.ToLower(r.Status) {
+	case "rejected", "denied", "timedout":
+		return true
+	case "accepted":
+		return false
+	}
+	return r.TimedOut
 }
 
 // GetSystemUserRequest reads a request by id, or by customer org and
@@ -145,70 +226,139 @@ func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (
 	case l.ID != "" && l.CustomerOrg != "":
 		return nil, fieldError("id", "give id or customer_org, not both")
 	case l.ID != "":
-		if err := checkString("id", l.ID, 64); err != nil {
+		if err := checkRequestID(l.ID); err != nil {
 			return nil, err
-		}
-		if _, err := uuid.Parse(l.ID); err != nil || len(l.ID) != 36 {
-			return nil, fieldError("id", "not a request id (a UUID)")
 		}
 	case l.CustomerOrg != "":
 		var err error
 		if org, err = orgno.Parse(l.CustomerOrg); err != nil {
 			return nil, fieldError("customer_org", "not an organisation number: %v", err)
 		}
-		if err := checkString("external_ref", l.ExternalRef, MaxExternalRefLen); err != nil {
+		if err := checkExternalRef(l.ExternalRef); err != nil {
 			return nil, err
 		}
 	default:
 		return nil, fieldError("id", "give id, or customer_org (and external_ref)")
 	}
-	name := b.clientName(l.Client)
-	pol := b.policy.Load()
-	if org != "" {
-		if err := pol.Check(l.Caller, policy.Request{Client: name, CustomerOrg: org, ExternalRef: l.ExternalRef}); err != nil {
-			return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
-		}
-	} else if !pol.AllowsClient(l.Caller, name) {
-		// Check names what is refused: the caller, or the client.
-		return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, pol.Check(l.Caller, policy.Request{Client: name}))
-	}
-	c, err := b.systemUserClient(l.Client)
-	if err != nil {
-		return nil, err
-	}
-	tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestRead)
-	if err != nil {
-		return nil, err
-	}
-	var r *altinn.Request
+	var (
+		r   *altinn.Request
+		err error
+	)
 	if l.ID != "" {
-		r, err = c.Vendor.GetRequest(ctx, tok.AccessToken, l.Agent, l.ID)
-		var pe *altinn.ProblemError
-		if errors.As(err, &pe) && pe.StatusCode == http.StatusNotFound {
-			return nil, ErrNotFound
+		if r, _, err = b.requestByID(ctx, l); err != nil {
+			return nil, err
 		}
 	} else {
+		name := b.clientName(l.Client)
+		if err := b.policy.Load().Check(l.Caller, policy.Request{Client: name, CustomerOrg: org, ExternalRef: l.ExternalRef}); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
+		}
+		c, err := b.systemUserClient(l.Client)
+		if err != nil {
+			return nil, err
+		}
+		tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestRead)
+		if err != nil {
+			return nil, err
+		}
 		ref := l.ExternalRef
 		if ref == "" {
 			ref = org
 		}
-		r, err = c.Vendor.GetRequestByExternalRef(ctx, tok.AccessToken, l.Agent, c.SystemID, org, ref)
+		if r, err = c.Vendor.GetRequestByExternalRef(ctx, tok.AccessToken, l.Agent, c.SystemID, org, ref); err != nil {
+			return nil, err
+		}
+		// Altinn's answer is checked too, in case it is not what was
+		// asked for.
+		if err := b.checkRequestPolicy(l.Caller, c, r); err != nil {
+			return nil, err
+		}
 	}
-	if err != nil {
-		return nil, err
+	if strings.EqualFold(r.Status, "accepted") {
+		b.forgetRefusals(b.clientName(l.Client), r.PartyOrgNo)
 	}
+	return r, nil
+}
+
+// checkRequestID checks a request id: Altinn's ids are UUIDs.
+func checkRequestID(id string) error {
+	if err := checkString("id", id, 64); err != nil {
+		return err
+	}
+	if _, err := uuid.Parse(id); err != nil || len(id) != 36 {
+		return fieldError("id", "not a request id (a UUID)")
+	}
+	return nil
+}
+
+// checkRequestPolicy checks the caller against the customer org and
+// external reference of a request Altinn returned.
+func (b *Broker) checkRequestPolicy(caller string, c *Client, r *altinn.Request) error {
 	ref := r.ExternalRef
 	if ref == r.PartyOrgNo {
 		ref = ""
 	}
-	if err := pol.Check(l.Caller, policy.Request{Client: c.Name, CustomerOrg: r.PartyOrgNo, ExternalRef: ref}); err != nil {
-		if l.ID != "" {
-			return nil, &hiddenError{fmt.Errorf("%w: %w", ErrPermissionDenied, err)}
-		}
-		return nil, fmt.Errorf("%w: %w", ErrPermissionDenied, err)
+	if err := b.policy.Load().Check(caller, policy.Request{Client: c.Name, CustomerOrg: r.PartyOrgNo, ExternalRef: ref}); err != nil {
+		return fmt.Errorf("%w: %w", ErrPermissionDenied, err)
 	}
-	if strings.EqualFold(r.Status, "accepted") {
-		b.forgetRefusals(c.Name, r.PartyOrgNo)
+	return nil
+}
+
+// requestByID reads the request l.ID, whose customer is only known from
+// Altinn's answer: a caller with no rule for the client is refused before
+// the call, and a request of a customer the caller may not see is
+// ErrNotFound, exactly like a missing one (a hiddenError, which still
+// wraps the refusal for the audit).
+func (b *Broker) requestByID(ctx context.Context, l SystemUserLookup) (*altinn.Request, *Client, error) {
+	name := b.clientName(l.Client)
+	if pol := b.policy.Load(); !pol.AllowsClient(l.Caller, name) {
+		// Check names what is refused: the caller, or the client.
+		return nil, nil, fmt.Errorf("%w: %w", ErrPermissionDenied, pol.Check(l.Caller, policy.Request{Client: name}))
+	}
+	c, err := b.systemUserClient(l.Client)
+	if err != nil {
+		return nil, nil, err
+	}
+	tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestRead)
+	if err != nil {
+		return nil, nil, err
+	}
+	r, err := c.Vendor.GetRequest(ctx, tok.AccessToken, l.Agent, l.ID)
+	var pe *altinn.ProblemError
+	switch {
+	case errors.As(err, &pe) && pe.StatusCode == http.StatusNotFound:
+		return nil, nil, ErrNotFound
+	case err != nil:
+		return nil, nil, err
+	}
+	if err := b.checkRequestPolicy(l.Caller, c, r); err != nil {
+		return nil, nil, &hiddenError{err}
+	}
+	return r, c, nil
+}
+
+// DeleteSystemUserRequest deletes the request l.ID (standard, or agent with
+// l.Agent) and returns what it was. The request is read first, with the
+// same rules as GetSystemUserRequest by id: Altinn's delete does not check
+// who owns the request (RequestSystemUserController.cs
+// DeleteRequestByRequestId), the read does.
+func (b *Broker) DeleteSystemUserRequest(ctx context.Context, l SystemUserLookup) (*altinn.Request, error) {
+	if err := checkString("client", l.Client, MaxClientLen); err != nil {
+		return nil, err
+	}
+	if err := checkRequestID(l.ID); err != nil {
+		return nil, err
+	}
+	r, c, err := b.requestByID(ctx, l)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := b.vendorToken(ctx, c, altinn.ScopeRequestWrite)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.Vendor.DeleteRequest(ctx, tok.AccessToken, r.ID); err != nil {
+		return nil, err
 	}
 	return r, nil
 }
@@ -343,24 +493,95 @@ type SystemRegistration struct {
 	Name, Description                    map[string]string
 	Rights, AccessPackages, RedirectURLs []string
 	Update                               bool
+	// IsVisible nil means false on create and the registered value on
+	// update.
+	IsVisible *bool
 }
 
-// RegisterSystem creates (or replaces) the client's system in Altinn's
-// system register with the client's client_id, and returns its id.
+// languages are the language codes Altinn's register takes for a system's
+// name and description.
+var languages = []string{"nb", "nn", "en"}
+
+// checkTexts checks a name or description map: known languages, text that
+// is not blank. required says that at least one language is needed.
+func checkTexts(field string, texts map[string]string, max int, required bool) error {
+	if required && len(texts) == 0 {
+		return fieldError(field, "required in at least one of nb, nn, en")
+	}
+	for lang, text := range texts {
+		if !slices.Contains(languages, lang) {
+			if err := checkString(field, lang, 16); err != nil {
+				return err
+			}
+			return fieldError(field, "language %q: want nb, nn or en", lang)
+		}
+		if err := checkString(field, text, max); err != nil {
+			return err
+		}
+		if strings.TrimSpace(text) == "" {
+			return fieldError(field, "%s: empty", lang)
+		}
+	}
+	return nil
+}
+
+// sameLanguages checks that name and description come in the same
+// languages: Altinn shows both in the customer's language.
+func sameLanguages(name, description map[string]string) error {
+	for lang := range name {
+		if _, ok := description[lang]; !ok {
+			return fieldError("description", "missing in %s, a language of name", lang)
+		}
+	}
+	for lang := range description {
+		if _, ok := name[lang]; !ok {
+			return fieldError("name", "missing in %s, a language of description", lang)
+		}
+	}
+	return nil
+}
+
+// needInvisible returns the client-relation packages among packages, which
+// Altinn refuses on a visible system (AUTH.VLD-00018).
+func needInvisible(packages []altinn.AccessPackage) []string {
+	var out []string
+	for _, p := range packages {
+		if slices.Contains(altinn.ClientRelationPackages, p.URN) {
+			out = append(out, p.URN)
+		}
+	}
+	return out
+}
+
+func checkVisible(visible bool, packages []altinn.AccessPackage) error {
+	if bad := needInvisible(packages); visible && len(bad) > 0 {
+		return fieldError("access_packages", "%s %s meant for client relations: Altinn takes them only on a system with is_visible false (AUTH.VLD-00018)",
+			strings.Join(bad, ", "), map[bool]string{true: "is", false: "are"}[len(bad) == 1])
+	}
+	return nil
+}
+
+// RegisterSystem creates the client's system in Altinn's system register
+// with the client's client_id, or with Update changes it, and returns its
+// id. Name and description are checked before any call. An update reads
+// the registered system, changes only the fields given (an empty list or
+// map keeps the registered one), keeps every client id already on it and
+// adds this client's, and writes the whole system back, because Altinn's
+// update replaces it. Altinn gives no version or ETag to detect a change
+// between the read and the write (SystemRegisterController.cs
+// UpdateWholeRegisteredSystem), so two concurrent updates can lose one.
 func (b *Broker) RegisterSystem(ctx context.Context, r SystemRegistration) (string, error) {
 	if err := checkString("client", r.Client, MaxClientLen); err != nil {
 		return "", err
 	}
-	if len(r.Name) == 0 {
-		return "", fieldError("name", "at least one language (nb, nn, en) is required")
+	if err := checkTexts("name", r.Name, 256, !r.Update); err != nil {
+		return "", err
 	}
-	for lang, text := range r.Name {
-		if err := checkString("name", lang+text, 256); err != nil {
-			return "", err
-		}
+	if err := checkTexts("description", r.Description, 2048, !r.Update); err != nil {
+		return "", err
 	}
-	for lang, text := range r.Description {
-		if err := checkString("description", lang+text, 2048); err != nil {
+	if !r.Update || (len(r.Name) > 0 && len(r.Description) > 0) {
+		if err := sameLanguages(r.Name, r.Description); err != nil {
 			return "", err
 		}
 	}
@@ -383,6 +604,9 @@ func (b *Broker) RegisterSystem(ctx context.Context, r SystemRegistration) (stri
 			return "", fieldError("allowed_redirect_urls", "want absolute https URLs")
 		}
 	}
+	if err := checkVisible(r.IsVisible != nil && *r.IsVisible, packages); err != nil {
+		return "", err
+	}
 	if err := b.requireAll(r.Caller, r.Client); err != nil {
 		return "", err
 	}
@@ -402,10 +626,55 @@ func (b *Broker) RegisterSystem(ctx context.Context, r SystemRegistration) (stri
 	if err != nil {
 		return "", err
 	}
-	err = c.Vendor.RegisterSystem(ctx, tok.AccessToken, altinn.System{
+	s := altinn.System{
 		ID: c.SystemID, Vendor: altinn.OrgID{Authority: maskinporten.OrgAuthority, ID: maskinporten.OrgPrefix + vendor},
 		Name: r.Name, Description: r.Description, Rights: rights, AccessPackages: packages,
-		ClientID: []string{cid.ClientID()}, AllowedRedirectURLs: r.RedirectURLs, IsVisible: true,
-	}, r.Update)
-	return c.SystemID, err
+		ClientID: []string{cid.ClientID()}, AllowedRedirectURLs: r.RedirectURLs, IsVisible: r.IsVisible != nil && *r.IsVisible,
+	}
+	if r.Update {
+		cur, err := c.Vendor.GetSystem(ctx, tok.AccessToken, c.SystemID)
+		if err != nil {
+			return "", err
+		}
+		s = merge(*cur, s, r)
+		if err := sameLanguages(s.Name, s.Description); err != nil {
+			return "", err
+		}
+		if err := checkVisible(s.IsVisible, s.AccessPackages); err != nil {
+			return "", err
+		}
+	}
+	return c.SystemID, c.Vendor.RegisterSystem(ctx, tok.AccessToken, s, r.Update)
+}
+
+// merge returns the registered system cur with the fields r sets taken
+// from want, and want's client id added to cur's.
+func merge(cur, want altinn.System, r SystemRegistration) altinn.System {
+	out := cur
+	out.ID, out.Vendor, out.IsDeleted = want.ID, want.Vendor, false
+	if len(r.Name) > 0 {
+		out.Name = want.Name
+	}
+	if len(r.Description) > 0 {
+		out.Description = want.Description
+	}
+	if len(r.Rights) > 0 {
+		out.Rights = want.Rights
+	}
+	if len(r.AccessPackages) > 0 {
+		out.AccessPackages = want.AccessPackages
+	}
+	if len(r.RedirectURLs) > 0 {
+		out.AllowedRedirectURLs = want.AllowedRedirectURLs
+	}
+	if r.IsVisible != nil {
+		out.IsVisible = *r.IsVisible
+	}
+	out.ClientID = slices.Clone(cur.ClientID)
+	for _, id := range want.ClientID {
+		if !slices.Contains(out.ClientID, id) {
+			out.ClientID = append(out.ClientID, id)
+		}
+	}
+	return out
 }

@@ -3,6 +3,7 @@ package broker_test
 import (
 	"context"
 	"errors"
+	"slices"
 	"testing"
 	"time"
 
@@ -47,6 +48,14 @@ func (v *recordingVendor) RegisterSystem(context.Context, string, altinn.System,
 	v.calls++
 	return nil
 }
+func (v *recordingVendor) GetSystem(context.Context, string, string) (*altinn.System, error) {
+	v.calls++
+	return &altinn.System{}, nil
+}
+func (v *recordingVendor) DeleteRequest(context.Context, string, string) error {
+	v.calls++
+	return nil
+}
 
 // TestSystemUserPolicy: the system user calls follow the caller policy;
 // lists span customers and need customer_orgs "*".
@@ -70,7 +79,7 @@ func TestSystemUserPolicy(t *testing.T) {
 	defer b.Close()
 	ctx := context.Background()
 	create := func(caller, org string) error {
-		_, _, err := b.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{Caller: caller, CustomerOrg: org, Rights: []string{"r"}})
+		_, err := b.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{Caller: caller, CustomerOrg: org, Rights: []string{"r"}})
 		return err
 	}
 	if err := create("unix:billing", "310904473"); err != nil {
@@ -91,7 +100,7 @@ func TestSystemUserPolicy(t *testing.T) {
 	if _, _, err := b.ListSystemUsers(ctx, "unix:admin", "", ""); err != nil {
 		t.Errorf("admin listing: %v", err)
 	}
-	if _, err := b.RegisterSystem(ctx, broker.SystemRegistration{Caller: "unix:billing", Name: map[string]string{"nb": "x"}}); !errors.Is(err, broker.ErrPermissionDenied) {
+	if _, err := b.RegisterSystem(ctx, broker.SystemRegistration{Caller: "unix:billing", Name: map[string]string{"nb": "x"}, Description: map[string]string{"nb": "x"}}); !errors.Is(err, broker.ErrPermissionDenied) {
 		t.Errorf("billing registering: %v", err)
 	}
 	// One vendor token (the write scope) and one read-scope token were
@@ -103,3 +112,71 @@ func TestSystemUserPolicy(t *testing.T) {
 		t.Errorf("%d vendor API calls, want 3", v.calls)
 	}
 }
+
+// TestReplaceable: only requests the customer can no longer approve are
+// replaced; an accepted one never is, even with Altinn's age flag.
+func TestReplaceable(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		status   string
+		timedOut bool
+		want     bool
+	}{
+		{"Rejected", false, true}, {"denied", false, true}, {"Timedout", false, true},
+		{"New", true, true}, {"New", false, false}, {"Accepted", true, false}, {"accepted", false, false},
+	} {
+		if got := broker.Replaceable(&altinn.Request{Status: tc.status, TimedOut: tc.timedOut}); got != tc.want {
+			t.Errorf("Replaceable(%s, timedOut %v) = %v, want %v", tc.status, tc.timedOut, got, tc.want)
+		}
+	}
+}
+
+// mergeVendor has a registered system and keeps what RegisterSystem
+// writes.
+type mergeVendor struct {
+	recordingVendor
+	current, written altinn.System
+}
+
+func (v *mergeVendor) GetSystem(context.Context, string, string) (*altinn.System, error) {
+	s := v.current
+	return &s, nil
+}
+
+func (v *mergeVendor) RegisterSystem(_ context.Context, _ string, s altinn.System, _ bool) error {
+	v.written = s
+	return nil
+}
+
+// TestRegisterSystemMerge: an update writes back everything it read
+// (rights with their action, other clients' ids, packages, redirect URLs,
+// visibility) and changes only what the caller set.
+func TestRegisterSystemMerge(t *testing.T) {
+	t.Parallel()
+	read := altinn.Right{Action: "read", Resource: []altinn.Attribute{{ID: "urn:altinn:resource", Value: "r"}}}
+	v := &mergeVendor{current: altinn.System{ID: "991825827_demo", Name: map[string]string{"nb": "Old"}, Description: map[string]string{"nb": "Old"},
+		Rights: []altinn.Right{read}, AccessPackages: []altinn.AccessPackage{{URN: "urn:altinn:accesspackage:regnskapsforer-lonn"}},
+		ClientID: []string{"other-client"}, AllowedRedirectURLs: []string{"https://x.example/"}}}
+	src := idSource{&fakeSource{lifetime: 10 * time.Minute, now: time.Now}}
+	b, err := broker.New(broker.Config{Policy: policy.AllowAll(), SweepInterval: -1, Clients: []broker.Client{{
+		Name: "demo", Scopes: []string{scope}, Source: src, Exchanger: passExchanger{}, SystemID: "991825827_demo", Vendor: v,
+	}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if _, err := b.RegisterSystem(context.Background(), broker.SystemRegistration{Update: true, Name: map[string]string{"nb": "New"},
+		Description: map[string]string{"nb": "New"}}); err != nil {
+		t.Fatal(err)
+	}
+	w := v.written
+	if w.Name["nb"] != "New" || len(w.Rights) != 1 || w.Rights[0].Action != "read" || len(w.AccessPackages) != 1 ||
+		len(w.AllowedRedirectURLs) != 1 || w.IsVisible || !slices.Equal(w.ClientID, []string{"other-client", "our-client"}) {
+		t.Errorf("written %+v", w)
+	}
+}
+
+// idSource is a fakeSource with a Maskinporten client id.
+type idSource struct{ *fakeSource }
+
+func (idSource) ClientID() string { return "our-client" }

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/protoadapt"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
@@ -72,9 +73,43 @@ var (
 	errNotFound = status.Error(codes.NotFound, "id: "+broker.ErrNotFound.Error())
 )
 
+// altinnFields names the request field each of Altinn's validation codes
+// is about (Altinn/altinn-authentication src/Core/Problems/Problem.cs and
+// src/Core/Errors/ValidationErrors.cs), so that the caller learns which of
+// its fields to fix.
+var altinnFields = map[string]string{
+	"AUTH-00000":     "customer_org",          // the customer is not in the business register
+	"AUTH-00001":     "rights",                // a right the system does not have, or not delegable
+	"AUTH-00021":     "redirect_url",          // not one of the system's allowed redirect URLs
+	"AUTH-00026":     "redirect_url",          // the system has no allowed redirect URLs
+	"AUTH-00027":     "access_packages",       // a package that maps to no role
+	"AUTH-00028":     "customer_org",          // customer id missing or invalid
+	"AUTH-00058":     "access_packages",       // an agent request without packages
+	"AUTH-00059":     "rights",                // neither rights nor packages
+	"AUTH-00063":     "access_packages",       // a package the system does not have
+	"AUTH-00064":     "access_packages",       // a client-relation package on a standard request
+	"AUTH-00065":     "access_packages",       // a package not meant for client relations on an agent request
+	"AUTH.VLD-00003": "rights",                // resource not in the resource register
+	"AUTH.VLD-00004": "client",                // the client id is on another system
+	"AUTH.VLD-00005": "allowed_redirect_urls", // not an https URL
+	"AUTH.VLD-00006": "rights",                // duplicates
+	"AUTH.VLD-00007": "access_packages",       // duplicates
+	"AUTH.VLD-00008": "access_packages",       // unknown or not delegable
+	"AUTH.VLD-00009": "rights",                // resource id format
+	"AUTH.VLD-00017": "rights",                // resource not delegable
+	"AUTH.VLD-00018": "access_packages",       // client-relation package on a visible system
+}
+
 // altinnStatus maps an error answer of Altinn's vendor API, keeping its
-// AUTH code.
+// AUTH code. A validation code Altinn answers with 400 is INVALID_ARGUMENT
+// naming the field.
 func altinnStatus(pe *altinn.ProblemError) error {
+	if field, ok := altinnFields[pe.Code]; ok && pe.StatusCode == 400 {
+		st := status.New(codes.InvalidArgument, field+": Altinn refused it: "+pe.Error())
+		return withDetails(st,
+			&errdetails.BadRequest{FieldViolations: []*errdetails.BadRequest_FieldViolation{{Field: field, Description: pe.Error()}}},
+			&errdetails.ErrorInfo{Reason: pe.Code, Domain: AltinnDomain, Metadata: map[string]string{"http_status": "400", "code": pe.Code}})
+	}
 	code := codes.FailedPrecondition
 	switch {
 	case pe.StatusCode == 0 || pe.StatusCode >= 500 || pe.StatusCode == 429:
@@ -113,6 +148,17 @@ func maskinportenStatus(err error, me *maskinporten.Error) error {
 	}
 	var st *status.Status
 	switch {
+	case errors.Is(err, altinn.ErrRejected):
+		// Altinn refused the Maskinporten token again after one fresh
+		// token (AuthenticationController.cs answers 401 when it cannot
+		// validate the token): that is configuration, not an outage.
+		info.Domain, info.Reason = AltinnDomain, "ALTINN_EXCHANGE_REJECTED"
+		info.Metadata["check"] = "the Maskinporten client must issue JWT (self-contained) tokens, not tokens by reference; " +
+			"the Maskinporten environment must be the one this Altinn environment trusts (test with TT02, prod with production); " +
+			"the token must carry the consumer claim (the vendor organisation)"
+		st = status.New(codes.FailedPrecondition, "Altinn's token exchange refused the Maskinporten token twice (HTTP 401), "+
+			"with a fresh token the second time: check that the client issues JWT tokens (not by reference), that the "+
+			"Maskinporten and Altinn environments are paired, and that the token carries the consumer claim")
 	case me.NoSystemUser():
 		st = status.New(codes.FailedPrecondition, fmt.Sprintf(
 			"no approved system user for this customer: the customer organisation must approve a system user "+
@@ -120,6 +166,11 @@ func maskinportenStatus(err error, me *maskinporten.Error) error {
 	case me.Retryable:
 		st = status.New(codes.Unavailable, fmt.Sprintf("Maskinporten is unavailable, retry later (%v)", err))
 		info.Reason = "MASKINPORTEN_UNAVAILABLE"
+		if me.CircuitOpen || me.Throttled || me.RetryAfter > 0 {
+			// The breaker is open or Maskinporten asked for a pause: say
+			// when a retry can succeed.
+			return withDetails(st, info, &errdetails.RetryInfo{RetryDelay: durationpb.New(max(me.RetryAfter, time.Millisecond))})
+		}
 	default:
 		st = status.New(codes.FailedPrecondition, fmt.Sprintf("Maskinporten refused the grant; fix the client configuration (%v)", err))
 	}

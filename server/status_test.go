@@ -7,7 +7,9 @@ import (
 	"log/slog"
 	"strings"
 	"testing"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -60,5 +62,26 @@ func TestRecoverUnary(t *testing.T) {
 	}
 	if !strings.Contains(buf.String(), "boom") {
 		t.Errorf("panic not logged: %s", buf.String())
+	}
+}
+
+// An open breaker or a 429 pause answers Unavailable with a RetryInfo
+// saying when to come back.
+func TestStatusRetryInfo(t *testing.T) {
+	t.Parallel()
+	for name, err := range map[string]error{
+		"circuit_open": fmt.Errorf("client %q: %w", "demo", &maskinporten.Error{Retryable: true, CircuitOpen: true, RetryAfter: 200 * time.Millisecond, Err: errors.New("circuit open")}),
+		"throttled":    &maskinporten.Error{StatusCode: 429, Retryable: true, Throttled: true, RetryAfter: 200 * time.Millisecond},
+	} {
+		st := status.Convert(toStatus(err))
+		var ri *errdetails.RetryInfo
+		for _, d := range st.Details() {
+			if r, ok := d.(*errdetails.RetryInfo); ok {
+				ri = r
+			}
+		}
+		if st.Code() != codes.Unavailable || ri == nil || ri.GetRetryDelay().AsDuration() != 200*time.Millisecond {
+			t.Errorf("%s: %v with RetryInfo %v, want Unavailable with a 200ms RetryInfo", name, st, ri)
+		}
 	}
 }

@@ -50,14 +50,33 @@ func (s *systemUserService) done(ctx context.Context, method, client, org, ref s
 
 func (s *systemUserService) CreateSystemUserRequest(ctx context.Context, req *tokenbrokerv1.CreateSystemUserRequestRequest) (*tokenbrokerv1.CreateSystemUserRequestResponse, error) {
 	caller, _ := CallerFromContext(ctx)
-	r, existing, err := s.broker.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{
+	r, err := s.broker.CreateSystemUserRequest(ctx, broker.SystemUserRequestParams{
 		Caller: caller, Client: req.GetClient(), CustomerOrg: req.GetCustomerOrg(), ExternalRef: req.GetExternalRef(),
 		RedirectURL: req.GetRedirectUrl(), Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), Agent: req.GetAgent(),
+		ReplaceRejected: req.GetReplaceRejected(),
 	})
+	if r != nil && r.Replaced != "" {
+		// The deletion of the rejected request gets its own audit line.
+		_ = s.done(ctx, tokenbrokerv1.SystemUserService_DeleteSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), nil)
+	}
 	if st := s.done(ctx, tokenbrokerv1.SystemUserService_CreateSystemUserRequest_FullMethodName, req.GetClient(), req.GetCustomerOrg(), req.GetExternalRef(), err); st != nil {
 		return nil, st
 	}
-	return &tokenbrokerv1.CreateSystemUserRequestResponse{Request: toProtoRequest(r, req.GetClient(), req.GetAgent()), Existing: existing}, nil
+	return &tokenbrokerv1.CreateSystemUserRequestResponse{Request: toProtoRequest(r.Request, req.GetClient(), req.GetAgent()),
+		Existing: r.Existing, ReplacedRequestId: r.Replaced}, nil
+}
+
+func (s *systemUserService) DeleteSystemUserRequest(ctx context.Context, req *tokenbrokerv1.DeleteSystemUserRequestRequest) (*tokenbrokerv1.DeleteSystemUserRequestResponse, error) {
+	caller, _ := CallerFromContext(ctx)
+	r, err := s.broker.DeleteSystemUserRequest(ctx, broker.SystemUserLookup{Caller: caller, Client: req.GetClient(), ID: req.GetId(), Agent: req.GetAgent()})
+	var org, ref string
+	if r != nil {
+		org, ref = r.PartyOrgNo, r.ExternalRef
+	}
+	if st := s.done(ctx, tokenbrokerv1.SystemUserService_DeleteSystemUserRequest_FullMethodName, req.GetClient(), org, ref, err); st != nil {
+		return nil, st
+	}
+	return &tokenbrokerv1.DeleteSystemUserRequestResponse{}, nil
 }
 
 func (s *systemUserService) GetSystemUserRequest(ctx context.Context, req *tokenbrokerv1.GetSystemUserRequestRequest) (*tokenbrokerv1.GetSystemUserRequestResponse, error) {
@@ -75,7 +94,7 @@ func (s *systemUserService) GetSystemUserRequest(ctx context.Context, req *token
 func toProtoRequest(r *altinn.Request, client string, agent bool) *tokenbrokerv1.SystemUserRequest {
 	out := &tokenbrokerv1.SystemUserRequest{
 		Id: r.ID, Client: client, SystemId: r.SystemID, CustomerOrg: r.PartyOrgNo, ExternalRef: r.ExternalRef,
-		Status: statusOf(r.Status), ConfirmUrl: r.ConfirmURL, RedirectUrl: r.RedirectURL, Agent: agent,
+		Status: statusOf(r), ConfirmUrl: r.ConfirmURL, RedirectUrl: r.RedirectURL, Agent: agent,
 	}
 	for _, right := range r.Rights {
 		for _, a := range right.Resource {
@@ -92,9 +111,15 @@ func toProtoRequest(r *altinn.Request, client string, agent bool) *tokenbrokerv1
 }
 
 // statusOf compares Altinn's status case-insensitively (its documentation
-// and its code disagree on case).
-func statusOf(s string) tokenbrokerv1.SystemUserRequestStatus {
-	switch strings.ToLower(s) {
+// and its code disagree on case). A request Altinn flags timedOut is
+// TIMED_OUT whatever its status: Altinn sets the flag after 180 days and
+// leaves the status New (RequestRepository.cs); an accepted request stays
+// ACCEPTED, as its system user exists.
+func statusOf(r *altinn.Request) tokenbrokerv1.SystemUserRequestStatus {
+	if r.TimedOut && !strings.EqualFold(r.Status, "accepted") {
+		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_TIMED_OUT
+	}
+	switch strings.ToLower(r.Status) {
 	case "new":
 		return tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_NEW
 	case "accepted":
@@ -149,6 +174,7 @@ func (s *systemUserService) RegisterSystem(ctx context.Context, req *tokenbroker
 	id, err := s.broker.RegisterSystem(ctx, broker.SystemRegistration{
 		Caller: caller, Client: req.GetClient(), Name: req.GetName(), Description: req.GetDescription(),
 		Rights: req.GetRights(), AccessPackages: req.GetAccessPackages(), RedirectURLs: req.GetAllowedRedirectUrls(), Update: req.GetUpdate(),
+		IsVisible: req.IsVisible,
 	})
 	if st := s.done(ctx, tokenbrokerv1.SystemUserService_RegisterSystem_FullMethodName, req.GetClient(), "", "", err); st != nil {
 		return nil, st

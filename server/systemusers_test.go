@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"log/slog"
 	"net"
 	"net/http"
@@ -39,11 +40,17 @@ const (
 	suSystem  = "991825827_smartcloud"
 	suSibling = "991825827_smartcloud2"
 	suBase    = "/authentication/api/v1"
+	suFresh   = "991825827_fresh"
+	// suFreshClient is the Maskinporten client of suFresh.
+	suFreshClient = "5b1f3c7a-2d4e-4f60-8a9b-0c1d2e3f4a5b"
+	// suAgentPackage is a package meant for client relations.
+	suAgentPackage = "urn:altinn:accesspackage:regnskapsforer-med-signeringsrettighet"
 )
 
 type suHarness struct {
 	emu      *maskinportentest.Emulator
 	su       tokenbrokerv1.SystemUserServiceClient
+	tb       tokenbrokerv1.TokenBrokerServiceClient
 	log      *syncBuffer
 	audit    *syncBuffer
 	upstream atomic.Int64 // every call that reached Maskinporten or Altinn
@@ -51,7 +58,7 @@ type suHarness struct {
 }
 
 var suRules = []policy.Rule{
-	{Callers: []string{"unix:admin", "unix:admin2"}, Clients: []string{"smartcloud"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
+	{Callers: []string{"unix:admin", "unix:admin2"}, Clients: []string{"smartcloud", "fresh"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
 	{Callers: []string{"unix:sibling-admin"}, Clients: []string{"smartcloud2"}, Scopes: []string{"*"}, CustomerOrgs: []string{"*"}},
 	{Callers: []string{"unix:billing"}, Clients: []string{"smartcloud"}, Scopes: []string{"*"}, CustomerOrgs: []string{approved}},
 }
@@ -70,13 +77,15 @@ func newSUHarness(t *testing.T) *suHarness {
 		}
 		return false
 	})
+	emu.AddOrganisations(approved, "314250052", "313775429", "123456785")
 	vendorScopes := []string{altinn.ScopeRequestWrite, altinn.ScopeRequestRead, altinn.ScopeSystemRegisterWrite, scope}
 	var clients []broker.Client
 	for i, c := range []struct{ name, id, system, kid string }{
 		{"smartcloud", clientID, suSystem, "kid-a"},
 		{"smartcloud2", "0d6a4c1e-8a55-4a0f-a1cb-2f3e4b5c6d7e", suSibling, "kid-b"},
+		{"fresh", suFreshClient, suFresh, "kid-c"}, // its system is not registered yet
 	} {
-		key := signertest.Key(t, []string{signertest.KeyA, signertest.KeyB}[i], c.kid)
+		key := signertest.Key(t, []string{signertest.KeyA, signertest.KeyB, signertest.KeyA}[i], c.kid)
 		pub, err := key.PublicJWK()
 		if err != nil {
 			t.Fatal(err)
@@ -84,7 +93,10 @@ func newSUHarness(t *testing.T) *suHarness {
 		if err := emu.AddClient(maskinportentest.Client{ID: c.id, Org: "991825827", SystemID: c.system, Scopes: vendorScopes, Keys: []jwk.Key{pub}}); err != nil {
 			t.Fatal(err)
 		}
-		emu.AddSystem(maskinportentest.System{ID: c.system, Vendor: "991825827", ClientID: c.id})
+		if c.name != "fresh" {
+			emu.AddSystem(maskinportentest.System{ID: c.system, Vendor: "991825827", ClientID: c.id, Rights: []string{"ske-krav-og-betalinger", "r"},
+				AccessPackages: []string{suAgentPackage}, Name: map[string]string{"nb": "Smart"}, Description: map[string]string{"nb": "Smart"}})
+		}
 		mp, err := maskinporten.New(maskinporten.Config{ClientID: c.id, Key: key,
 			Environment: maskinporten.Environment{Name: "emulator", Issuer: emu.Issuer(), TokenURL: srv.URL + "/token"}})
 		if err != nil {
@@ -126,6 +138,7 @@ func newSUHarness(t *testing.T) *suHarness {
 		t.Fatal(err)
 	}
 	h.su = tokenbrokerv1.NewSystemUserServiceClient(conn)
+	h.tb = tokenbrokerv1.NewTokenBrokerServiceClient(conn)
 	t.Cleanup(func() {
 		conn.Close()
 		cancel()
@@ -391,4 +404,39 @@ func sharedPiece(secret, text string, n int) string {
 		}
 	}
 	return ""
+}
+
+// TestMaskinportenTextScrubbed (issue 12, point 9): a Maskinporten
+// error_description that echoes the grant, whole or cut short, leaves no
+// part of it in the caller's error, the log or the audit record.
+func TestMaskinportenTextScrubbed(t *testing.T) {
+	t.Parallel()
+	h := newSUHarness(t)
+	var seen atomic.Pointer[string]
+	h.setHook(func(w http.ResponseWriter, r *http.Request) bool {
+		if r.URL.Path != "/token" || r.ParseForm() != nil {
+			return false
+		}
+		grant := r.PostForm.Get("assertion")
+		seen.Store(&grant)
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		desc := "MP-011 Invalid parameter value: " + grant[:60] + " (cut) and whole: " + grant
+		body, _ := json.Marshal(map[string]string{"error": "invalid_request", "error_description": desc})
+		_, _ = w.Write(body)
+		return true
+	})
+	_, err := h.tb.GetToken(as(t, "admin"), &tokenbrokerv1.GetTokenRequest{Client: "smartcloud", CustomerOrg: approved, Scopes: []string{scope}})
+	if status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("got %v, want FailedPrecondition for MP-011", err)
+	}
+	grant := seen.Load()
+	if grant == nil || len(*grant) < 100 {
+		t.Fatal("the hook saw no grant")
+	}
+	for where, text := range map[string]string{"the error": status.Convert(err).Message(), "the log": h.log.String(), "the audit": h.audit.String()} {
+		if piece := sharedPiece(*grant, text, 12); piece != "" {
+			t.Errorf("%s holds %q, a piece of the grant", where, piece)
+		}
+	}
 }

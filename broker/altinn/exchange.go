@@ -18,6 +18,8 @@ import (
 	"strings"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker/breaker"
+	"github.com/tokenbroker/tokenbroker/broker/hedge"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/redact"
 )
@@ -70,6 +72,17 @@ type Exchanger struct {
 	// OnExchange, when set, is called after every exchange with its
 	// duration and error, for metrics.
 	OnExchange func(time.Duration, error)
+	// Hedger hedges slow exchanges and guards Altinn with its breaker,
+	// as for Maskinporten (package hedge). The exchange is a GET that
+	// Altinn answers with a new token each time (AuthenticationController
+	// in Altinn/altinn-authentication), so a second attempt is safe.
+	// NewExchanger sets one with the defaults and a breaker of its own.
+	Hedger *hedge.Hedger
+	// HedgeHTTP sends hedged exchanges; it should open a new connection
+	// per request. nil means the client given to NewExchanger.
+	HedgeHTTP *http.Client
+	// AttemptTimeout bounds one exchange; NewExchanger sets 10 s.
+	AttemptTimeout time.Duration
 }
 
 // NewExchanger returns an Exchanger; a nil client means one with a 30 s
@@ -78,7 +91,76 @@ func NewExchanger(exchangeURL string, client *http.Client) *Exchanger {
 	if client == nil {
 		client = &http.Client{Timeout: 30 * time.Second}
 	}
-	return &Exchanger{url: exchangeURL, http: client, now: time.Now}
+	return &Exchanger{url: exchangeURL, http: client, now: time.Now, AttemptTimeout: 10 * time.Second,
+		Hedger: hedge.New(hedge.Config{Breaker: breaker.New(breaker.Config{})})}
+}
+
+// Unavailable returns the error a caller without a cached Altinn token
+// gets at once while Altinn's breaker is open, or nil.
+func (x *Exchanger) Unavailable() error {
+	if b := x.hedger().Breaker(); b != nil {
+		var oe *breaker.OpenError
+		if errors.As(b.Check(), &oe) {
+			return exchangeOpen(oe)
+		}
+	}
+	return nil
+}
+
+// Recovering reports whether Altinn's breaker is open or half-open.
+func (x *Exchanger) Recovering() bool {
+	b := x.hedger().Breaker()
+	return b != nil && b.Open()
+}
+
+// HedgeDelay is how long an exchange may go unanswered before it counts
+// as hung.
+func (x *Exchanger) HedgeDelay() time.Duration { return x.hedger().Delay() }
+
+// Hedging reports whether slow exchanges are hedged (and so whether a
+// stuck flight may be raced).
+func (x *Exchanger) Hedging() bool { return x.hedger().Hedging() }
+
+// OnRecovery calls f when exchanges may go out again after Altinn's
+// breaker was open.
+func (x *Exchanger) OnRecovery(f func()) {
+	if b := x.hedger().Breaker(); b != nil {
+		b.Notify(func(s breaker.State) {
+			if s != breaker.Open {
+				f()
+			}
+		})
+	}
+}
+
+// unguarded hedges the exchanges of an Exchanger made without
+// NewExchanger and without a Hedger: no breaker, default delays.
+var unguarded = hedge.New(hedge.Config{})
+
+func (x *Exchanger) hedger() *hedge.Hedger {
+	if x.Hedger == nil {
+		return unguarded
+	}
+	return x.Hedger
+}
+
+func exchangeOpen(oe *breaker.OpenError) error {
+	return &maskinporten.Error{Description: "Altinn exchange: " + oe.Error(), Retryable: true, CircuitOpen: true, RetryAfter: max(time.Until(oe.Until), 0)}
+}
+
+var exchangeClasses = hedge.Classes{
+	Answered: func(err error) bool {
+		var me *maskinporten.Error
+		if !errors.As(err, &me) {
+			return true
+		}
+		return me.StatusCode != 0 && me.StatusCode < 500 && me.StatusCode != http.StatusTooManyRequests
+	},
+	Final: func(err error) bool {
+		var me *maskinporten.Error
+		return !errors.As(err, &me) || !me.Retryable || errors.Is(err, ErrRejected)
+	},
+	Open: exchangeOpen,
 }
 
 // ErrRejected is wrapped by Exchange when Altinn answers 401: the
@@ -97,13 +179,29 @@ func (x *Exchanger) Exchange(ctx context.Context, mp *maskinporten.Token) (_ *ma
 		start := time.Now()
 		defer func() { x.OnExchange(time.Since(start), err) }()
 	}
+	return hedge.Run(ctx, x.hedger(), exchangeClasses, func(ctx context.Context, hedged bool) (*maskinporten.Token, error) {
+		hc := x.http
+		if hedged && x.HedgeHTTP != nil {
+			hc = x.HedgeHTTP
+		}
+		if x.AttemptTimeout > 0 {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithTimeout(ctx, x.AttemptTimeout)
+			defer cancel()
+		}
+		return x.exchange(ctx, hc, mp)
+	})
+}
+
+// exchange makes one exchange request through hc.
+func (x *Exchanger) exchange(ctx context.Context, hc *http.Client, mp *maskinporten.Token) (*maskinporten.Token, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, x.url, nil)
 	if err != nil {
 		return nil, fmt.Errorf("altinn: exchange URL: %w", err)
 	}
 	req.Header.Set("Authorization", "Bearer "+mp.AccessToken)
 	req.Header.Set("Accept", "application/json")
-	resp, err := x.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, &maskinporten.Error{Err: fmt.Errorf("altinn exchange: %s", redact.Cut(strings.ReplaceAll(err.Error(), mp.AccessToken, redact.Mark), 512)), Retryable: true}
 	}

@@ -38,6 +38,9 @@ func BaseURLFor(env, override string) (string, error) {
 
 // Right is a right of a standard system user: one resource.
 type Right struct {
+	// Action is an optional action on the resource (Core/Models/Right.cs);
+	// kept so that an update writes back the rights it read.
+	Action   string      `json:"action,omitempty"`
 	Resource []Attribute `json:"resource"`
 }
 
@@ -64,6 +67,11 @@ type Request struct {
 	RedirectURL    string          `json:"redirectUrl,omitempty"`
 	ConfirmURL     string          `json:"confirmUrl,omitempty"`
 	Created        time.Time       `json:"created,omitzero"`
+	// TimedOut is Altinn's flag for a request older than 180 days; its
+	// Status stays New. Altinn's model (RequestSystemResponse.cs) gives
+	// the property no JSON name, so ASP.NET writes it camelCase; Go's
+	// decoder matches it whatever its case.
+	TimedOut bool `json:"timedOut,omitempty"`
 }
 
 // ProblemError is an error answer of Altinn's API (RFC 7807), with the
@@ -121,10 +129,23 @@ func requestPath(agent bool) string {
 // CreateRequest posts r. existing is true when Altinn answered with a
 // pending request it already had for the same system, party and external
 // reference (200 instead of 201).
+//
+// Altinn answers 200 with the request it has for the same system, party and
+// external reference whatever its status, Rejected and Denied included
+// (RequestSystemUserController.cs CreateRequest); see DeleteRequest.
 func (v *Vendor) CreateRequest(ctx context.Context, token string, agent bool, r Request) (out *Request, existing bool, err error) {
 	body, _ := json.Marshal(r)
 	status, err := v.do(ctx, token, http.MethodPost, requestPath(agent), body, &out)
 	return out, status == http.StatusOK, err
+}
+
+// DeleteRequest deletes the request id. Altinn serves standard and agent
+// requests on one route and answers 202 with no body
+// (RequestSystemUserController.cs DeleteRequestByRequestId). It does not
+// check that the request belongs to the vendor: read it first.
+func (v *Vendor) DeleteRequest(ctx context.Context, token, id string) error {
+	_, err := v.do(ctx, token, http.MethodDelete, requestPath(false)+"/"+url.PathEscape(id), nil, nil)
+	return err
 }
 
 // GetRequest reads a request by id.
@@ -172,6 +193,9 @@ func (v *Vendor) doURL(ctx context.Context, token, method, target string, body [
 	}
 	defer resp.Body.Close()
 	data, _ := io.ReadAll(io.LimitReader(resp.Body, maxVendorAnswer))
+	if out == nil && (resp.StatusCode == http.StatusAccepted || resp.StatusCode == http.StatusNoContent || resp.StatusCode == http.StatusOK) {
+		return resp.StatusCode, nil
+	}
 	if resp.StatusCode != http.StatusOK && resp.StatusCode != http.StatusCreated {
 		pe := &ProblemError{StatusCode: resp.StatusCode, Code: authCodeRE.FindString(string(data))}
 		var p struct {
@@ -324,7 +348,39 @@ type System struct {
 	AccessPackages      []AccessPackage   `json:"accessPackages,omitempty"`
 	ClientID            []string          `json:"clientId"`
 	AllowedRedirectURLs []string          `json:"allowedRedirectUrls,omitempty"`
-	IsVisible           bool              `json:"isVisible"`
+	// IsVisible is always sent: Altinn's default is true
+	// (RegisterSystemRequest.cs), which it refuses for client-relation
+	// packages.
+	IsVisible bool `json:"isVisible"`
+	// IsDeleted is set on a system Altinn has deleted (read only).
+	IsDeleted bool `json:"isDeleted,omitempty"`
+}
+
+// ClientRelationPackages are the access packages meant for client
+// relations (accountants, auditors, property managers), which Altinn's
+// package register marks isAssignable false. Altinn refuses them on a
+// system registered with isVisible true (AUTH.VLD-00018,
+// SystemRegisterController.cs ValidateAccessPackages); agent system users
+// use them. Source: Altinn/altinn-authentication
+// test/Altinn.Platform.Authentication.Tests/Data/Packages/packages.json.
+var ClientRelationPackages = []string{
+	"urn:altinn:accesspackage:ansvarlig-revisor",
+	"urn:altinn:accesspackage:eksplisitt",
+	"urn:altinn:accesspackage:forretningsforer-eiendom",
+	"urn:altinn:accesspackage:regnskapsforer-lonn",
+	"urn:altinn:accesspackage:regnskapsforer-med-signeringsrettighet",
+	"urn:altinn:accesspackage:regnskapsforer-uten-signeringsrettighet",
+	"urn:altinn:accesspackage:revisormedarbeider",
+}
+
+// GetSystem reads the vendor's system id from the register.
+func (v *Vendor) GetSystem(ctx context.Context, token, id string) (*System, error) {
+	var out *System
+	_, err := v.do(ctx, token, http.MethodGet, "/systemregister/vendor/"+url.PathEscape(id), nil, &out)
+	if err == nil && out == nil {
+		err = &ProblemError{StatusCode: http.StatusBadGateway, Detail: "malformed answer"}
+	}
+	return out, err
 }
 
 // OrgID is an ISO 6523 organisation identifier as Altinn writes it.
@@ -334,7 +390,9 @@ type OrgID struct {
 }
 
 // RegisterSystem creates s in the system register, or with update replaces
-// it.
+// it whole: every field Altinn keeps is overwritten by s (PUT "replaces the
+// entire registered system", SystemRegisterController.cs), client ids
+// included.
 func (v *Vendor) RegisterSystem(ctx context.Context, token string, s System, update bool) error {
 	body, _ := json.Marshal(s)
 	var ignored json.RawMessage

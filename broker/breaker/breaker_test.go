@@ -103,3 +103,48 @@ func TestDoneIsIdempotent(t *testing.T) {
 		t.Fatal("one failure reported twice opened a threshold-2 breaker")
 	}
 }
+
+// A probe reported hung frees the half-open state at once; a late answer
+// closes the circuit; listeners hear every change.
+func TestHungProbeAndLateAnswer(t *testing.T) {
+	t.Parallel()
+	clk := &clock{t: time.Unix(1000, 0)}
+	states := make(chan State, 10)
+	b := New(Config{Failures: 1, OpenFor: 10 * time.Millisecond, Now: clk.now})
+	b.Notify(func(s State) { states <- s })
+	opened := b.Opened()
+	if err := call(t, b, false); err != nil {
+		t.Fatal(err)
+	}
+	<-opened // closed by the opening
+	if s := <-states; s != Open {
+		t.Fatalf("state %v, want open", s)
+	}
+	clk.advance(10 * time.Millisecond)
+	if s := <-states; s != ProbeDue {
+		t.Fatalf("state %v, want probe due", s)
+	}
+	probe, err := b.Call()
+	if err != nil {
+		t.Fatal(err)
+	}
+	probe.Done(false) // hung past the hedge delay
+	clk.advance(10 * time.Millisecond)
+	late, err := b.Call()
+	if err != nil {
+		t.Fatalf("a hung probe kept the circuit half-open: %v", err)
+	}
+	late.Release()
+	if !b.Open() {
+		t.Fatal("a released call changed the state")
+	}
+	probe.Done(true) // the first probe answers after all
+	if b.Open() {
+		t.Fatal("a late answer did not close the circuit")
+	}
+	for s := range states {
+		if s == Closed {
+			break
+		}
+	}
+}

@@ -27,7 +27,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/time/rate"
+
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
+	"github.com/tokenbroker/tokenbroker/broker/hedge"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
@@ -41,6 +44,14 @@ type Config struct {
 	Environment Environment
 	// HTTPClient posts the grants; nil means a client with a 30 s timeout.
 	HTTPClient *http.Client
+	// HedgeHTTPClient posts hedged attempts (the second attempt of a
+	// run). It should open a new connection for every request
+	// (http.Transport.DisableKeepAlives), so that a hedge never lands on
+	// the connection that hangs or on another one to the same stuck
+	// backend, and resolves the host anew. nil means HTTPClient with a
+	// clone of its transport that keeps no connection alive, when its
+	// transport is an *http.Transport (HTTPClient itself otherwise).
+	HedgeHTTPClient *http.Client
 	// GrantLifetime is exp - iat of each grant; 0 means 60 s. At most 120 s.
 	GrantLifetime time.Duration
 	// ResourceAsString sends resource as a plain string instead of the
@@ -52,9 +63,25 @@ type Config struct {
 	Retry RetryPolicy
 	// AttemptTimeout bounds one HTTP exchange; 0 means 10 s.
 	AttemptTimeout time.Duration
-	// Breaker, when not nil, guards the token endpoint. Share one breaker
-	// among the clients of one environment.
+	// Hedger hedges slow attempts and feeds the breaker (see package
+	// hedge). Share one among the clients of one environment. nil means
+	// one of its own with the default hedge delays and budget, around
+	// Breaker.
+	Hedger *hedge.Hedger
+	// Breaker, when not nil and Hedger is nil, guards the token endpoint.
+	// Share one breaker among the clients of one environment.
 	Breaker *breaker.Breaker
+	// GrantRate caps the grants sent per second by this client, and
+	// GrantBurst the grants sent at once; 0 means 50 and 50, negative
+	// GrantRate lifts the cap. A cold start over thousands of orgs then
+	// cannot make Maskinporten throttle the client. Digdir documents no
+	// rate limit for /token (none in maskinporten_protocol_token.md or
+	// maskinporten_feilsoking.md of felleslosninger/docs), so the cap is
+	// generous and only smooths bursts. Grants for which a caller waits
+	// go before refresh-ahead grants (see WithWaiters). Hedges are bounded
+	// by the hedge budget instead.
+	GrantRate  float64
+	GrantBurst int
 	// OnAttempt, when not nil, is called after every grant sent (or
 	// refused by the breaker) with its duration and error, for metrics.
 	OnAttempt func(time.Duration, error)
@@ -82,7 +109,11 @@ type Client struct {
 	now              func() time.Time
 	retry            RetryPolicy
 	attemptTimeout   time.Duration
-	breaker          *breaker.Breaker
+	hedgeHTTP        *http.Client
+	hedger           *hedge.Hedger
+	classes          hedge.Classes
+	limiter          grantLimiter
+	pausedUntil      atomic.Int64 // unix ns: no grant before, after a 429 with Retry-After
 	onAttempt        func(time.Duration, error)
 	skew             atomic.Int64
 	skewKnown        atomic.Bool
@@ -108,8 +139,35 @@ func New(cfg Config) (*Client, error) {
 		now:              cfg.Now,
 		retry:            cfg.Retry,
 		attemptTimeout:   cfg.AttemptTimeout,
-		breaker:          cfg.Breaker,
+		hedgeHTTP:        cfg.HedgeHTTPClient,
+		hedger:           cfg.Hedger,
 		onAttempt:        cfg.OnAttempt,
+	}
+	if c.hedger == nil {
+		c.hedger = hedge.New(hedge.Config{Breaker: cfg.Breaker})
+	}
+	c.classes = hedge.Classes{
+		Answered: func(err error) bool { return answered(context.Background(), err) },
+		Final: func(err error) bool {
+			var me *Error
+			return !errors.As(err, &me) || !me.Retryable
+		},
+		Open: func(oe *breaker.OpenError) error {
+			return &Error{Err: oe, Retryable: true, CircuitOpen: true, RetryAfter: max(time.Until(oe.Until), 0)}
+		},
+	}
+	switch {
+	case cfg.GrantRate < 0:
+		c.limiter.lim = rate.NewLimiter(rate.Inf, 0)
+	default:
+		r, burst := cfg.GrantRate, cfg.GrantBurst
+		if r == 0 {
+			r = DefaultGrantRate
+		}
+		if burst <= 0 {
+			burst = DefaultGrantBurst
+		}
+		c.limiter.lim = rate.NewLimiter(rate.Limit(r), burst)
 	}
 	c.key.Store(cfg.Key)
 	if c.retry.MaxAttempts <= 0 {
@@ -126,6 +184,22 @@ func New(cfg Config) (*Client, error) {
 	}
 	if c.http == nil {
 		c.http = &http.Client{Timeout: 30 * time.Second}
+	}
+	if c.hedgeHTTP == nil {
+		c.hedgeHTTP = c.http
+		if t, ok := c.http.Transport.(*http.Transport); ok {
+			fresh := t.Clone()
+			fresh.DisableKeepAlives = true
+			hc := *c.http
+			hc.Transport = fresh
+			c.hedgeHTTP = &hc
+		} else if c.http.Transport == nil {
+			fresh := http.DefaultTransport.(*http.Transport).Clone()
+			fresh.DisableKeepAlives = true
+			hc := *c.http
+			hc.Transport = fresh
+			c.hedgeHTTP = &hc
+		}
 	}
 	if c.grantLifetime == 0 {
 		c.grantLifetime = 60 * time.Second
@@ -198,15 +272,26 @@ func (t *Token) Lifetime() time.Duration { return t.ExpiresAt.Sub(t.IssuedAt) }
 // maxResponse bounds the size of a token endpoint answer.
 const maxResponse = 256 << 10
 
+// Defaults of Config.GrantRate and GrantBurst.
+const (
+	DefaultGrantRate  = 50
+	DefaultGrantBurst = 50
+)
+
 // Token gets an access token for r, signing a fresh grant for every
-// attempt. Retryable failures (no answer, 5xx, 429, MP-012, MP-130, "issue
-// time is after now") are retried with exponential backoff and full jitter,
-// honouring Retry-After, as long as the policy and ctx's deadline allow;
-// nothing else is retried. When the breaker is open it fails at once.
-// Failures are *Error values.
+// attempt. Each attempt is hedged (package hedge): if it has not answered
+// within the hedge delay, a second one with a fresh grant goes out on a
+// fresh connection, and the first good answer wins. Retryable failures (no
+// answer, 5xx, 429, MP-012, MP-130, "issue time is after now") are retried
+// with exponential backoff and full jitter, honouring Retry-After, as long
+// as the policy and ctx's deadline allow; nothing else is retried. A 429's
+// Retry-After holds back every grant of the client, not just this one.
+// When the breaker is open it fails at once, and an attempt hung past the
+// hedge delay is given up as soon as the breaker opens. Failures are
+// *Error values.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	for attempt := 1; ; attempt++ {
-		tok, err := c.attempt(ctx, r)
+		tok, err := c.try(ctx, r)
 		if err == nil {
 			return tok, nil
 		}
@@ -228,6 +313,110 @@ func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	}
 }
 
+// try waits for the client's grant rate and any pause a 429 asked for,
+// then makes one hedged attempt. Each attempt, the hedge included, signs
+// its own grant with a fresh jti: Digdir's JWT grant page says a grant
+// cannot be reused (felleslosninger/docs,
+// _docs/Maskinporten/maskinporten_protocol_jwtgrant.md, claim jti;
+// MP-012 "Grant is used before" otherwise), so two grants in flight for one
+// token are two independent requests, and whichever answers first is a
+// valid token.
+func (c *Client) try(ctx context.Context, r Request) (*Token, error) {
+	if err := c.admit(ctx); err != nil {
+		return nil, err
+	}
+	return hedge.Run(ctx, c.hedger, c.classes, func(ctx context.Context, hedged bool) (*Token, error) {
+		return c.attempt(ctx, r, hedged)
+	})
+}
+
+// admit waits until a grant may be sent: after the client-wide pause a
+// 429's Retry-After set, and within the grant rate.
+func (c *Client) admit(ctx context.Context) error {
+	if wait := time.Duration(c.pausedUntil.Load() - time.Now().UnixNano()); wait > 0 {
+		if dl, ok := ctx.Deadline(); ok && time.Until(dl) < wait {
+			return c.pausedError(wait)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return c.pausedError(wait)
+		}
+	}
+	if err := c.limiter.wait(ctx, urgent(ctx)); err != nil {
+		return &Error{Err: fmt.Errorf("grant rate limit of the client: %w", err), Retryable: true}
+	}
+	return nil
+}
+
+func (c *Client) pausedError(wait time.Duration) error {
+	return &Error{StatusCode: http.StatusTooManyRequests, Description: "Maskinporten asked the client to slow down (429 with Retry-After); no grants until then",
+		Retryable: true, RetryAfter: wait, Throttled: true}
+}
+
+// pause holds back every grant of the client for d, as a 429's
+// Retry-After asks (RFC 9110, section 10.2.3).
+func (c *Client) pause(d time.Duration) {
+	until := time.Now().Add(d).UnixNano()
+	for {
+		cur := c.pausedUntil.Load()
+		if cur >= until || c.pausedUntil.CompareAndSwap(cur, until) {
+			return
+		}
+	}
+}
+
+// Unavailable returns the error a caller without a cached token should get
+// at once instead of waiting for a fetch: the breaker is open (and no probe
+// is due), or Maskinporten asked the client to wait with a 429. It returns
+// nil when a grant could go out now.
+func (c *Client) Unavailable() error {
+	if wait := time.Duration(c.pausedUntil.Load() - time.Now().UnixNano()); wait > 0 {
+		return c.pausedError(wait)
+	}
+	if b := c.hedger.Breaker(); b != nil {
+		var oe *breaker.OpenError
+		if errors.As(b.Check(), &oe) {
+			return c.classes.Open(oe)
+		}
+	}
+	return nil
+}
+
+// Recovering reports whether the breaker is open or half-open: a grant
+// sent now would be a probe, which nobody should wait for, since it may
+// hang for a hedge delay.
+func (c *Client) Recovering() bool {
+	b := c.hedger.Breaker()
+	return b != nil && b.Open()
+}
+
+// Hedger returns the hedger of the client's attempts.
+func (c *Client) Hedger() *hedge.Hedger { return c.hedger }
+
+// Hedging reports whether slow attempts are hedged (and so whether a
+// stuck flight may be raced).
+func (c *Client) Hedging() bool { return c.hedger.Hedging() }
+
+// HedgeDelay is how long an attempt may go unanswered before it counts as
+// hung (and is hedged).
+func (c *Client) HedgeDelay() time.Duration { return c.hedger.Delay() }
+
+// OnRecovery calls f (on its own goroutine) whenever grants may go out
+// again after the breaker was open: when a probe becomes due and when the
+// circuit closes. The broker uses it to refresh at once.
+func (c *Client) OnRecovery(f func()) {
+	if b := c.hedger.Breaker(); b != nil {
+		b.Notify(func(s breaker.State) {
+			if s != breaker.Open {
+				f()
+			}
+		})
+	}
+}
+
 // backoff is the wait before attempt+1: full jitter over an exponentially
 // growing window, but never less than the server's Retry-After.
 func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
@@ -242,19 +431,12 @@ func (c *Client) backoff(attempt int, retryAfter time.Duration) time.Duration {
 	return d
 }
 
-// attempt makes one token request, within the attempt timeout and through
-// the breaker.
-func (c *Client) attempt(ctx context.Context, r Request) (tok *Token, err error) {
+// attempt makes one token request within the attempt timeout; a hedge
+// goes out on a fresh connection.
+func (c *Client) attempt(ctx context.Context, r Request, hedged bool) (tok *Token, err error) {
 	if c.onAttempt != nil {
 		start := time.Now()
 		defer func() { c.onAttempt(time.Since(start), err) }()
-	}
-	if c.breaker != nil {
-		done, berr := c.breaker.Allow()
-		if berr != nil {
-			return nil, &Error{Err: berr, Retryable: true, CircuitOpen: true}
-		}
-		defer func() { done(answered(ctx, err)) }()
 	}
 	claims, err := c.Grant(r, c.now())
 	if err != nil {
@@ -274,8 +456,12 @@ func (c *Client) attempt(ctx context.Context, r Request) (tok *Token, err error)
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	req.Header.Set("Accept", "application/json")
 
+	hc := c.http
+	if hedged {
+		hc = c.hedgeHTTP
+	}
 	sent := time.Now()
-	resp, err := c.http.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return nil, &Error{Err: scrubURLError(err), Retryable: true}
 	}
@@ -291,6 +477,9 @@ func (c *Client) attempt(ctx context.Context, r Request) (tok *Token, err error)
 	if resp.StatusCode != http.StatusOK {
 		e := parseErrorAnswer(resp, body)
 		e.RetryAfter = parseRetryAfter(resp.Header.Get("Retry-After"), time.Now())
+		if resp.StatusCode == http.StatusTooManyRequests && e.RetryAfter > 0 {
+			c.pause(e.RetryAfter)
+		}
 		return nil, e
 	}
 	return c.parseToken(body, c.now())

@@ -37,6 +37,9 @@ type Error struct {
 	// CircuitOpen is true when the call was not made because the
 	// breaker is open after a run of failures.
 	CircuitOpen bool
+	// Throttled is true when the grant was not sent because Maskinporten
+	// asked the client to wait (429 with Retry-After) until RetryAfter.
+	Throttled bool
 	// Err is the underlying transport error, if any.
 	Err error
 }

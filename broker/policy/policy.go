@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/identity"
@@ -100,6 +101,11 @@ func New(rules []Rule) (*Policy, error) {
 				return nil, fmt.Errorf("%s.callers[%d]: %w", where, j, err)
 			}
 			c.callers = append(c.callers, pat)
+		}
+		for j, ref := range r.ExternalRefs {
+			if ref != strings.TrimSpace(ref) || ref == "" {
+				return nil, fmt.Errorf("%s.external_refs[%d]: %q is empty or has leading or trailing whitespace, which no request may carry", where, j, ref)
+			}
 		}
 		if r.MaxMinValidity < 0 {
 			return nil, fmt.Errorf("%s.max_min_validity: negative", where)

@@ -91,6 +91,8 @@ func TestNewRefuses(t *testing.T) {
 		"kind_glob":  func(r *Rule) { r.Callers = []string{"*:billing"} },
 		"td_glob":    func(r *Rule) { r.Callers = []string{"spiffe://*/ns/prod/sa/billing"} },
 		"no_value":   func(r *Rule) { r.Callers = []string{"dns:"} },
+		"ref_space":  func(r *Rule) { r.ExternalRefs = []string{"tenant-1 "} },
+		"ref_empty":  func(r *Rule) { r.ExternalRefs = []string{""} },
 	} {
 		r := full
 		mod(&r)

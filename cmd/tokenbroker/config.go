@@ -241,6 +241,22 @@ type MaskinportenConfig struct {
 	ConnectTimeout Duration `yaml:"connect_timeout"`
 	// AttemptTimeout bounds one HTTP exchange; default 10s.
 	AttemptTimeout Duration `yaml:"attempt_timeout"`
+	// ResponseHeaderTimeout bounds the wait for an answer's headers on
+	// the transport to Maskinporten and Altinn; default 10s.
+	ResponseHeaderTimeout Duration `yaml:"response_header_timeout"`
+	// IdleConnTimeout closes kept-alive connections idle this long;
+	// default 30s.
+	IdleConnTimeout Duration `yaml:"idle_conn_timeout"`
+	// ReconnectInterval: every this often the idle connections are
+	// closed, so that new ones resolve the host again; default 60s.
+	ReconnectInterval Duration `yaml:"reconnect_interval"`
+	// GrantRate caps the grants per second of each client; default 50,
+	// negative: no cap. GrantBurst is the grants sent at once; default 50.
+	GrantRate  float64 `yaml:"grant_rate"`
+	GrantBurst int     `yaml:"grant_burst"`
+	// Hedge configures hedged attempts (also used for the Altinn
+	// exchange).
+	Hedge HedgeConfig `yaml:"hedge"`
 	// Retry is the retry policy for network errors, 5xx, 429, MP-012,
 	// MP-130 and "issue time is after now".
 	Retry RetryConfig `yaml:"retry"`
@@ -266,11 +282,22 @@ type RetryConfig struct {
 	MaxBackoff Duration `yaml:"max_backoff"`
 }
 
+// HedgeConfig is maskinporten.hedge.
+type HedgeConfig struct {
+	// DelayFloor is the least hedge delay; default 250ms.
+	DelayFloor Duration `yaml:"delay_floor"`
+	// DelayMax caps the hedge delay; default 2s.
+	DelayMax Duration `yaml:"delay_max"`
+	// Budget is the share of extra attempts allowed per minute; default
+	// 0.1, negative disables hedging.
+	Budget float64 `yaml:"budget"`
+}
+
 // BreakerConfig is maskinporten.breaker.
 type BreakerConfig struct {
 	// Failures is how many consecutive failures open it; default 5.
 	Failures int `yaml:"failures"`
-	// OpenFor is how long it stays open before a probe; default 500ms.
+	// OpenFor is how long it stays open before a probe; default 250ms.
 	OpenFor Duration `yaml:"open_for"`
 }
 
@@ -481,6 +508,9 @@ func (c *Config) check() error {
 	if c.Maskinporten.Breaker.Failures < 0 {
 		return fmt.Errorf("maskinporten.breaker.failures: %d, want at least 1", c.Maskinporten.Breaker.Failures)
 	}
+	if err := c.Maskinporten.checkResilience(); err != nil {
+		return err
+	}
 	if f := c.Cache.RefreshFraction; f < 0 || f > 0.5 {
 		return fmt.Errorf("cache.refresh_fraction: %v, want 0 to 0.5", f)
 	}
@@ -612,6 +642,43 @@ func (c *Config) policy() (*policy.Policy, error) {
 		})
 	}
 	return policy.New(rules)
+}
+
+// checkResilience checks the timeouts, hedging, breaker and grant rate
+// settings, naming the field of a bad value.
+func (m MaskinportenConfig) checkResilience() error {
+	for _, d := range []struct {
+		name string
+		v    Duration
+		max  time.Duration
+	}{
+		{"maskinporten.timeout", m.Timeout, 10 * time.Minute},
+		{"maskinporten.connect_timeout", m.ConnectTimeout, time.Minute},
+		{"maskinporten.attempt_timeout", m.AttemptTimeout, 5 * time.Minute},
+		{"maskinporten.response_header_timeout", m.ResponseHeaderTimeout, 5 * time.Minute},
+		{"maskinporten.idle_conn_timeout", m.IdleConnTimeout, time.Hour},
+		{"maskinporten.reconnect_interval", m.ReconnectInterval, 24 * time.Hour},
+		{"maskinporten.hedge.delay_floor", m.Hedge.DelayFloor, time.Minute},
+		{"maskinporten.hedge.delay_max", m.Hedge.DelayMax, time.Minute},
+		{"maskinporten.breaker.open_for", m.Breaker.OpenFor, 10 * time.Minute},
+	} {
+		if v := time.Duration(d.v); v < 0 || v > d.max {
+			return fmt.Errorf("%s: %v, want 0 (the default) to %v", d.name, v, d.max)
+		}
+	}
+	if lo, hi := time.Duration(m.Hedge.DelayFloor), time.Duration(m.Hedge.DelayMax); lo > 0 && hi > 0 && hi < lo {
+		return fmt.Errorf("maskinporten.hedge.delay_max: %v is below delay_floor %v", hi, lo)
+	}
+	if b := m.Hedge.Budget; b > 1 || (b < 0 && b != -1) {
+		return fmt.Errorf("maskinporten.hedge.budget: %v, want 0 (the default, 0.1) to 1, or -1 to disable hedging", b)
+	}
+	if r := m.GrantRate; r > 100_000 || (r < 0 && r != -1) {
+		return fmt.Errorf("maskinporten.grant_rate: %v, want 0 (the default, 50) to 100000 grants per second, or -1 for no cap", r)
+	}
+	if m.GrantBurst < 0 || m.GrantBurst > 100_000 {
+		return fmt.Errorf("maskinporten.grant_burst: %d, want 0 (the default, 50) to 100000", m.GrantBurst)
+	}
+	return nil
 }
 
 func (c *Config) environment() (maskinporten.Environment, error) {

@@ -36,6 +36,16 @@ const (
 	devSystemID   = devVendorOrg + "_demo"
 )
 
+// devAgentPackage is the access package of the dev system's agent system
+// users: one meant for client relations (accountants), so the system is
+// registered with is_visible false.
+const devAgentPackage = "urn:altinn:accesspackage:regnskapsforer-med-signeringsrettighet"
+
+// devOrganisations are in the emulator's business register, so that
+// system user requests can name them: synthetic test numbers that pass
+// MOD11.
+var devOrganisations = []string{"310904473", "314250052", "313775429", "210493352", "889640782", "123456785", "910753614"}
+
 // devCustomers are test organisations (synthetic numbers that pass MOD11)
 // with an approved system user in dev mode; the value is the external
 // reference, empty for the default.
@@ -112,7 +122,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	}); err != nil {
 		return err
 	}
-	emu.AddSystem(maskinportentest.System{ID: devSystemID, Vendor: devVendorOrg, ClientID: clientID})
+	emu.AddSystem(maskinportentest.System{ID: devSystemID, Vendor: devVendorOrg, ClientID: clientID,
+		Name: map[string]string{"nb": "Demo", "en": "Demo"}, Description: map[string]string{"nb": "Demosystem", "en": "Demo system"},
+		Rights: []string{"ske-krav-og-betalinger"}, AccessPackages: []string{devAgentPackage},
+		RedirectURLs: []string{"https://vendor.example/done"}})
+	// The business register: every test organisation dev mode mentions.
+	emu.AddOrganisations(devOrganisations...)
 	for _, c := range devCustomers {
 		emu.ApproveSystemUser(clientID, c.org, c.externalRef)
 	}

@@ -15,7 +15,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 	"github.com/tokenbroker/tokenbroker/server"
 )
@@ -112,7 +114,7 @@ func TestSystemUserFlow(t *testing.T) {
 
 	// Lists page through Altinn's links.next (the emulator pages by 2).
 	for _, org := range []string{"123456785", "910753614"} {
-		if _, err := su.CreateSystemUserRequest(rctx, &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: org, Rights: []string{"r"}}); err != nil {
+		if _, err := su.CreateSystemUserRequest(rctx, &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: org, Rights: []string{"ske-krav-og-betalinger"}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -160,7 +162,8 @@ func TestSystemUserFlow(t *testing.T) {
 
 	// The system register: the dev system exists, so creating it again is
 	// AlreadyExists; an update works.
-	reg := &tokenbrokerv1.RegisterSystemRequest{Name: map[string]string{"nb": "Demo", "en": "Demo"}, Rights: []string{"ske-krav-og-betalinger"},
+	reg := &tokenbrokerv1.RegisterSystemRequest{Name: map[string]string{"nb": "Demo", "en": "Demo"},
+		Description: map[string]string{"nb": "Demo", "en": "Demo"}, Rights: []string{"ske-krav-og-betalinger"},
 		AllowedRedirectUrls: []string{"https://vendor.example/done"}}
 	if _, err := su.RegisterSystem(rctx, reg); status.Code(err) != codes.AlreadyExists {
 		t.Errorf("registering an existing system: %v, want AlreadyExists", err)
@@ -203,4 +206,101 @@ func hasAltinnCode(st *status.Status, code string) bool {
 		}
 	}
 	return false
+}
+
+// TestVendorFlowAgentSystem runs the whole vendor flow of issue 15 in dev
+// mode: the system gets a client-relation package (refused while visible),
+// an accountant is asked for an agent system user, rejects, is asked again
+// (replace_rejected), approves; another request times out; and GetToken
+// works for the accountant.
+func TestVendorFlowAgentSystem(t *testing.T) {
+	t.Parallel()
+	env, stdout, stderr, _ := startDev(t)
+	env.Emulator.Record()
+	t.Cleanup(func() { env.Emulator.CheckNoLeaks(t, "dev output", stdout.String()+stderr.String()) })
+	conn, err := grpc.NewClient(env.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	su := tokenbrokerv1.NewSystemUserServiceClient(conn)
+	tb := tokenbrokerv1.NewTokenBrokerServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	visit := func(u string) {
+		t.Helper()
+		resp, err := http.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("GET %s: %d", u, resp.StatusCode)
+		}
+	}
+	const accountant = "889640782"
+	const auditor = "urn:altinn:accesspackage:ansvarlig-revisor"
+
+	// The system: add a second client-relation package. Visible, Altinn
+	// would refuse it; the broker says so before any call.
+	_, err = su.RegisterSystem(ctx, &tokenbrokerv1.RegisterSystemRequest{Update: true, IsVisible: proto.Bool(true),
+		AccessPackages: []string{devAgentPackage, auditor}})
+	if st := status.Convert(err); st.Code() != codes.InvalidArgument || !strings.Contains(st.Message(), auditor) {
+		t.Errorf("a visible agent system: %v", err)
+	}
+	if _, err := su.RegisterSystem(ctx, &tokenbrokerv1.RegisterSystemRequest{Update: true, AccessPackages: []string{devAgentPackage, auditor}}); err != nil {
+		t.Fatalf("registering the agent packages: %v", err)
+	}
+	if sys, _ := env.Emulator.RegisteredSystem(devSystemID); sys.IsVisible || len(sys.ClientIDs) != 1 || len(sys.Rights) != 1 ||
+		!slices.Equal(sys.AccessPackages, []string{devAgentPackage, auditor}) {
+		t.Errorf("registered system %+v", sys)
+	}
+
+	ask := func(replace bool) *tokenbrokerv1.CreateSystemUserRequestResponse {
+		t.Helper()
+		r, err := su.CreateSystemUserRequest(ctx, &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: accountant, Agent: true,
+			AccessPackages: []string{devAgentPackage}, ReplaceRejected: replace})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	first := ask(false).GetRequest()
+	visit(first.GetConfirmUrl() + "&action=reject")
+	if again := ask(false); again.GetRequest().GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_REJECTED {
+		t.Errorf("asking without replace_rejected: %v, want the rejected request", again)
+	}
+	second := ask(true)
+	if second.GetReplacedRequestId() != first.GetId() || second.GetRequest().GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_NEW {
+		t.Fatalf("asking again: %v", second)
+	}
+	getToken := func() error {
+		_, err := tb.GetToken(ctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: accountant, Scopes: []string{devScope}})
+		return err
+	}
+	if status.Code(getToken()) != codes.FailedPrecondition {
+		t.Error("GetToken before approval did not answer FailedPrecondition")
+	}
+	visit(second.GetRequest().GetConfirmUrl() + "&action=approve")
+	got, err := su.GetSystemUserRequest(ctx, &tokenbrokerv1.GetSystemUserRequestRequest{Id: second.GetRequest().GetId(), Agent: true})
+	if err != nil || got.GetRequest().GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_ACCEPTED {
+		t.Fatalf("after approval: %v %v", got, err)
+	}
+	if err := getToken(); err != nil {
+		t.Errorf("GetToken for the approved accountant: %v", err)
+	}
+
+	// Another customer never answers: after Altinn's time-out its request
+	// reads TIMED_OUT.
+	stale, err := su.CreateSystemUserRequest(ctx, &tokenbrokerv1.CreateSystemUserRequestRequest{CustomerOrg: "123456785", Rights: []string{"ske-krav-og-betalinger"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := env.Emulator.Backdate(stale.GetRequest().GetId(), maskinportentest.DefaultRequestTimeout+time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	got, err = su.GetSystemUserRequest(ctx, &tokenbrokerv1.GetSystemUserRequestRequest{CustomerOrg: "123456785"})
+	if err != nil || got.GetRequest().GetStatus() != tokenbrokerv1.SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_TIMED_OUT {
+		t.Errorf("the stale request: %v %v, want TIMED_OUT", got, err)
+	}
 }

@@ -5,7 +5,6 @@ import (
 	"crypto"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"time"
@@ -16,6 +15,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
+	"github.com/tokenbroker/tokenbroker/broker/hedge"
 	"github.com/tokenbroker/tokenbroker/broker/keyring"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/pagetoken"
@@ -41,24 +41,31 @@ func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
 	return keys.Open(context.Background(), k.spec(baseDir, 0))
 }
 
-// newHTTPClient returns the client for Maskinporten: bounded connect and
-// TLS handshake times and a pool of kept-alive connections. Each exchange
-// is bounded by the maskinporten client's attempt timeout.
-func newHTTPClient(connectTimeout time.Duration) *http.Client {
-	if connectTimeout <= 0 {
-		connectTimeout = 3 * time.Second
+// newHTTPClients returns the HTTP clients for Maskinporten and Altinn (see
+// maskinporten.NewHTTPClient): one with a pool of kept-alive connections,
+// and one that opens a fresh connection per request, for hedges. Until ctx
+// ends, the idle connections of both are closed every reconnect_interval
+// so that the hosts are resolved again.
+func newHTTPClients(ctx context.Context, m MaskinportenConfig, tel telemetry) (pooled, fresh *http.Client) {
+	tc := maskinporten.TransportConfig{
+		ConnectTimeout:        time.Duration(m.ConnectTimeout),
+		ResponseHeaderTimeout: time.Duration(m.ResponseHeaderTimeout),
+		IdleConnTimeout:       time.Duration(m.IdleConnTimeout),
 	}
-	dialer := &net.Dialer{Timeout: connectTimeout, KeepAlive: 30 * time.Second}
-	return &http.Client{Transport: &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSHandshakeTimeout:   connectTimeout,
-		MaxIdleConns:          64,
-		MaxIdleConnsPerHost:   32,
-		IdleConnTimeout:       90 * time.Second,
-		ExpectContinueTimeout: time.Second,
-		ForceAttemptHTTP2:     true,
-	}}
+	pooled = maskinporten.NewHTTPClient(tc)
+	tc.FreshConnections = true
+	fresh = maskinporten.NewHTTPClient(tc)
+	every := time.Duration(m.ReconnectInterval)
+	if every == 0 {
+		every = time.Minute
+	}
+	go maskinporten.CloseIdleEvery(ctx, every, pooled, fresh)
+	if tel.tracer != nil {
+		for _, c := range []*http.Client{pooled, fresh} {
+			c.Transport = otelhttp.NewTransport(c.Transport, otelhttp.WithTracerProvider(tel.tracer))
+		}
+	}
+	return pooled, fresh
 }
 
 // telemetry is what buildBroker instruments the clients with; zero fields
@@ -133,14 +140,22 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	if timeout == 0 {
 		timeout = 30 * time.Second
 	}
-	httpClient := newHTTPClient(time.Duration(cfg.Maskinporten.ConnectTimeout))
-	if tel.tracer != nil {
-		httpClient.Transport = otelhttp.NewTransport(httpClient.Transport, otelhttp.WithTracerProvider(tel.tracer))
+	httpClient, freshClient := newHTTPClients(ctx, cfg.Maskinporten, tel)
+	newHedger := func() *hedge.Hedger {
+		budget := cfg.Maskinporten.Hedge.Budget
+		return hedge.New(hedge.Config{
+			Floor:  time.Duration(cfg.Maskinporten.Hedge.DelayFloor),
+			Max:    time.Duration(cfg.Maskinporten.Hedge.DelayMax),
+			Budget: budget,
+			Breaker: breaker.New(breaker.Config{
+				Failures: cfg.Maskinporten.Breaker.Failures,
+				OpenFor:  time.Duration(cfg.Maskinporten.Breaker.OpenFor),
+			}),
+		})
 	}
-	brk := breaker.New(breaker.Config{
-		Failures: cfg.Maskinporten.Breaker.Failures,
-		OpenFor:  time.Duration(cfg.Maskinporten.Breaker.OpenFor),
-	})
+	// One hedger and breaker for Maskinporten, shared by the clients, and
+	// one for Altinn.
+	mpHedger := newHedger()
 	pol, err := cfg.policy()
 	if err != nil {
 		return nil, err
@@ -161,6 +176,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		return nil, err
 	}
 	exchanger := altinn.NewExchanger(exURL, httpClient)
+	exchanger.Hedger, exchanger.HedgeHTTP = newHedger(), freshClient
 	baseURL, err := altinn.BaseURLFor(cfg.Maskinporten.Environment, cfg.Altinn.BaseURL)
 	if err != nil {
 		return nil, err
@@ -209,10 +225,13 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			Key:              active,
 			Environment:      env,
 			HTTPClient:       httpClient,
+			HedgeHTTPClient:  freshClient,
+			Hedger:           mpHedger,
+			GrantRate:        cfg.Maskinporten.GrantRate,
+			GrantBurst:       cfg.Maskinporten.GrantBurst,
 			GrantLifetime:    time.Duration(cfg.Maskinporten.GrantLifetime),
 			ResourceAsString: c.ResourceAsString,
 			AttemptTimeout:   time.Duration(cfg.Maskinporten.AttemptTimeout),
-			Breaker:          brk,
 			OnAttempt:        onAttempt,
 			Retry: maskinporten.RetryPolicy{
 				MaxAttempts:    cfg.Maskinporten.Retry.MaxAttempts,

@@ -31,6 +31,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/url"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -105,14 +106,19 @@ type Emulator struct {
 	clients     map[string]*Client
 	systemUsers map[systemUserKey]string
 	seenJTI     map[string]time.Time
-	systems     map[string]System
+	systems     map[string]*registered
 	suRequests  map[string]*systemUserRequest
 	agentUsers  map[string]bool
-	assertions  []string
-	tokens      []string
-	record      bool
+	// organisations is the emulated business register; requestTimeout
+	// the age of a timed-out request (0: DefaultRequestTimeout).
+	organisations  map[string]bool
+	requestTimeout time.Duration
+	assertions     []string
+	tokens         []string
+	record         bool
 
 	hook      atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
+	faults    faultState
 	requests  atomic.Int64
 	issued    atomic.Int64
 	exchanges atomic.Int64
@@ -132,6 +138,7 @@ func New(cfg Config) (*Emulator, error) {
 		systemUsers: map[systemUserKey]string{},
 		seenJTI:     map[string]time.Time{},
 	}
+	e.faults.release = make(chan struct{})
 	if e.now == nil {
 		e.now = time.Now
 	}
@@ -162,6 +169,7 @@ func NewServer(tb testing.TB, cfg Config) (*Emulator, *httptest.Server) {
 	}
 	srv := httptest.NewServer(e)
 	tb.Cleanup(srv.Close)
+	tb.Cleanup(e.releaseHeld) // first: held requests must end for Close to return
 	e.SetIssuer(srv.URL + "/")
 	return e, srv
 }
@@ -291,6 +299,9 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	w.Header().Set("Date", e.now().UTC().Format(http.TimeFormat))
 	if h := e.hook.Load(); h != nil && (*h)(w, r) {
+		return
+	}
+	if r.URL.Path == "/token" && e.serveFault(w, r) {
 		return
 	}
 	if e.serveVendor(w, r) {
@@ -724,6 +735,14 @@ func (e *Emulator) checkSystemUser(raw json.RawMessage, g *grant) *oauthError {
 	}
 	e.mu.Lock()
 	suID, found := e.systemUsers[systemUserKey{g.client.ID, number, lookup}]
+	// Altinn finds the system user by the client id on the registered
+	// system (Altinn/altinn-authentication
+	// src/Authentication/Controllers/SystemUserController.cs
+	// CheckIfPartyHasIntegration): a client id dropped from the system
+	// finds none.
+	if sys := e.systems[g.client.SystemID]; sys != nil && !slices.Contains(sys.ClientID, g.client.ID) {
+		found = false
+	}
 	e.mu.Unlock()
 	if !found {
 		return fail(400, "invalid_altinn_customer_configuration", "MP-303",

@@ -90,9 +90,13 @@ const (
 	// Waiting for the customer.
 	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_NEW SystemUserRequestStatus = 1
 	// Approved: the system user exists; GetToken works for the customer.
-	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_ACCEPTED  SystemUserRequestStatus = 2
-	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_REJECTED  SystemUserRequestStatus = 3
-	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_DENIED    SystemUserRequestStatus = 4
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_ACCEPTED SystemUserRequestStatus = 2
+	// The customer rejected it; see replace_rejected to ask again.
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_REJECTED SystemUserRequestStatus = 3
+	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_DENIED   SystemUserRequestStatus = 4
+	// Not decided in time (180 days at Altinn). Altinn marks this with a
+	// separate timedOut flag and leaves its status New; the broker reports
+	// the flag as this status.
 	SystemUserRequestStatus_SYSTEM_USER_REQUEST_STATUS_TIMED_OUT SystemUserRequestStatus = 5
 )
 
@@ -158,7 +162,9 @@ type GetTokenRequest struct {
 	// Order and duplicates do not matter.
 	Scopes []string `protobuf:"bytes,3,rep,name=scopes,proto3" json:"scopes,omitempty"`
 	// The external reference the system user was created with. Empty means
-	// the default Altinn applies (the customer organisation number).
+	// the default Altinn applies (the customer organisation number). Leading
+	// or trailing whitespace is refused (INVALID_ARGUMENT): Altinn trims it
+	// when it stores a request, so such a value would never match.
 	ExternalRef string `protobuf:"bytes,4,opt,name=external_ref,json=externalRef,proto3" json:"external_ref,omitempty"`
 	// Optional audience restriction (RFC 8707), an absolute URI given by the
 	// API owner.
@@ -560,9 +566,14 @@ type CreateSystemUserRequestRequest struct {
 	// it must be registered on the system.
 	RedirectUrl string `protobuf:"bytes,6,opt,name=redirect_url,json=redirectUrl,proto3" json:"redirect_url,omitempty"`
 	// Create an agent request (access packages only).
-	Agent         bool `protobuf:"varint,7,opt,name=agent,proto3" json:"agent,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Agent bool `protobuf:"varint,7,opt,name=agent,proto3" json:"agent,omitempty"`
+	// When Altinn already has a Rejected, Denied or timed-out request for
+	// this customer and external_ref (which it would return instead of
+	// asking again), delete it first and create a new one. Pending and
+	// accepted requests are never replaced.
+	ReplaceRejected bool `protobuf:"varint,8,opt,name=replace_rejected,json=replaceRejected,proto3" json:"replace_rejected,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *CreateSystemUserRequestRequest) Reset() {
@@ -644,14 +655,23 @@ func (x *CreateSystemUserRequestRequest) GetAgent() bool {
 	return false
 }
 
+func (x *CreateSystemUserRequestRequest) GetReplaceRejected() bool {
+	if x != nil {
+		return x.ReplaceRejected
+	}
+	return false
+}
+
 // CreateSystemUserRequestResponse carries the request.
 type CreateSystemUserRequestResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Request *SystemUserRequest     `protobuf:"bytes,1,opt,name=request,proto3" json:"request,omitempty"`
-	// True when Altinn returned a pending request it already had.
-	Existing      bool `protobuf:"varint,2,opt,name=existing,proto3" json:"existing,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// True when Altinn returned a request it already had (see its status).
+	Existing bool `protobuf:"varint,2,opt,name=existing,proto3" json:"existing,omitempty"`
+	// The id of the request deleted because of replace_rejected, if any.
+	ReplacedRequestId string `protobuf:"bytes,3,opt,name=replaced_request_id,json=replacedRequestId,proto3" json:"replaced_request_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *CreateSystemUserRequestResponse) Reset() {
@@ -696,6 +716,13 @@ func (x *CreateSystemUserRequestResponse) GetExisting() bool {
 		return x.Existing
 	}
 	return false
+}
+
+func (x *CreateSystemUserRequestResponse) GetReplacedRequestId() string {
+	if x != nil {
+		return x.ReplacedRequestId
+	}
+	return ""
 }
 
 // GetSystemUserRequestRequest names a request: by id, or by customer_org
@@ -829,6 +856,9 @@ type ListSystemUserRequestsRequest struct {
 	// List agent requests instead of standard ones.
 	Agent bool `protobuf:"varint,2,opt,name=agent,proto3" json:"agent,omitempty"`
 	// From a previous answer's next_page_token; empty for the first page.
+	// Page tokens are opaque, valid for one hour, and only for the caller,
+	// client and list they were issued for (agent and standard requests are
+	// different lists); any other is INVALID_ARGUMENT.
 	PageToken     string `protobuf:"bytes,3,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1036,9 +1066,11 @@ func (x *SystemUser) GetIntegrationTitle() string {
 
 // ListSystemUsersRequest pages through a system's system users.
 type ListSystemUsersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Client        string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
-	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// From a previous answer's next_page_token, with the same rules as
+	// ListSystemUserRequestsRequest.page_token.
+	PageToken     string `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1144,16 +1176,30 @@ func (x *ListSystemUsersResponse) GetNextPageToken() string {
 type RegisterSystemRequest struct {
 	state  protoimpl.MessageState `protogen:"open.v1"`
 	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
-	// Names by language code (nb, nn, en); at least one.
-	Name        map[string]string `protobuf:"bytes,2,rep,name=name,proto3" json:"name,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Names by language code: nb, nn or en, at least one. Required to
+	// create; on update, empty keeps the registered names.
+	Name map[string]string `protobuf:"bytes,2,rep,name=name,proto3" json:"name,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Descriptions by language code, for the same languages as name.
+	// Altinn requires a description (a missing one fails deep in Altinn with
+	// a server error), so the broker refuses a registration without one.
 	Description map[string]string `protobuf:"bytes,3,rep,name=description,proto3" json:"description,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Resource ids the system's users may be given.
 	Rights         []string `protobuf:"bytes,4,rep,name=rights,proto3" json:"rights,omitempty"`
 	AccessPackages []string `protobuf:"bytes,5,rep,name=access_packages,json=accessPackages,proto3" json:"access_packages,omitempty"`
 	// https URLs a customer may be returned to.
 	AllowedRedirectUrls []string `protobuf:"bytes,6,rep,name=allowed_redirect_urls,json=allowedRedirectUrls,proto3" json:"allowed_redirect_urls,omitempty"`
-	// Replace an existing registration instead of creating one.
-	Update        bool `protobuf:"varint,7,opt,name=update,proto3" json:"update,omitempty"`
+	// Update an existing registration: the broker reads the registered
+	// system, changes only the fields set here, keeps every other client id
+	// on it, and writes it back (Altinn's update replaces the whole system).
+	// Altinn offers no version to detect a change made between the read and
+	// the write, so two writers at once can lose one's change.
+	Update bool `protobuf:"varint,7,opt,name=update,proto3" json:"update,omitempty"`
+	// Whether customers can find the system in Altinn's lists. Default false:
+	// Altinn refuses (AUTH.VLD-00018) a visible system with an access package
+	// meant for client relations (accountant, auditor and similar packages
+	// that agent system users use), and a vendor-driven request does not need
+	// the system to be visible. On update, unset keeps the registered value.
+	IsVisible     *bool `protobuf:"varint,8,opt,name=is_visible,json=isVisible,proto3,oneof" json:"is_visible,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1237,6 +1283,13 @@ func (x *RegisterSystemRequest) GetUpdate() bool {
 	return false
 }
 
+func (x *RegisterSystemRequest) GetIsVisible() bool {
+	if x != nil && x.IsVisible != nil {
+		return *x.IsVisible
+	}
+	return false
+}
+
 // RegisterSystemResponse confirms the registration.
 type RegisterSystemResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1282,6 +1335,106 @@ func (x *RegisterSystemResponse) GetSystemId() string {
 	return ""
 }
 
+// DeleteSystemUserRequestRequest names the request to delete.
+type DeleteSystemUserRequestRequest struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Client string                 `protobuf:"bytes,1,opt,name=client,proto3" json:"client,omitempty"`
+	// The request id (a UUID).
+	Id string `protobuf:"bytes,2,opt,name=id,proto3" json:"id,omitempty"`
+	// The request is an agent request.
+	Agent         bool `protobuf:"varint,3,opt,name=agent,proto3" json:"agent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSystemUserRequestRequest) Reset() {
+	*x = DeleteSystemUserRequestRequest{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSystemUserRequestRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSystemUserRequestRequest) ProtoMessage() {}
+
+func (x *DeleteSystemUserRequestRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSystemUserRequestRequest.ProtoReflect.Descriptor instead.
+func (*DeleteSystemUserRequestRequest) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *DeleteSystemUserRequestRequest) GetClient() string {
+	if x != nil {
+		return x.Client
+	}
+	return ""
+}
+
+func (x *DeleteSystemUserRequestRequest) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
+}
+
+func (x *DeleteSystemUserRequestRequest) GetAgent() bool {
+	if x != nil {
+		return x.Agent
+	}
+	return false
+}
+
+// DeleteSystemUserRequestResponse confirms the deletion.
+type DeleteSystemUserRequestResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteSystemUserRequestResponse) Reset() {
+	*x = DeleteSystemUserRequestResponse{}
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteSystemUserRequestResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteSystemUserRequestResponse) ProtoMessage() {}
+
+func (x *DeleteSystemUserRequestResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_tokenbroker_v1_tokenbroker_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteSystemUserRequestResponse.ProtoReflect.Descriptor instead.
+func (*DeleteSystemUserRequestResponse) Descriptor() ([]byte, []int) {
+	return file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP(), []int{15}
+}
+
 var File_tokenbroker_v1_tokenbroker_proto protoreflect.FileDescriptor
 
 const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
@@ -1325,7 +1478,7 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\x0faccess_packages\x18\n" +
 	" \x03(\tR\x0eaccessPackages\x12\x14\n" +
 	"\x05agent\x18\v \x01(\bR\x05agent\x124\n" +
-	"\acreated\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xf8\x01\n" +
+	"\acreated\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\acreated\"\xa3\x02\n" +
 	"\x1eCreateSystemUserRequestRequest\x12\x16\n" +
 	"\x06client\x18\x01 \x01(\tR\x06client\x12!\n" +
 	"\fcustomer_org\x18\x02 \x01(\tR\vcustomerOrg\x12!\n" +
@@ -1333,10 +1486,12 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\x06rights\x18\x04 \x03(\tR\x06rights\x12'\n" +
 	"\x0faccess_packages\x18\x05 \x03(\tR\x0eaccessPackages\x12!\n" +
 	"\fredirect_url\x18\x06 \x01(\tR\vredirectUrl\x12\x14\n" +
-	"\x05agent\x18\a \x01(\bR\x05agent\"z\n" +
+	"\x05agent\x18\a \x01(\bR\x05agent\x12)\n" +
+	"\x10replace_rejected\x18\b \x01(\bR\x0freplaceRejected\"\xaa\x01\n" +
 	"\x1fCreateSystemUserRequestResponse\x12;\n" +
 	"\arequest\x18\x01 \x01(\v2!.tokenbroker.v1.SystemUserRequestR\arequest\x12\x1a\n" +
-	"\bexisting\x18\x02 \x01(\bR\bexisting\"\xa1\x01\n" +
+	"\bexisting\x18\x02 \x01(\bR\bexisting\x12.\n" +
+	"\x13replaced_request_id\x18\x03 \x01(\tR\x11replacedRequestId\"\xa1\x01\n" +
 	"\x1bGetSystemUserRequestRequest\x12\x16\n" +
 	"\x06client\x18\x01 \x01(\tR\x06client\x12\x0e\n" +
 	"\x02id\x18\x02 \x01(\tR\x02id\x12!\n" +
@@ -1368,7 +1523,7 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"page_token\x18\x02 \x01(\tR\tpageToken\"\x80\x01\n" +
 	"\x17ListSystemUsersResponse\x12=\n" +
 	"\fsystem_users\x18\x01 \x03(\v2\x1a.tokenbroker.v1.SystemUserR\vsystemUsers\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\xd4\x03\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x87\x04\n" +
 	"\x15RegisterSystemRequest\x12\x16\n" +
 	"\x06client\x18\x01 \x01(\tR\x06client\x12C\n" +
 	"\x04name\x18\x02 \x03(\v2/.tokenbroker.v1.RegisterSystemRequest.NameEntryR\x04name\x12X\n" +
@@ -1376,15 +1531,23 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"\x06rights\x18\x04 \x03(\tR\x06rights\x12'\n" +
 	"\x0faccess_packages\x18\x05 \x03(\tR\x0eaccessPackages\x122\n" +
 	"\x15allowed_redirect_urls\x18\x06 \x03(\tR\x13allowedRedirectUrls\x12\x16\n" +
-	"\x06update\x18\a \x01(\bR\x06update\x1a7\n" +
+	"\x06update\x18\a \x01(\bR\x06update\x12\"\n" +
+	"\n" +
+	"is_visible\x18\b \x01(\bH\x00R\tisVisible\x88\x01\x01\x1a7\n" +
 	"\tNameEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a>\n" +
 	"\x10DescriptionEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"5\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\r\n" +
+	"\v_is_visible\"5\n" +
 	"\x16RegisterSystemResponse\x12\x1b\n" +
-	"\tsystem_id\x18\x01 \x01(\tR\bsystemId*[\n" +
+	"\tsystem_id\x18\x01 \x01(\tR\bsystemId\"^\n" +
+	"\x1eDeleteSystemUserRequestRequest\x12\x16\n" +
+	"\x06client\x18\x01 \x01(\tR\x06client\x12\x0e\n" +
+	"\x02id\x18\x02 \x01(\tR\x02id\x12\x14\n" +
+	"\x05agent\x18\x03 \x01(\bR\x05agent\"!\n" +
+	"\x1fDeleteSystemUserRequestResponse*[\n" +
 	"\tTokenKind\x12\x1a\n" +
 	"\x16TOKEN_KIND_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17TOKEN_KIND_MASKINPORTEN\x10\x01\x12\x15\n" +
@@ -1397,13 +1560,14 @@ const file_tokenbroker_v1_tokenbroker_proto_rawDesc = "" +
 	"!SYSTEM_USER_REQUEST_STATUS_DENIED\x10\x04\x12(\n" +
 	"$SYSTEM_USER_REQUEST_STATUS_TIMED_OUT\x10\x052c\n" +
 	"\x12TokenBrokerService\x12M\n" +
-	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse2\xc0\x04\n" +
+	"\bGetToken\x12\x1f.tokenbroker.v1.GetTokenRequest\x1a .tokenbroker.v1.GetTokenResponse2\xbc\x05\n" +
 	"\x11SystemUserService\x12z\n" +
 	"\x17CreateSystemUserRequest\x12..tokenbroker.v1.CreateSystemUserRequestRequest\x1a/.tokenbroker.v1.CreateSystemUserRequestResponse\x12q\n" +
 	"\x14GetSystemUserRequest\x12+.tokenbroker.v1.GetSystemUserRequestRequest\x1a,.tokenbroker.v1.GetSystemUserRequestResponse\x12w\n" +
 	"\x16ListSystemUserRequests\x12-.tokenbroker.v1.ListSystemUserRequestsRequest\x1a..tokenbroker.v1.ListSystemUserRequestsResponse\x12b\n" +
 	"\x0fListSystemUsers\x12&.tokenbroker.v1.ListSystemUsersRequest\x1a'.tokenbroker.v1.ListSystemUsersResponse\x12_\n" +
-	"\x0eRegisterSystem\x12%.tokenbroker.v1.RegisterSystemRequest\x1a&.tokenbroker.v1.RegisterSystemResponseB\xc4\x01\n" +
+	"\x0eRegisterSystem\x12%.tokenbroker.v1.RegisterSystemRequest\x1a&.tokenbroker.v1.RegisterSystemResponse\x12z\n" +
+	"\x17DeleteSystemUserRequest\x12..tokenbroker.v1.DeleteSystemUserRequestRequest\x1a/.tokenbroker.v1.DeleteSystemUserRequestResponseB\xc4\x01\n" +
 	"\x12com.tokenbroker.v1B\x10TokenbrokerProtoP\x01ZCgithub.com/tokenbroker/tokenbroker/gen/tokenbroker/v1;tokenbrokerv1\xa2\x02\x03TXX\xaa\x02\x0eTokenbroker.V1\xca\x02\x0eTokenbroker\\V1\xe2\x02\x1aTokenbroker\\V1\\GPBMetadata\xea\x02\x0fTokenbroker::V1b\x06proto3"
 
 var (
@@ -1419,7 +1583,7 @@ func file_tokenbroker_v1_tokenbroker_proto_rawDescGZIP() []byte {
 }
 
 var file_tokenbroker_v1_tokenbroker_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 16)
+var file_tokenbroker_v1_tokenbroker_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(TokenKind)(0),                          // 0: tokenbroker.v1.TokenKind
 	(SystemUserRequestStatus)(0),            // 1: tokenbroker.v1.SystemUserRequestStatus
@@ -1437,40 +1601,44 @@ var file_tokenbroker_v1_tokenbroker_proto_goTypes = []any{
 	(*ListSystemUsersResponse)(nil),         // 13: tokenbroker.v1.ListSystemUsersResponse
 	(*RegisterSystemRequest)(nil),           // 14: tokenbroker.v1.RegisterSystemRequest
 	(*RegisterSystemResponse)(nil),          // 15: tokenbroker.v1.RegisterSystemResponse
-	nil,                                     // 16: tokenbroker.v1.RegisterSystemRequest.NameEntry
-	nil,                                     // 17: tokenbroker.v1.RegisterSystemRequest.DescriptionEntry
-	(*durationpb.Duration)(nil),             // 18: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil),           // 19: google.protobuf.Timestamp
+	(*DeleteSystemUserRequestRequest)(nil),  // 16: tokenbroker.v1.DeleteSystemUserRequestRequest
+	(*DeleteSystemUserRequestResponse)(nil), // 17: tokenbroker.v1.DeleteSystemUserRequestResponse
+	nil,                                     // 18: tokenbroker.v1.RegisterSystemRequest.NameEntry
+	nil,                                     // 19: tokenbroker.v1.RegisterSystemRequest.DescriptionEntry
+	(*durationpb.Duration)(nil),             // 20: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil),           // 21: google.protobuf.Timestamp
 }
 var file_tokenbroker_v1_tokenbroker_proto_depIdxs = []int32{
-	18, // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
+	20, // 0: tokenbroker.v1.GetTokenRequest.min_validity:type_name -> google.protobuf.Duration
 	0,  // 1: tokenbroker.v1.GetTokenRequest.kind:type_name -> tokenbroker.v1.TokenKind
-	19, // 2: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 3: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
+	21, // 2: tokenbroker.v1.GetTokenResponse.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 3: tokenbroker.v1.GetTokenResponse.issued_at:type_name -> google.protobuf.Timestamp
 	0,  // 4: tokenbroker.v1.GetTokenResponse.kind:type_name -> tokenbroker.v1.TokenKind
 	1,  // 5: tokenbroker.v1.SystemUserRequest.status:type_name -> tokenbroker.v1.SystemUserRequestStatus
-	19, // 6: tokenbroker.v1.SystemUserRequest.created:type_name -> google.protobuf.Timestamp
+	21, // 6: tokenbroker.v1.SystemUserRequest.created:type_name -> google.protobuf.Timestamp
 	4,  // 7: tokenbroker.v1.CreateSystemUserRequestResponse.request:type_name -> tokenbroker.v1.SystemUserRequest
 	4,  // 8: tokenbroker.v1.GetSystemUserRequestResponse.request:type_name -> tokenbroker.v1.SystemUserRequest
 	4,  // 9: tokenbroker.v1.ListSystemUserRequestsResponse.requests:type_name -> tokenbroker.v1.SystemUserRequest
-	19, // 10: tokenbroker.v1.SystemUser.created:type_name -> google.protobuf.Timestamp
+	21, // 10: tokenbroker.v1.SystemUser.created:type_name -> google.protobuf.Timestamp
 	11, // 11: tokenbroker.v1.ListSystemUsersResponse.system_users:type_name -> tokenbroker.v1.SystemUser
-	16, // 12: tokenbroker.v1.RegisterSystemRequest.name:type_name -> tokenbroker.v1.RegisterSystemRequest.NameEntry
-	17, // 13: tokenbroker.v1.RegisterSystemRequest.description:type_name -> tokenbroker.v1.RegisterSystemRequest.DescriptionEntry
+	18, // 12: tokenbroker.v1.RegisterSystemRequest.name:type_name -> tokenbroker.v1.RegisterSystemRequest.NameEntry
+	19, // 13: tokenbroker.v1.RegisterSystemRequest.description:type_name -> tokenbroker.v1.RegisterSystemRequest.DescriptionEntry
 	2,  // 14: tokenbroker.v1.TokenBrokerService.GetToken:input_type -> tokenbroker.v1.GetTokenRequest
 	5,  // 15: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:input_type -> tokenbroker.v1.CreateSystemUserRequestRequest
 	7,  // 16: tokenbroker.v1.SystemUserService.GetSystemUserRequest:input_type -> tokenbroker.v1.GetSystemUserRequestRequest
 	9,  // 17: tokenbroker.v1.SystemUserService.ListSystemUserRequests:input_type -> tokenbroker.v1.ListSystemUserRequestsRequest
 	12, // 18: tokenbroker.v1.SystemUserService.ListSystemUsers:input_type -> tokenbroker.v1.ListSystemUsersRequest
 	14, // 19: tokenbroker.v1.SystemUserService.RegisterSystem:input_type -> tokenbroker.v1.RegisterSystemRequest
-	3,  // 20: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
-	6,  // 21: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:output_type -> tokenbroker.v1.CreateSystemUserRequestResponse
-	8,  // 22: tokenbroker.v1.SystemUserService.GetSystemUserRequest:output_type -> tokenbroker.v1.GetSystemUserRequestResponse
-	10, // 23: tokenbroker.v1.SystemUserService.ListSystemUserRequests:output_type -> tokenbroker.v1.ListSystemUserRequestsResponse
-	13, // 24: tokenbroker.v1.SystemUserService.ListSystemUsers:output_type -> tokenbroker.v1.ListSystemUsersResponse
-	15, // 25: tokenbroker.v1.SystemUserService.RegisterSystem:output_type -> tokenbroker.v1.RegisterSystemResponse
-	20, // [20:26] is the sub-list for method output_type
-	14, // [14:20] is the sub-list for method input_type
+	16, // 20: tokenbroker.v1.SystemUserService.DeleteSystemUserRequest:input_type -> tokenbroker.v1.DeleteSystemUserRequestRequest
+	3,  // 21: tokenbroker.v1.TokenBrokerService.GetToken:output_type -> tokenbroker.v1.GetTokenResponse
+	6,  // 22: tokenbroker.v1.SystemUserService.CreateSystemUserRequest:output_type -> tokenbroker.v1.CreateSystemUserRequestResponse
+	8,  // 23: tokenbroker.v1.SystemUserService.GetSystemUserRequest:output_type -> tokenbroker.v1.GetSystemUserRequestResponse
+	10, // 24: tokenbroker.v1.SystemUserService.ListSystemUserRequests:output_type -> tokenbroker.v1.ListSystemUserRequestsResponse
+	13, // 25: tokenbroker.v1.SystemUserService.ListSystemUsers:output_type -> tokenbroker.v1.ListSystemUsersResponse
+	15, // 26: tokenbroker.v1.SystemUserService.RegisterSystem:output_type -> tokenbroker.v1.RegisterSystemResponse
+	17, // 27: tokenbroker.v1.SystemUserService.DeleteSystemUserRequest:output_type -> tokenbroker.v1.DeleteSystemUserRequestResponse
+	21, // [21:28] is the sub-list for method output_type
+	14, // [14:21] is the sub-list for method input_type
 	14, // [14:14] is the sub-list for extension type_name
 	14, // [14:14] is the sub-list for extension extendee
 	0,  // [0:14] is the sub-list for field type_name
@@ -1481,13 +1649,14 @@ func file_tokenbroker_v1_tokenbroker_proto_init() {
 	if File_tokenbroker_v1_tokenbroker_proto != nil {
 		return
 	}
+	file_tokenbroker_v1_tokenbroker_proto_msgTypes[12].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_tokenbroker_v1_tokenbroker_proto_rawDesc), len(file_tokenbroker_v1_tokenbroker_proto_rawDesc)),
 			NumEnums:      2,
-			NumMessages:   16,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

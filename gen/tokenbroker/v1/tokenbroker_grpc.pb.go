@@ -166,6 +166,7 @@ const (
 	SystemUserService_ListSystemUserRequests_FullMethodName  = "/tokenbroker.v1.SystemUserService/ListSystemUserRequests"
 	SystemUserService_ListSystemUsers_FullMethodName         = "/tokenbroker.v1.SystemUserService/ListSystemUsers"
 	SystemUserService_RegisterSystem_FullMethodName          = "/tokenbroker.v1.SystemUserService/RegisterSystem"
+	SystemUserService_DeleteSystemUserRequest_FullMethodName = "/tokenbroker.v1.SystemUserService/DeleteSystemUserRequest"
 )
 
 // SystemUserServiceClient is the client API for SystemUserService service.
@@ -181,10 +182,17 @@ const (
 type SystemUserServiceClient interface {
 	// CreateSystemUserRequest asks customer_org to approve a system user:
 	// standard (rights and/or access packages) or agent (access packages).
-	// Posting the same request again returns the pending one (existing).
+	// Posting the same request again returns the one Altinn has for the same
+	// customer and external_ref (existing), whatever its status: Altinn keeps
+	// a Rejected or Denied request. To ask the customer again, set
+	// replace_rejected, which deletes such a request first (audited), or
+	// call DeleteSystemUserRequest and create again.
 	CreateSystemUserRequest(ctx context.Context, in *CreateSystemUserRequestRequest, opts ...grpc.CallOption) (*CreateSystemUserRequestResponse, error)
 	// GetSystemUserRequest reads a request by id, or by customer_org and
-	// external_ref.
+	// external_ref. The policy is checked before Altinn is called. By id, a
+	// caller with no rule for the client is PERMISSION_DENIED, and a request
+	// of a customer the caller may not see is NOT_FOUND, exactly like one
+	// that does not exist.
 	GetSystemUserRequest(ctx context.Context, in *GetSystemUserRequestRequest, opts ...grpc.CallOption) (*GetSystemUserRequestResponse, error)
 	// ListSystemUserRequests lists the requests of the client's system, one
 	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
@@ -196,6 +204,10 @@ type SystemUserServiceClient interface {
 	// in Altinn's system register, with the client's client_id. Needs a
 	// policy rule with customer_orgs "*".
 	RegisterSystem(ctx context.Context, in *RegisterSystemRequest, opts ...grpc.CallOption) (*RegisterSystemResponse, error)
+	// DeleteSystemUserRequest deletes a request by id (standard or agent), for
+	// example a rejected one before asking the customer again. Like reading
+	// by id, a request of a customer the caller may not see is NOT_FOUND.
+	DeleteSystemUserRequest(ctx context.Context, in *DeleteSystemUserRequestRequest, opts ...grpc.CallOption) (*DeleteSystemUserRequestResponse, error)
 }
 
 type systemUserServiceClient struct {
@@ -256,6 +268,16 @@ func (c *systemUserServiceClient) RegisterSystem(ctx context.Context, in *Regist
 	return out, nil
 }
 
+func (c *systemUserServiceClient) DeleteSystemUserRequest(ctx context.Context, in *DeleteSystemUserRequestRequest, opts ...grpc.CallOption) (*DeleteSystemUserRequestResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteSystemUserRequestResponse)
+	err := c.cc.Invoke(ctx, SystemUserService_DeleteSystemUserRequest_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // SystemUserServiceServer is the server API for SystemUserService service.
 // All implementations must embed UnimplementedSystemUserServiceServer
 // for forward compatibility.
@@ -269,10 +291,17 @@ func (c *systemUserServiceClient) RegisterSystem(ctx context.Context, in *Regist
 type SystemUserServiceServer interface {
 	// CreateSystemUserRequest asks customer_org to approve a system user:
 	// standard (rights and/or access packages) or agent (access packages).
-	// Posting the same request again returns the pending one (existing).
+	// Posting the same request again returns the one Altinn has for the same
+	// customer and external_ref (existing), whatever its status: Altinn keeps
+	// a Rejected or Denied request. To ask the customer again, set
+	// replace_rejected, which deletes such a request first (audited), or
+	// call DeleteSystemUserRequest and create again.
 	CreateSystemUserRequest(context.Context, *CreateSystemUserRequestRequest) (*CreateSystemUserRequestResponse, error)
 	// GetSystemUserRequest reads a request by id, or by customer_org and
-	// external_ref.
+	// external_ref. The policy is checked before Altinn is called. By id, a
+	// caller with no rule for the client is PERMISSION_DENIED, and a request
+	// of a customer the caller may not see is NOT_FOUND, exactly like one
+	// that does not exist.
 	GetSystemUserRequest(context.Context, *GetSystemUserRequestRequest) (*GetSystemUserRequestResponse, error)
 	// ListSystemUserRequests lists the requests of the client's system, one
 	// Altinn page at a time. Needs a policy rule with customer_orgs "*".
@@ -284,6 +313,10 @@ type SystemUserServiceServer interface {
 	// in Altinn's system register, with the client's client_id. Needs a
 	// policy rule with customer_orgs "*".
 	RegisterSystem(context.Context, *RegisterSystemRequest) (*RegisterSystemResponse, error)
+	// DeleteSystemUserRequest deletes a request by id (standard or agent), for
+	// example a rejected one before asking the customer again. Like reading
+	// by id, a request of a customer the caller may not see is NOT_FOUND.
+	DeleteSystemUserRequest(context.Context, *DeleteSystemUserRequestRequest) (*DeleteSystemUserRequestResponse, error)
 	mustEmbedUnimplementedSystemUserServiceServer()
 }
 
@@ -308,6 +341,9 @@ func (UnimplementedSystemUserServiceServer) ListSystemUsers(context.Context, *Li
 }
 func (UnimplementedSystemUserServiceServer) RegisterSystem(context.Context, *RegisterSystemRequest) (*RegisterSystemResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method RegisterSystem not implemented")
+}
+func (UnimplementedSystemUserServiceServer) DeleteSystemUserRequest(context.Context, *DeleteSystemUserRequestRequest) (*DeleteSystemUserRequestResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteSystemUserRequest not implemented")
 }
 func (UnimplementedSystemUserServiceServer) mustEmbedUnimplementedSystemUserServiceServer() {}
 func (UnimplementedSystemUserServiceServer) testEmbeddedByValue()                           {}
@@ -420,6 +456,24 @@ func _SystemUserService_RegisterSystem_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _SystemUserService_DeleteSystemUserRequest_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteSystemUserRequestRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(SystemUserServiceServer).DeleteSystemUserRequest(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: SystemUserService_DeleteSystemUserRequest_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(SystemUserServiceServer).DeleteSystemUserRequest(ctx, req.(*DeleteSystemUserRequestRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // SystemUserService_ServiceDesc is the grpc.ServiceDesc for SystemUserService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -446,6 +500,10 @@ var SystemUserService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RegisterSystem",
 			Handler:    _SystemUserService_RegisterSystem_Handler,
+		},
+		{
+			MethodName: "DeleteSystemUserRequest",
+			Handler:    _SystemUserService_DeleteSystemUserRequest_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
