@@ -16,6 +16,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -75,7 +76,8 @@ type Issued struct {
 	KeyPEM  []byte
 }
 
-var serial = big.NewInt(100)
+// serial numbers the certificates; parallel tests issue at once.
+var serial atomic.Int64
 
 // Issue signs a certificate for l.
 func (ca *CA) Issue(tb testing.TB, l Leaf) *Issued {
@@ -84,9 +86,8 @@ func (ca *CA) Issue(tb testing.TB, l Leaf) *Issued {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	serial = new(big.Int).Add(serial, big.NewInt(1))
 	tmpl := &x509.Certificate{
-		SerialNumber: serial,
+		SerialNumber: big.NewInt(100 + serial.Add(1)),
 		Subject:      pkix.Name{CommonName: l.CN},
 		DNSNames:     l.DNS,
 		IPAddresses:  l.IPs,
