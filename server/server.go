@@ -105,7 +105,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.stopTimeout == 0 {
-		s.stopTimeout = 10 * time.Second
+		s.stopTimeout = DefaultStopTimeout
 	}
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
@@ -185,20 +185,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	s.stopping.Store(true)
 	s.ready.Store(false)
-	s.health.Shutdown()
-	stopped := make(chan struct{})
-	go func() {
-		s.grpc.GracefulStop()
-		close(stopped)
-	}()
-	t := time.NewTimer(s.stopTimeout)
-	defer t.Stop()
-	select {
-	case <-stopped:
-	case <-t.C:
-		s.log.Warn("graceful stop timed out; closing open calls")
-		s.grpc.Stop()
-		<-stopped
+	if GracefulStop(s.grpc, s.health, s.stopTimeout) {
+		s.log.Warn("graceful stop timed out; closed open calls")
 	}
 	if err := s.throttle.Flush(); err != nil {
 		s.log.Error("audit write failed", slog.String("error", err.Error()))

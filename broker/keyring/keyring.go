@@ -65,6 +65,9 @@ type Config struct {
 	// Wrap, when not nil, wraps every key's signer (with a timer, say)
 	// before the ring guards it.
 	Wrap func(backend string, s crypto.Signer) crypto.Signer
+	// Open opens a key; nil means keys.Open, which picks the backend by
+	// the URI's scheme. Dev mode hands in its in-memory key this way.
+	Open func(context.Context, signer.Spec) (*signer.Key, error)
 	// Now is the clock for expiry; nil means time.Now.
 	Now func() time.Time
 }
@@ -150,6 +153,9 @@ func Open(ctx context.Context, cfg Config, clients []Client) (*Ring, error) {
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
+	}
+	if cfg.Open == nil {
+		cfg.Open = keys.Open
 	}
 	if len(clients) == 0 {
 		return nil, errors.New("keyring: no clients")
@@ -246,7 +252,7 @@ func (r *Ring) open(ctx context.Context, clients []Client) (_ *set, err error) {
 }
 
 func (r *Ring) openKey(ctx context.Context, client string, kc Key, active bool) (*entry, error) {
-	key, err := keys.Open(ctx, kc.Spec)
+	key, err := r.cfg.Open(ctx, kc.Spec)
 	if err != nil {
 		return nil, err
 	}

@@ -441,7 +441,7 @@ func startDev(t *testing.T) (env devEnv, stdout, stderr *syncBuffer, stop func()
 	t.Helper()
 	stdout, stderr = &syncBuffer{}, &syncBuffer{}
 	env, stop = background(t, stderr, func(ctx context.Context, ready chan<- devEnv) error {
-		return runDev(ctx, []string{"--listen", "127.0.0.1:0"}, stdout, stderr, ready)
+		return runDev(ctx, []string{"--listen", "127.0.0.1:0"}, stdout, stderr, ready, nil)
 	})
 	return env, stdout, stderr, stop
 }

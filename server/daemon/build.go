@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -14,6 +14,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/audit"
 	"github.com/tokenbroker/tokenbroker/broker/breaker"
 	"github.com/tokenbroker/tokenbroker/broker/hedge"
 	"github.com/tokenbroker/tokenbroker/broker/keyring"
@@ -25,10 +26,10 @@ import (
 	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
-// spec is the signer.Spec of a key config: relative paths resolve against
+// Spec is the signer.Spec of a key config: relative paths resolve against
 // baseDir, and each backend call is bounded by timeout (zero: the
 // backend's default).
-func (k KeyConfig) spec(baseDir string, timeout time.Duration) signer.Spec {
+func (k KeyConfig) Spec(baseDir string, timeout time.Duration) signer.Spec {
 	return signer.Spec{
 		URI: k.Signer, KeyID: k.KID, Algorithm: signer.Algorithm(k.Algorithm), BaseDir: baseDir,
 		Password:              signer.PasswordSource{File: k.PasswordFile, Env: k.PasswordEnv},
@@ -36,9 +37,10 @@ func (k KeyConfig) spec(baseDir string, timeout time.Duration) signer.Spec {
 	}
 }
 
-// openKey loads the key a client's config names.
-func openKey(k KeyConfig, baseDir string) (*signer.Key, error) {
-	return keys.Open(context.Background(), k.spec(baseDir, 0))
+// OpenKey opens the key a key config names, for the commands that only
+// look at keys (check, jwks, explain, signer serve); the caller closes it.
+func OpenKey(k KeyConfig, baseDir string) (*signer.Key, error) {
+	return keys.Open(context.Background(), k.Spec(baseDir, 0))
 }
 
 // newHTTPClients returns the HTTP clients for Maskinporten and Altinn (see
@@ -83,6 +85,63 @@ type running struct {
 	// clients are the Maskinporten clients, by name: each signs with the
 	// ring's active key for it.
 	clients map[string]*maskinporten.Client
+
+	// What else was built, for Components.
+	mpHedger                *hedge.Hedger
+	exchanger               *altinn.Exchanger
+	httpClient, freshClient *http.Client
+	metrics                 *metrics.Metrics
+}
+
+// Components says what Run assembled, so that a test can hold two ways
+// of starting the broker (serve and dev) against each other.
+type Components struct {
+	// HTTPTransport and HedgeTransport are the types of the transports to
+	// Maskinporten and Altinn, pooled and fresh-connection.
+	HTTPTransport, HedgeTransport string
+	// MaskinportenHedger and AltinnHedger: hedged attempts behind a breaker.
+	MaskinportenHedger, AltinnHedger bool
+	// Metrics: the gRPC interceptor, the broker's, the exchange's and the
+	// keys' metrics; SignTimer: the key ring times every signature.
+	Metrics bool
+	// Tracing: a tracer provider (on as the config or OTEL_* say).
+	Tracing bool
+	// Audit is the type of the audit sink's log.
+	Audit string
+	// KeyRing, and ProbeInterval of its probe loop.
+	KeyRing       bool
+	ProbeInterval time.Duration
+	// Interceptors counts the gRPC interceptors besides the server's own.
+	Interceptors int
+	// Limits are the gRPC connection limits; CallerRate the per-caller rate.
+	Limits     server.Limits
+	CallerRate float64
+	// Servers counts the gRPC servers (TCP, and the unix socket's);
+	// OperatorHTTP the /metrics, /healthz, /readyz listener; Reload
+	// whether a config file is watched.
+	Servers      int
+	OperatorHTTP bool
+	Reload       bool
+}
+
+// components describes what was built.
+func (rt *running) components(tp any, a *audit.Log, sc server.Config, servers int, operatorHTTP, reload bool) Components {
+	return Components{
+		HTTPTransport:      fmt.Sprintf("%T", rt.httpClient.Transport),
+		HedgeTransport:     fmt.Sprintf("%T", rt.freshClient.Transport),
+		MaskinportenHedger: rt.mpHedger != nil,
+		AltinnHedger:       rt.exchanger.Hedger != nil && rt.exchanger.HedgeHTTP != nil,
+		Metrics:            rt.metrics != nil && rt.exchanger.OnExchange != nil,
+		Tracing:            tp != nil,
+		Audit:              fmt.Sprintf("%T", a),
+		KeyRing:            rt.ring != nil,
+		Interceptors:       len(sc.Interceptors),
+		Limits:             sc.Limits,
+		CallerRate:         sc.CallerRate,
+		Servers:            servers,
+		OperatorHTTP:       operatorHTTP,
+		Reload:             reload,
+	}
 }
 
 // setKey makes k the key client signs grants with.
@@ -94,12 +153,12 @@ func ringClients(cfg *Config, baseDir string) ([]keyring.Client, error) {
 	var out []keyring.Client
 	for i, c := range cfg.Clients {
 		rc := keyring.Client{Name: c.Name}
-		for _, kc := range c.keyList() {
-			expires, err := kc.expiry()
+		for _, kc := range c.KeyList() {
+			expires, err := kc.Expiry()
 			if err != nil {
 				return nil, fmt.Errorf("clients[%d] (%s) key %q: expires: %w", i, c.Name, kc.KID, err)
 			}
-			rc.Keys = append(rc.Keys, keyring.Key{Spec: kc.spec(baseDir, timeout), Active: kc.Active, Expires: expires})
+			rc.Keys = append(rc.Keys, keyring.Key{Spec: kc.Spec(baseDir, timeout), Active: kc.Active, Expires: expires})
 		}
 		out = append(out, rc)
 	}
@@ -131,8 +190,8 @@ func (rt *running) metricKeys() []metrics.Key {
 	return out
 }
 
-func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry) (_ *running, err error) {
-	env, err := cfg.environment()
+func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Logger, tel telemetry, openKey func(context.Context, signer.Spec) (*signer.Key, error)) (_ *running, err error) {
+	env, err := cfg.Environment()
 	if err != nil {
 		return nil, fmt.Errorf("maskinporten: %w", err)
 	}
@@ -203,7 +262,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	if tel.metrics != nil {
 		wrap = tel.metrics.TimeSigner
 	}
-	ring, err := keyring.Open(ctx, keyring.Config{Logger: log, Wrap: wrap}, rcs)
+	ring, err := keyring.Open(ctx, keyring.Config{Logger: log, Wrap: wrap, Open: openKey}, rcs)
 	if err != nil {
 		return nil, err
 	}
@@ -212,7 +271,8 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			ring.Close()
 		}
 	}()
-	rt := &running{ring: ring}
+	rt := &running{ring: ring, mpHedger: mpHedger, exchanger: exchanger, httpClient: httpClient, freshClient: freshClient,
+		metrics: tel.metrics}
 	clients := map[string]*maskinporten.Client{}
 	for i, c := range cfg.Clients {
 		active := ring.Active(c.Name)
@@ -247,7 +307,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			SystemID: c.SystemID, Vendor: vendor})
 		log.InfoContext(ctx, "client ready", slog.String("client", c.Name), slog.String("client_id", c.ClientID),
 			slog.String("kid", active.KeyID), slog.String("backend", active.Backend), slog.String("algorithm", string(active.Algorithm)),
-			slog.Int("keys", len(c.keyList())), slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))
+			slog.Int("keys", len(c.KeyList())), slog.String("environment", env.Name), slog.String("token_url", env.TokenURL))
 	}
 	b, err := broker.New(bc)
 	if err != nil {

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -369,8 +369,8 @@ type KeyConfig struct {
 	Expires string `yaml:"expires"`
 }
 
-// expiry parses Expires; the zero time means not configured.
-func (k KeyConfig) expiry() (time.Time, error) {
+// Expiry parses Expires; the zero time means not configured.
+func (k KeyConfig) Expiry() (time.Time, error) {
 	if k.Expires == "" {
 		return time.Time{}, nil
 	}
@@ -404,21 +404,21 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // maxConfigSize bounds the config file.
 const maxConfigSize = 1 << 20
 
-// loadConfig reads and checks the config file at path.
-func loadConfig(path string) (*Config, error) {
+// Load reads and checks the config file at path.
+func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := parseConfig(data)
+	cfg, err := Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// parseConfig decodes and checks a config document.
-func parseConfig(data []byte) (*Config, error) {
+// Parse decodes and checks a config document.
+func Parse(data []byte) (*Config, error) {
 	if len(data) > maxConfigSize {
 		return nil, fmt.Errorf("larger than %d bytes", maxConfigSize)
 	}
@@ -490,7 +490,7 @@ func (c *Config) check() error {
 	default:
 		return fmt.Errorf("log_level: %q, want debug, info, warn or error", c.LogLevel)
 	}
-	if _, err := c.environment(); err != nil {
+	if _, err := c.Environment(); err != nil {
 		return fmt.Errorf("maskinporten: %w", err)
 	}
 	if _, err := altinn.ExchangeURLFor(c.Maskinporten.Environment, c.Altinn.ExchangeURL); err != nil {
@@ -544,8 +544,8 @@ func (c *Config) check() error {
 	return nil
 }
 
-// keyList returns the client's keys: Keys, or Key alone.
-func (c ClientConfig) keyList() []KeyConfig {
+// KeyList returns the client's keys: Keys, or Key alone.
+func (c ClientConfig) KeyList() []KeyConfig {
 	if len(c.Keys) > 0 {
 		return c.Keys
 	}
@@ -555,8 +555,8 @@ func (c ClientConfig) keyList() []KeyConfig {
 // activeKID returns the kid of the active key; with a single key, its kid
 // (possibly empty, for a JWK that names its own).
 func (c ClientConfig) activeKID() string {
-	for _, k := range c.keyList() {
-		if k.Active || len(c.keyList()) == 1 {
+	for _, k := range c.KeyList() {
+		if k.Active || len(c.KeyList()) == 1 {
 			return k.KID
 		}
 	}
@@ -567,7 +567,7 @@ func (c ClientConfig) checkKeys(where string) error {
 	if len(c.Keys) > 0 && c.Key != (KeyConfig{}) {
 		return fmt.Errorf("%s: set key or keys, not both", where)
 	}
-	list := c.keyList()
+	list := c.KeyList()
 	active, kids := 0, map[string]bool{}
 	for i, k := range list {
 		kw := where + ".key"
@@ -590,10 +590,10 @@ func (c ClientConfig) checkKeys(where string) error {
 		if _, err := signer.ParseAlgorithm(k.Algorithm); err != nil {
 			return fmt.Errorf("%s.algorithm: %w", kw, err)
 		}
-		if err := keys.Check(k.spec("", 0)); err != nil {
+		if err := keys.Check(k.Spec("", 0)); err != nil {
 			return fmt.Errorf("%s.signer: %w", kw, err)
 		}
-		if _, err := k.expiry(); err != nil {
+		if _, err := k.Expiry(); err != nil {
 			return fmt.Errorf("%s.expires: %w", kw, err)
 		}
 	}
@@ -681,7 +681,7 @@ func (m MaskinportenConfig) checkResilience() error {
 	return nil
 }
 
-func (c *Config) environment() (maskinporten.Environment, error) {
+func (c *Config) Environment() (maskinporten.Environment, error) {
 	m := c.Maskinporten
 	if m.Environment == "" {
 		return maskinporten.Environment{}, errors.New("environment: required (test or prod)")
