@@ -325,8 +325,11 @@ func TestMinValidity(t *testing.T) {
 	}
 	r := req("310904473")
 	r.MinValidity = 60 * time.Second
+	// The refresh ahead that the call at 40 s left started may already
+	// have stored the fresh token, so it may come from the cache; what
+	// matters is that it lives long enough.
 	tok, err := b.GetToken(ctx, r)
-	if err != nil || tok.Cached {
+	if err != nil {
 		t.Fatalf("min_validity 60s with 40s left: %v, want a fresh token", err)
 	}
 	if left := tok.ExpiresAt.Sub(clk.Now()); left < 60*time.Second {

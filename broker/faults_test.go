@@ -152,26 +152,35 @@ func TestFaultHang(t *testing.T) {
 }
 
 // The token endpoint's address swallows SYNs (a full accept queue): the
-// dial never completes. One caller without a deadline: each try is hedged
-// and both dials are reported hung at the hedge delay, then fail at the
-// connect timeout (3 s) and the fetch retries. The fifth hung attempt (the
-// third try's) opens the breaker, which ends the fetch with UNAVAILABLE.
-// Attempts: 5 (2 + 2 + 1), none of which reaches a server.
+// dial never completes. A first caller, without a deadline: its first try
+// is hedged (one hedge per fetch) and both dials are reported hung at the
+// hedge delay, then fail at the connect timeout (3 s); its two retries are
+// reported hung too, and it ends with the dials' timeout after 4 attempts.
+// A second caller's first attempt is the fifth hung one and opens the
+// breaker, which ends that fetch at once with UNAVAILABLE. Attempts: 5,
+// none of which reaches a server.
 func TestFaultBlackHole(t *testing.T) {
 	t.Parallel()
 	env := newDefaultsEnv(t, defaultsOptions{tokenURL: "http://" + maskinportentest.BlackHole(t) + "/token"})
 	_, err := env.b.GetToken(context.Background(), req("310904473"))
-	if !circuitOpen(err) {
-		t.Fatalf("GetToken through a black hole: %v, want the breaker open", err)
+	var me *maskinporten.Error
+	if !errors.As(err, &me) || me.CircuitOpen || !me.Retryable || me.StatusCode != 0 {
+		t.Fatalf("GetToken through a black hole: %v, want a retryable transport error", err)
 	}
-	if s := env.hedger.Stats(); s.Attempts != 5 || s.Hedges != 2 {
-		t.Errorf("%d attempts, %d of them hedges; want 5 and 2", s.Attempts, s.Hedges)
+	if s := env.hedger.Stats(); s.Attempts != 4 || s.Hedges != 1 {
+		t.Errorf("%d attempts, %d of them hedges; want 4 and 1", s.Attempts, s.Hedges)
+	}
+	if _, err := env.call("314250052"); !circuitOpen(err) {
+		t.Fatalf("second caller: %v, want the breaker open", err)
+	}
+	if s := env.hedger.Stats(); s.Attempts != 5 {
+		t.Errorf("%d attempts, want 5", s.Attempts)
 	}
 	if n := env.emu.Requests(); n != 0 {
 		t.Errorf("%d requests reached the emulator through a black hole", n)
 	}
 	before := env.hedger.Stats().Attempts
-	if _, err := env.call("314250052"); !circuitOpen(err) {
+	if _, err := env.call("313775429"); !circuitOpen(err) {
 		t.Errorf("call with the breaker open: %v", err)
 	}
 	if n := env.hedger.Stats().Attempts - before; n > 1 {

@@ -270,6 +270,9 @@ func (b *Broker) GetSystemUserRequest(ctx context.Context, l SystemUserLookup) (
 		}
 		// Altinn's answer is checked too, in case it is not what was
 		// asked for.
+		if r.SystemID != c.SystemID {
+			return nil, &hiddenError{fmt.Errorf("%w: request of system %q, not of client %q's system", ErrPermissionDenied, r.SystemID, c.Name)}
+		}
 		if err := b.checkRequestPolicy(l.Caller, c, r); err != nil {
 			return nil, err
 		}
@@ -306,8 +309,9 @@ func (b *Broker) checkRequestPolicy(caller string, c *Client, r *altinn.Request)
 
 // requestByID reads the request l.ID, whose customer is only known from
 // Altinn's answer: a caller with no rule for the client is refused before
-// the call, and a request of a customer the caller may not see is
-// ErrNotFound, exactly like a missing one (a hiddenError, which still
+// the call, and a request of another system of the vendor, or of a
+// customer the caller may not see, is ErrNotFound, exactly like a missing
+// one (a hiddenError, which still
 // wraps the refusal for the audit).
 func (b *Broker) requestByID(ctx context.Context, l SystemUserLookup) (*altinn.Request, *Client, error) {
 	name := b.clientName(l.Client)
@@ -330,6 +334,13 @@ func (b *Broker) requestByID(ctx context.Context, l SystemUserLookup) (*altinn.R
 		return nil, nil, ErrNotFound
 	case err != nil:
 		return nil, nil, err
+	}
+	// Altinn answers by id for every system of the vendor, not only the
+	// client's: a request of another client's system is not this
+	// client's to read or delete, whatever the policy says of its
+	// customer.
+	if r.SystemID != c.SystemID {
+		return nil, nil, &hiddenError{fmt.Errorf("%w: request of system %q, not of client %q's system", ErrPermissionDenied, r.SystemID, c.Name)}
 	}
 	if err := b.checkRequestPolicy(l.Caller, c, r); err != nil {
 		return nil, nil, &hiddenError{err}

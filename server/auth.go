@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -32,7 +34,10 @@ type Authenticator func(ctx context.Context) (identity.ID, error)
 // against roots for client authentication (the certificate must allow
 // client auth as an extended key usage). The identity is typed by where it
 // comes from (identity.FromCertificate): the SPIFFE ID of the only spiffe
-// URI SAN, else "dns:" and the first DNS SAN, else "cn:" and the subject CN.
+// URI SAN, else "dns:" and the first DNS SAN, else "cn:" and the subject CN
+// (refused when a CA of the chain has name constraints, which bound SANs
+// only). Only the intermediates the peer sent that chain to roots take
+// part, and at most MaxClientChain certificates are looked at.
 // The TLS handshake only requests the certificate, so that a missing,
 // expired or foreign certificate gets a clear Unauthenticated here rather
 // than a failed handshake.
@@ -47,20 +52,66 @@ func MTLS(roots *x509.CertPool) Authenticator {
 			return identity.ID{}, errors.New("not a TLS connection")
 		}
 		certs := ti.State.PeerCertificates
-		if len(certs) == 0 {
+		switch {
+		case len(certs) == 0:
 			return identity.ID{}, errors.New("no client certificate")
+		case len(certs) > MaxClientChain:
+			return identity.ID{}, fmt.Errorf("client certificate not accepted: a chain of %d certificates, at most %d allowed", len(certs), MaxClientChain)
 		}
-		inter := x509.NewCertPool()
-		for _, c := range certs[1:] {
-			inter.AddCert(c)
-		}
-		if _, err := certs[0].Verify(x509.VerifyOptions{
-			Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-		}); err != nil {
+		chains, err := certs[0].Verify(x509.VerifyOptions{
+			Roots: roots, Intermediates: trustedIntermediates(roots, certs[1:]), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		})
+		if err != nil {
 			return identity.ID{}, fmt.Errorf("client certificate not accepted: %v", err)
 		}
-		return identity.FromCertificate(certs[0])
+		id, err := identity.FromCertificate(certs[0])
+		if err == nil && id.Kind() == identity.CN && slices.ContainsFunc(chains, constrained) {
+			// Name constraints bound SANs, never the CN: a CA limited to
+			// some names could otherwise mint any cn: identity.
+			return identity.ID{}, errors.New("client certificate not accepted: its CA has name constraints, which do not bound a subject CN; give it a DNS or SPIFFE SAN")
+		}
+		return id, err
 	}
+}
+
+// constrained reports whether a certificate of chain carries name
+// constraints.
+func constrained(chain []*x509.Certificate) bool {
+	return slices.ContainsFunc(chain, func(c *x509.Certificate) bool {
+		return c.PermittedDNSDomainsCritical || len(c.PermittedDNSDomains) > 0 || len(c.ExcludedDNSDomains) > 0 ||
+			len(c.PermittedIPRanges) > 0 || len(c.ExcludedIPRanges) > 0 || len(c.PermittedEmailAddresses) > 0 ||
+			len(c.ExcludedEmailAddresses) > 0 || len(c.PermittedURIDomains) > 0 || len(c.ExcludedURIDomains) > 0
+	})
+}
+
+// MaxClientChain bounds the certificates a client may present: its own
+// and the intermediates between it and the callers' CA.
+const MaxClientChain = 6
+
+// trustedIntermediates returns the intermediates the peer sent that chain
+// to roots, found from the roots down, so that no signature is ever
+// checked with a key the peer chose: chain building checks a signature
+// against every candidate parent whose name matches, and a peer without
+// a certificate of ours could otherwise send intermediates named like our
+// CA with keys that are slow to verify with (P-521, say), and make each of
+// its calls cost a hundred such checks before it is refused. Verify checks
+// the whole chain again (validity, key usages, constraints).
+func trustedIntermediates(roots *x509.CertPool, sent []*x509.Certificate) *x509.CertPool {
+	trusted := x509.NewCertPool()
+	left := slices.Clone(sent)
+	for progress := true; progress; {
+		progress = false
+		for i, c := range left {
+			if c == nil {
+				continue
+			}
+			if _, err := c.Verify(x509.VerifyOptions{Roots: roots, Intermediates: trusted, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err == nil {
+				trusted.AddCert(c)
+				left[i], progress = nil, true
+			}
+		}
+	}
+	return trusted
 }
 
 // Fixed gives every call the same identity: for plaintext on loopback
@@ -152,9 +203,18 @@ var publicMethods = map[string]bool{
 // tap authenticates every call, unary or stream (reflection included), as
 // soon as its headers arrive and before its message is read: a peer
 // without an identity gets Unauthenticated at once and holds nothing open.
-// Health needs no identity. The identity travels in the call's context.
+// Health needs no identity; on a connection that has made no
+// authenticated call, at most MaxPendingPublicCalls health calls run at a
+// time. The identity travels in the call's context.
 func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, error) {
 	if publicMethods[info.FullMethodName] {
+		if p, ok := peer.FromContext(ctx); ok && s.conns != nil {
+			if !s.conns.startPublic(p.Addr) {
+				return nil, status.Errorf(codes.ResourceExhausted, "at most %d health calls at a time on a connection that has made no authenticated call", MaxPendingPublicCalls)
+			}
+			// The stream's context ends with the call, however it ends.
+			context.AfterFunc(ctx, func() { s.conns.endPublic(p.Addr) })
+		}
 		return ctx, nil
 	}
 	id, err := s.authenticate(ctx)
@@ -162,13 +222,28 @@ func (s *Server) tap(ctx context.Context, info *tap.Info) (context.Context, erro
 		err = errors.New("no identity")
 	}
 	if err != nil {
-		s.auditRefusal(ctx, "", info.FullMethodName, nil, audit.Unauthenticated, codes.Unauthenticated, err.Error())
-		return nil, status.Error(codes.Unauthenticated, "unauthenticated: "+err.Error())
+		// The reason may quote the peer's certificate (x509 errors name
+		// candidate issuers): it is cut, so that a peer cannot make every
+		// refusal of its calls a large answer.
+		msg := clipReason(err.Error())
+		s.auditRefusal(ctx, "", info.FullMethodName, nil, audit.Unauthenticated, codes.Unauthenticated, msg)
+		return nil, status.Error(codes.Unauthenticated, "unauthenticated: "+msg)
 	}
 	if p, ok := peer.FromContext(ctx); ok && s.conns != nil {
 		s.conns.authenticated(p.Addr)
 	}
 	return context.WithValue(ctx, callerKey{}, id), nil
+}
+
+// maxReason bounds the reason of an authentication refusal.
+const maxReason = 256
+
+// clipReason cuts s to maxReason bytes of valid UTF-8.
+func clipReason(s string) string {
+	if len(s) <= maxReason {
+		return s
+	}
+	return strings.ToValidUTF8(s[:maxReason], "") + "..."
 }
 
 // authUnary refuses a call that reached it without an identity (the tap

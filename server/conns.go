@@ -24,8 +24,9 @@ type Limits struct {
 	// KeepaliveMinTime is the shortest interval between pings a client may
 	// send; a client that pings more often is disconnected.
 	KeepaliveMinTime time.Duration
-	// MaxConnections bounds the open TCP connections; past it, new ones
-	// are closed at once.
+	// MaxConnections bounds the open TCP connections; past it, the oldest
+	// connection that has not made an authenticated call is closed to make
+	// room, and when all have, the new one is closed at once.
 	MaxConnections int
 	// MaxPendingPerIP bounds the TCP connections of one IP address that
 	// have not yet made an authenticated call.
@@ -88,6 +89,7 @@ type connGuard struct {
 	mu      sync.Mutex
 	conns   map[string]*guardedConn // by remote address
 	pending map[string]int          // unauthenticated connections by IP
+	seq     uint64                  // admissions so far
 }
 
 type stopper interface{ Stop() bool }
@@ -108,7 +110,14 @@ func (g *connGuard) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		if gc, reason := g.admit(c); gc != nil {
+		gc, evicted, reason := g.admit(c)
+		if evicted != nil {
+			evicted.Close()
+			if g.refused != nil {
+				g.refused("max_connections (the oldest unauthenticated connection was closed)")
+			}
+		}
+		if gc != nil {
 			return gc, nil
 		} else {
 			c.Close()
@@ -119,17 +128,35 @@ func (g *connGuard) Accept() (net.Conn, error) {
 	}
 }
 
-func (g *connGuard) admit(c net.Conn) (*guardedConn, string) {
+// admit decides on a new connection. At MaxConnections it makes room by
+// evicting the oldest connection that has not yet made an authenticated
+// call, which the caller must close (so that peers without an identity,
+// reconnecting as fast as they are closed, cannot keep out a caller that
+// has one); only when every connection is authenticated is the new one
+// refused.
+func (g *connGuard) admit(c net.Conn) (admitted, evicted *guardedConn, reason string) {
 	addr, ip := c.RemoteAddr().String(), ipOf(c.RemoteAddr())
 	g.mu.Lock()
 	defer g.mu.Unlock()
-	switch {
-	case len(g.conns) >= g.limits.MaxConnections:
-		return nil, "max_connections"
-	case g.pending[ip] >= g.limits.MaxPendingPerIP:
-		return nil, "max_pending_per_ip"
+	if g.pending[ip] >= g.limits.MaxPendingPerIP {
+		return nil, nil, "max_pending_per_ip"
 	}
-	gc := &guardedConn{Conn: c, g: g, addr: addr, ip: ip}
+	if len(g.conns) >= g.limits.MaxConnections {
+		for _, o := range g.conns {
+			if !o.authed && (evicted == nil || o.seq < evicted.seq) {
+				evicted = o
+			}
+		}
+		if evicted == nil {
+			return nil, nil, "max_connections"
+		}
+		delete(g.conns, evicted.addr)
+		evicted.authed = true // counted out here, not again in Close
+		evicted.timer.Stop()
+		g.unpend(evicted.ip)
+	}
+	g.seq++
+	gc := &guardedConn{Conn: c, g: g, addr: addr, ip: ip, seq: g.seq}
 	g.conns[addr] = gc
 	g.pending[ip]++
 	gc.timer = g.afterFunc(g.limits.FirstRequestTimeout, func() {
@@ -143,7 +170,7 @@ func (g *connGuard) admit(c net.Conn) (*guardedConn, string) {
 			}
 		}
 	})
-	return gc, ""
+	return gc, evicted, ""
 }
 
 // authenticated records that the connection from addr made an
@@ -171,6 +198,44 @@ func (g *connGuard) unpend(ip string) {
 	}
 }
 
+// MaxPendingPublicCalls bounds the calls that need no identity (health)
+// in progress on a connection that has not made an authenticated call:
+// each holds a stream, its headers and a goroutine until it ends, and a
+// peer that never sends their message would otherwise hold
+// MaxConcurrentStreams of them per connection.
+const MaxPendingPublicCalls = 8
+
+// startPublic records a call that needs no identity on the connection from
+// addr and reports whether it may proceed: always on an authenticated
+// connection (or one the guard does not know), at most
+// MaxPendingPublicCalls at a time on one that is not. endPublic must
+// follow when the call ends.
+func (g *connGuard) startPublic(addr net.Addr) bool {
+	if addr == nil {
+		return true
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	gc, ok := g.conns[addr.String()]
+	if !ok {
+		return true
+	}
+	if !gc.authed && gc.public >= MaxPendingPublicCalls {
+		return false
+	}
+	gc.public++
+	return true
+}
+
+// endPublic records the end of a call startPublic let through.
+func (g *connGuard) endPublic(addr net.Addr) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if gc, ok := g.conns[addr.String()]; ok && gc.public > 0 {
+		gc.public--
+	}
+}
+
 // open returns the number of open connections and of those not yet
 // authenticated.
 func (g *connGuard) open() (all, pending int) {
@@ -186,8 +251,10 @@ type guardedConn struct {
 	net.Conn
 	g        *connGuard
 	addr, ip string
+	seq      uint64 // order of admission
 	timer    stopper
 	authed   bool // under g.mu
+	public   int  // calls without identity in progress, under g.mu
 	once     sync.Once
 }
 

@@ -93,25 +93,72 @@ func TestConnGuard(t *testing.T) {
 		t.Fatalf("open %d, pending %d; want 2 and 1", all, pending)
 	}
 	b1 := dial(net.IPv4(127, 0, 3, 2)) // another IP: the third connection
-	<-accepted
-	full := dial(net.IPv4(127, 0, 3, 3))
+	sb1 := <-accepted
+	// Full: the oldest unauthenticated connection (a2) makes room for c1.
+	c1 := dial(net.IPv4(127, 0, 3, 3))
+	sc1 := <-accepted
+	if !closed(a2) {
+		t.Fatal("at max_connections the oldest unauthenticated connection was not closed to make room")
+	}
+	g.authenticated(sb1.RemoteAddr())
+	g.authenticated(sc1.RemoteAddr())
+	// Full, and every connection authenticated: the new one is refused.
+	full := dial(net.IPv4(127, 0, 3, 4))
 	if !closed(full) {
-		t.Fatal("a connection over max_connections was not closed")
+		t.Fatal("a connection over max_connections, all others authenticated, was not closed")
 	}
 	timers.fire()
-	if !closed(a2) || !closed(b1) {
-		t.Error("pending connections survived their first-request timer")
-	}
-	_ = a1.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
-	if _, err := a1.Read(make([]byte, 1)); err == nil || !isTimeout(err) {
-		t.Errorf("the authenticated connection was closed by its timer: %v", err)
+	for name, c := range map[string]net.Conn{"a1": a1, "b1": b1, "c1": c1} {
+		_ = c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		if _, err := c.Read(make([]byte, 1)); err == nil || !isTimeout(err) {
+			t.Errorf("the authenticated connection %s was closed by its timer: %v", name, err)
+		}
 	}
 	refusedMu.Lock()
 	defer refusedMu.Unlock()
-	if refused["max_pending_per_ip"] != 1 || refused["max_connections"] != 1 || refused["first_request_timeout"] != 2 {
+	if refused["max_pending_per_ip"] != 1 || refused["max_connections"] != 1 ||
+		refused["max_connections (the oldest unauthenticated connection was closed)"] != 1 || refused["first_request_timeout"] != 0 {
 		t.Errorf("refusals %v", refused)
 	}
 	_ = s2
+}
+
+// TestConnGuardFirstRequestTimeout: a connection that makes no
+// authenticated call is closed when its timer fires.
+func TestConnGuardFirstRequestTimeout(t *testing.T) {
+	t.Parallel()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer lis.Close()
+	timers := &fakeTimers{}
+	g := newConnGuard(lis, DefaultLimits, nil)
+	g.afterFunc = timers.afterFunc
+	accepted := make(chan net.Conn, 2)
+	go func() {
+		for {
+			c, err := g.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	c, err := net.Dial("tcp", lis.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	<-accepted
+	timers.fire()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Errorf("an unauthenticated connection outlived its first-request timer: %v", err)
+	}
+	if all, pending := g.open(); all != 0 || pending != 0 {
+		t.Errorf("open %d, pending %d after the timer; want 0 and 0", all, pending)
+	}
 }
 
 func isTimeout(err error) bool {

@@ -81,7 +81,7 @@ func (l *Log) Write(r Record) error {
 		r.Time = time.Now()
 	}
 	r.Time = r.Time.UTC()
-	for _, f := range []*string{&r.Caller, &r.Peer, &r.Client, &r.KeyID, &r.CustomerOrg, &r.ExternalRef, &r.Resource, &r.Reason} {
+	for _, f := range []*string{&r.Caller, &r.Peer, &r.Method, &r.Client, &r.KeyID, &r.CustomerOrg, &r.ExternalRef, &r.Resource, &r.Reason} {
 		*f = truncate(*f)
 	}
 	if len(r.Scopes) > 32 {

@@ -199,6 +199,15 @@ type Classes struct {
 	Open func(*breaker.OpenError) error
 }
 
+type onceKey struct{}
+
+// OneHedge returns a context under which all Runs together send at most
+// one hedge: a fetch that retries hedges its first slow attempt only, not
+// every retry.
+func OneHedge(ctx context.Context) context.Context {
+	return context.WithValue(ctx, onceKey{}, new(atomic.Bool))
+}
+
 type result[T any] struct {
 	v     T
 	err   error
@@ -206,8 +215,8 @@ type result[T any] struct {
 }
 
 // Run calls try, hedged: if it has not returned within the hedge delay, it
-// calls try again beside it (once per run, within the budget and only if
-// the breaker lets it), with hedge set so that it can use a fresh
+// calls try again beside it (once per run, and once in all under a context
+// from OneHedge, within the budget and only if the breaker lets it), with hedge set so that it can use a fresh
 // connection; the first success or final error wins and the other attempt's
 // context is cancelled. When every attempt fails, Run returns the last
 // error. When the breaker is open before the first attempt, or opens while
@@ -290,9 +299,14 @@ func Run[T any](ctx context.Context, h *Hedger, c Classes, try func(ctx context.
 			}
 			if !hedged {
 				hedged = true
-				if launch(true) == nil {
-					pending++
-					timer.Reset(delay)
+				spent, _ := ctx.Value(onceKey{}).(*atomic.Bool)
+				if spent == nil || spent.CompareAndSwap(false, true) {
+					if launch(true) == nil {
+						pending++
+						timer.Reset(delay)
+					} else if spent != nil {
+						spent.Store(false) // not sent: a later attempt may hedge
+					}
 				}
 			}
 		case <-opened:

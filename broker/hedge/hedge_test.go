@@ -126,3 +126,24 @@ func TestRunHangOpensBreaker(t *testing.T) {
 		t.Errorf("stats %+v: want at most 4 attempts, 2 runs abandoned", s)
 	}
 }
+
+// Under OneHedge, a second Run (a retry) does not hedge again.
+func TestOneHedge(t *testing.T) {
+	t.Parallel()
+	h := New(Config{Floor: time.Millisecond})
+	ctx := OneHedge(context.Background())
+	slowFail := func(ctx context.Context, hedge bool) (int, error) {
+		if !hedge {
+			time.Sleep(5 * time.Millisecond)
+		}
+		return 0, errDown
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := Run(ctx, h, classes, slowFail); !errors.Is(err, errDown) {
+			t.Fatalf("run %d: %v", i, err)
+		}
+	}
+	if s := h.Stats(); s.Attempts != 3 || s.Hedges != 1 {
+		t.Errorf("stats %+v: want 3 attempts, 1 hedge", s)
+	}
+}

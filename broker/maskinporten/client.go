@@ -279,9 +279,10 @@ const (
 )
 
 // Token gets an access token for r, signing a fresh grant for every
-// attempt. Each attempt is hedged (package hedge): if it has not answered
-// within the hedge delay, a second one with a fresh grant goes out on a
-// fresh connection, and the first good answer wins. Retryable failures (no
+// attempt. Its first slow attempt is hedged (package hedge): if it has not
+// answered within the hedge delay, a second one with a fresh grant goes out
+// on a fresh connection, and the first good answer wins; one hedge per
+// call, retries included. Retryable failures (no
 // answer, 5xx, 429, MP-012, MP-130, "issue time is after now") are retried
 // with exponential backoff and full jitter, honouring Retry-After, as long
 // as the policy and ctx's deadline allow; nothing else is retried. A 429's
@@ -290,6 +291,7 @@ const (
 // hedge delay is given up as soon as the breaker opens. Failures are
 // *Error values.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
+	ctx = hedge.OneHedge(ctx) // one hedge per fetch, not per retry
 	for attempt := 1; ; attempt++ {
 		tok, err := c.try(ctx, r)
 		if err == nil {

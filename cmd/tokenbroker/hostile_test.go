@@ -322,9 +322,10 @@ func TestHostilePeers(t *testing.T) {
 	if limit := int64(held) * 256 << 10; during-before > limit {
 		t.Errorf("RSS grew by %d KiB for %d hostile connections, want at most %d KiB", (during-before)>>10, held, limit>>10)
 	}
-	if held > ips*perIP {
-		t.Errorf("%d hostile connections held, want at most %d (max_pending_per_ip x %d IPs)", held, ips*perIP, ips)
-	}
+	// (How many are held at once is the per-IP limit's business, tested
+	// in server's TestConnGuard: on a loaded machine the attack can last
+	// longer than first_request_timeout, and then a closed connection's
+	// slot is taken again, so the count here is cumulative.)
 	if n := emu.Requests(); n != 1 {
 		t.Errorf("%d grants, want 1", n)
 	}

@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
+	"golang.org/x/net/netutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
@@ -147,6 +148,12 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	lis, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
+	}
+	// The config check saw a name; this is where it really bound (a
+	// "localhost" that resolves elsewhere must not serve plaintext).
+	if ta, ok := lis.Addr().(*net.TCPAddr); cfg.Insecure && (!ok || !ta.IP.IsLoopback()) {
+		lis.Close()
+		return fmt.Errorf("insecure: %q bound %s, which is not a loopback address", cfg.Listen, lis.Addr())
 	}
 	servers := []*server.Server{srv}
 	serving := []func() error{func() error { return srv.Serve(ctx, lis) }}
@@ -350,6 +357,17 @@ func openAudit(sink, baseDir string, stderr io.Writer) (*audit.Log, func(), erro
 	return audit.New(f), func() { f.Close() }, nil
 }
 
+// Limits of the operator endpoints (http_listen): open connections (more
+// wait in the listen queue), header bytes of a request, and how long a
+// keep-alive connection may stay idle.
+const (
+	operatorMaxConns       = 64
+	operatorMaxHeaderBytes = 16 << 10
+)
+
+// operatorIdleTimeout is a variable for tests.
+var operatorIdleTimeout = time.Minute
+
 // serveHTTP serves the operator endpoints (/metrics, /healthz, /readyz) on
 // addr until stop is called.
 func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
@@ -357,7 +375,13 @@ func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logge
 	if err != nil {
 		return nil, fmt.Errorf("http_listen: %w", err)
 	}
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second}
+	// Nobody authenticates here, so what a peer can hold is bounded: a
+	// few connections, small headers, and no connection kept open idle
+	// (Go keeps an idle keep-alive connection forever unless told, and
+	// the process's file descriptors are the gRPC listener's too).
+	lis = netutil.LimitListener(lis, operatorMaxConns)
+	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: operatorIdleTimeout, MaxHeaderBytes: operatorMaxHeaderBytes}
 	go func() { _ = hs.Serve(lis) }()
 	base := "http://" + lis.Addr().String()
 	log.Info("operator endpoints", slog.String("metrics", base+"/metrics"), slog.String("healthz", base+"/healthz"),

@@ -16,7 +16,9 @@
 //
 // It issues RS256-signed access tokens shaped like Maskinporten's system
 // user tokens, counts requests and tokens, and lets tests break it through
-// Hook.
+// SetHook, or with the test-only faults of SetFault (hang, slow, flapping,
+// 429 with Retry-After) and BlackHole (an address where connects never
+// complete). Faults never change how a grant that gets through is judged.
 package maskinportentest
 
 import (
