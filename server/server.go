@@ -51,7 +51,8 @@ type Config struct {
 	// Audit receives one record per GetToken decision; nil discards.
 	Audit *audit.Log
 	// CallerRate and CallerBurst set a token bucket per caller identity;
-	// a CallerRate of 0 means no limit.
+	// a CallerRate of 0 means no limit, a CallerBurst of 0 twice the rate
+	// (plus one).
 	CallerRate  float64
 	CallerBurst int
 	// Limits bound what a peer can hold before and after it authenticates;
@@ -96,7 +97,10 @@ func New(cfg Config) (*Server, error) {
 		throttle:     audit.NewThrottle(cfg.Audit, 0, 0),
 	}
 	if cfg.CallerRate > 0 {
-		burst := max(cfg.CallerBurst, 1)
+		burst := cfg.CallerBurst
+		if burst <= 0 {
+			burst = int(2*cfg.CallerRate) + 1
+		}
 		s.limits = &limiters{limit: rate.Limit(cfg.CallerRate), burst: burst, m: map[string]*rate.Limiter{}}
 	}
 	s.conn = cfg.Limits.withDefaults()

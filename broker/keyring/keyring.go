@@ -34,8 +34,8 @@ const DefaultProbeInterval = 15 * time.Second
 // Key is one key of a client as configured.
 type Key struct {
 	signer.Spec
-	// Active marks the key that signs the client's grants; a client with a
-	// single key has it active whatever this says.
+	// Active marks the key that signs the client's grants: exactly one
+	// key of each client.
 	Active bool
 	// Expires is when Maskinporten stops accepting the key, when
 	// configured; zero means the certificate's own expiry, if any.
@@ -51,7 +51,7 @@ type Client struct {
 // activeKID is the kid of the client's active key.
 func (c Client) activeKID() string {
 	for _, k := range c.Keys {
-		if k.Active || len(c.Keys) == 1 {
+		if k.Active {
 			return k.KeyID
 		}
 	}
@@ -238,14 +238,14 @@ func (r *Ring) open(ctx context.Context, clients []Client) (_ *set, err error) {
 		s.clients = append(s.clients, c.Name)
 		s.keys[c.Name] = nil
 		for _, kc := range c.Keys {
-			e, err := r.openKey(ctx, c.Name, kc, kc.Active || len(c.Keys) == 1)
+			e, err := r.openKey(ctx, c.Name, kc, kc.Active)
 			if err != nil {
 				return nil, fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KeyID, err)
 			}
 			s.keys[c.Name] = append(s.keys[c.Name], e)
 		}
-		if s.active(c.Name) == nil {
-			return nil, fmt.Errorf("clients[%d] (%s): no active key", i, c.Name)
+		if n := len(slices.DeleteFunc(slices.Clone(c.Keys), func(k Key) bool { return !k.Active })); n != 1 {
+			return nil, fmt.Errorf("clients[%d] (%s): %d active keys, want exactly one", i, c.Name, n)
 		}
 	}
 	return s, nil

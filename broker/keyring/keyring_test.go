@@ -128,7 +128,7 @@ func TestReplaceFailsWhole(t *testing.T) {
 		}, "grpc signer"},
 		{"no_active_key", func(f *fixture) []keyring.Client {
 			return []keyring.Client{rotated(f), {Name: "c2", Keys: []keyring.Key{fileKey(f, "b.pem", "b1", false), fileKey(f, "a.pem", "a1", false)}}}
-		}, "no active key"},
+		}, "0 active keys, want exactly one"},
 		{"active_key_removed", func(f *fixture) []keyring.Client {
 			return []keyring.Client{rotated(f), {Name: "c2", Keys: []keyring.Key{fileKey(f, "a.pem", "a1", false), fileKey(f, "a.pem", "a2", true)}}}
 		}, `the active key "b1" was removed`},

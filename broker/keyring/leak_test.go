@@ -20,8 +20,8 @@ func TestReloadsKeepSessionsAndConnections(t *testing.T) {
 	hsmURI := signertest.SoftHSM(t, signertest.KeyA)
 	grpcURI, lis := signertest.GRPCSigner(t, signertest.KeyB)
 	clients := []keyring.Client{
-		{Name: "hsm", Keys: []keyring.Key{{Spec: signer.Spec{URI: hsmURI, KeyID: "h1"}}}},
-		{Name: "remote", Keys: []keyring.Key{{Spec: signer.Spec{URI: grpcURI, KeyID: "r1"}}}},
+		{Name: "hsm", Keys: []keyring.Key{{Spec: signer.Spec{URI: hsmURI, KeyID: "h1"}, Active: true}}},
+		{Name: "remote", Keys: []keyring.Key{{Spec: signer.Spec{URI: grpcURI, KeyID: "r1"}, Active: true}}},
 	}
 	ctx := context.Background()
 	ring, err := keyring.Open(ctx, keyring.Config{}, clients)

@@ -189,13 +189,7 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	var kc daemon.KeyConfig
-	for _, k := range cc.KeyList() {
-		if k.Active || len(cc.KeyList()) == 1 {
-			kc = k
-		}
-	}
-	key, err := daemon.OpenKey(kc, filepath.Dir(*configPath))
+	key, err := daemon.OpenKey(cc.ActiveKey(), filepath.Dir(*configPath))
 	if err != nil {
 		return fmt.Errorf("explain: clients %s key: %w", cc.Name, err)
 	}

@@ -158,7 +158,7 @@ func ringClients(cfg *Config, baseDir string) ([]keyring.Client, error) {
 			if err != nil {
 				return nil, fmt.Errorf("clients[%d] (%s) key %q: expires: %w", i, c.Name, kc.KID, err)
 			}
-			rc.Keys = append(rc.Keys, keyring.Key{Spec: kc.Spec(baseDir, timeout), Active: kc.Active, Expires: expires})
+			rc.Keys = append(rc.Keys, keyring.Key{Spec: kc.Spec(baseDir, timeout), Active: kc == c.ActiveKey(), Expires: expires})
 		}
 		out = append(out, rc)
 	}
@@ -195,10 +195,6 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	if err != nil {
 		return nil, fmt.Errorf("maskinporten: %w", err)
 	}
-	timeout := time.Duration(cfg.Maskinporten.Timeout)
-	if timeout == 0 {
-		timeout = 30 * time.Second
-	}
 	httpClient, freshClient := newHTTPClients(ctx, cfg.Maskinporten, tel)
 	newHedger := func() *hedge.Hedger {
 		budget := cfg.Maskinporten.Hedge.Budget
@@ -222,7 +218,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	bc := broker.Config{
 		Policy:             pol,
 		DefaultMinValidity: time.Duration(cfg.Cache.DefaultMinValidity),
-		FetchTimeout:       timeout,
+		FetchTimeout:       time.Duration(cfg.Maskinporten.Timeout),
 		Logger:             log,
 		RefreshMargin:      time.Duration(cfg.Cache.RefreshMargin),
 		RefreshFraction:    cfg.Cache.RefreshFraction,

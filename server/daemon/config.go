@@ -15,6 +15,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/identity"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
@@ -499,8 +500,8 @@ func (c *Config) check() error {
 	if _, err := altinn.BaseURLFor(c.Maskinporten.Environment, c.Altinn.BaseURL); err != nil {
 		return fmt.Errorf("altinn.base_url: %w", err)
 	}
-	if gl := time.Duration(c.Maskinporten.GrantLifetime); gl != 0 && (gl < time.Second || gl > maskinporten.MaxGrantLifetime) {
-		return fmt.Errorf("maskinporten.grant_lifetime: %v, want 1s to 120s", gl)
+	if err := maskinporten.CheckGrantLifetime(time.Duration(c.Maskinporten.GrantLifetime)); err != nil {
+		return fmt.Errorf("maskinporten.grant_lifetime: %w", err)
 	}
 	if c.Maskinporten.Retry.MaxAttempts < 0 || c.Maskinporten.Retry.MaxAttempts > 10 {
 		return fmt.Errorf("maskinporten.retry.max_attempts: %d, want 1 to 10", c.Maskinporten.Retry.MaxAttempts)
@@ -511,14 +512,14 @@ func (c *Config) check() error {
 	if err := c.Maskinporten.checkResilience(); err != nil {
 		return err
 	}
-	if f := c.Cache.RefreshFraction; f < 0 || f > 0.5 {
-		return fmt.Errorf("cache.refresh_fraction: %v, want 0 to 0.5", f)
+	if err := broker.CheckRefreshFraction(c.Cache.RefreshFraction); err != nil {
+		return fmt.Errorf("cache.refresh_fraction: %w", err)
 	}
 	if c.Cache.MaxEntries < 0 {
 		return fmt.Errorf("cache.max_entries: %d, want at least 1", c.Cache.MaxEntries)
 	}
-	if d := time.Duration(c.Cache.DefaultMinValidity); d > time.Hour {
-		return fmt.Errorf("cache.default_min_validity: %v, want at most 1h", d)
+	if err := broker.CheckDefaultMinValidity(time.Duration(c.Cache.DefaultMinValidity)); err != nil {
+		return fmt.Errorf("cache.default_min_validity: %w", err)
 	}
 	if len(c.Clients) == 0 {
 		return errors.New("clients: at least one client is required")
@@ -552,15 +553,16 @@ func (c ClientConfig) KeyList() []KeyConfig {
 	return []KeyConfig{c.Key}
 }
 
-// activeKID returns the kid of the active key; with a single key, its kid
-// (possibly empty, for a JWK that names its own).
-func (c ClientConfig) activeKID() string {
-	for _, k := range c.KeyList() {
-		if k.Active || len(c.KeyList()) == 1 {
-			return k.KID
+// ActiveKey returns the key that signs the client's grants: the only one,
+// or the one marked active (the check makes sure there is exactly one).
+func (c ClientConfig) ActiveKey() KeyConfig {
+	list := c.KeyList()
+	for _, k := range list {
+		if k.Active || len(list) == 1 {
+			return k
 		}
 	}
-	return ""
+	return KeyConfig{}
 }
 
 func (c ClientConfig) checkKeys(where string) error {

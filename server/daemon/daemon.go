@@ -121,9 +121,6 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		CallerRate:    cfg.Limits.CallerRate, CallerBurst: cfg.Limits.CallerBurst,
 		Limits: cfg.Limits.serverLimits(),
 	}
-	if common.CallerBurst == 0 && common.CallerRate > 0 {
-		common.CallerBurst = int(2*common.CallerRate) + 1
-	}
 	insecureID, unixIDs, unixOther, err := cfg.identities()
 	if err != nil {
 		return err
