@@ -47,6 +47,11 @@ type cacheReport struct {
 	InFlight  int64 `json:"in_flight"`
 }
 
+// HealthReporter is what the operator endpoints need of the broker.
+type HealthReporter interface {
+	Health() broker.Health
+}
+
 // HTTPHandler serves the operator endpoints:
 //   - /healthz: 200 with a JSON report of the broker's state (clock skew
 //     per client, cache counts); status "degraded" when a client's clock
@@ -57,7 +62,7 @@ type cacheReport struct {
 //
 // keys, when not nil, lists the signing keys for /healthz; status turns
 // "degraded" when one expires soon or an active one does not sign.
-func HTTPHandler(b *broker.Broker, ready func() bool, metrics http.Handler, keys func() []KeyStatus) http.Handler {
+func HTTPHandler(b HealthReporter, ready func() bool, metrics http.Handler, keys func() []KeyStatus) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")

@@ -1,5 +1,5 @@
 // Package server is the gRPC face of the broker: it implements
-// tokenbroker.v1.TokenBrokerService on a *broker.Broker, registers the
+// tokenbroker.v1.TokenBrokerService on a broker (see Broker), registers the
 // standard health service and server reflection, logs one line per call,
 // recovers from panics, and maps broker errors to gRPC status codes in one
 // place (status.go).
@@ -33,10 +33,24 @@ import (
 // MaxRequestBytes bounds the size of one request message.
 const MaxRequestBytes = 64 << 10
 
+// TokenIssuer is what TokenBrokerService needs of the broker.
+type TokenIssuer interface {
+	GetToken(ctx context.Context, r broker.Request) (*broker.Token, error)
+}
+
+// Broker is what a Server needs of the broker: tokens and the system user
+// lifecycle. *broker.Broker is one; tests use fakes.
+type Broker interface {
+	TokenIssuer
+	SystemUsers
+}
+
+var _ Broker = (*broker.Broker)(nil)
+
 // Config configures a Server.
 type Config struct {
-	// Broker serves the tokens.
-	Broker *broker.Broker
+	// Broker serves the tokens and the system users.
+	Broker Broker
 	// Logger receives one line per call; nil discards.
 	Logger *slog.Logger
 	// ServerOptions are added to the gRPC server's options (credentials,
@@ -204,7 +218,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 // tokenService implements TokenBrokerService.
 type tokenService struct {
 	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
-	broker *broker.Broker
+	broker TokenIssuer
 	log    *slog.Logger
 	srv    *Server
 }

@@ -17,10 +17,20 @@ import (
 // AUTH-000nn codes.
 const AltinnDomain = "altinn.no"
 
+// SystemUsers is what SystemUserService needs of the broker.
+type SystemUsers interface {
+	CreateSystemUserRequest(ctx context.Context, p broker.SystemUserRequestParams) (*broker.CreatedRequest, error)
+	GetSystemUserRequest(ctx context.Context, l broker.SystemUserLookup) (*altinn.Request, error)
+	DeleteSystemUserRequest(ctx context.Context, l broker.SystemUserLookup) (*altinn.Request, error)
+	ListSystemUserRequests(ctx context.Context, caller, client string, agent bool, pageToken string) ([]altinn.Request, string, error)
+	ListSystemUsers(ctx context.Context, caller, client, pageToken string) ([]altinn.SystemUser, string, error)
+	RegisterSystem(ctx context.Context, r broker.SystemRegistration) (string, error)
+}
+
 // systemUserService implements SystemUserService on the broker.
 type systemUserService struct {
 	tokenbrokerv1.UnimplementedSystemUserServiceServer
-	broker *broker.Broker
+	broker SystemUsers
 	srv    *Server
 }
 
