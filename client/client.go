@@ -1,5 +1,6 @@
 // Package tokenbrokerclient is the Go client of tokenbroker: dial helpers
-// for mTLS, unix sockets and plaintext loopback, and a TokenSource that
+// for mTLS (certificate files or a SPIFFE X509Source), unix sockets and
+// plaintext loopback, and a TokenSource that
 // implements golang.org/x/oauth2.TokenSource for one customer organisation
 // and scope set, so that a service gets an *http.Client carrying system
 // user tokens in three lines:
@@ -19,6 +20,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
 	"golang.org/x/oauth2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -45,6 +49,32 @@ func DialMTLS(target, caFile, certFile, keyFile string, opts ...grpc.DialOption)
 	}
 	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	return grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, opts...)...)
+}
+
+// SPIFFESource is what DialSPIFFE needs: the caller's X.509-SVID and the
+// trust bundles. *workloadapi.X509Source (go-spiffe v2) is one, and keeps
+// both current as the SPIRE agent rotates them.
+type SPIFFESource interface {
+	x509svid.Source
+	x509bundle.Source
+}
+
+// DialSPIFFE connects to target with mutual TLS from source: the caller
+// presents its X.509-SVID (the one source holds at each handshake, so a
+// rotation applies to new connections) and accepts the broker when the
+// broker's SVID verifies against source's bundles and broker accepts its
+// SPIFFE ID, e.g. tlsconfig.AuthorizeID(spiffeid.RequireFromString(
+// "spiffe://example.org/tokenbroker")). No certificate file is needed:
+//
+//	src, err := workloadapi.NewX509Source(ctx) // $SPIFFE_ENDPOINT_SOCKET
+//	conn, err := tokenbrokerclient.DialSPIFFE("tokenbroker:50051", src, tlsconfig.AuthorizeID(brokerID))
+func DialSPIFFE(target string, source SPIFFESource, broker tlsconfig.Authorizer, opts ...grpc.DialOption) (*grpc.ClientConn, error) {
+	if source == nil || broker == nil {
+		return nil, errors.New("tokenbrokerclient: DialSPIFFE needs a source and an authorizer of the broker's SPIFFE ID")
+	}
+	cfg := tlsconfig.MTLSClientConfig(source, source, broker)
+	cfg.MinVersion = tls.VersionTLS12
+	return grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(credentials.NewTLS(cfg))}, opts...)...)
 }
 
 // DialUnix connects to the broker's unix socket at path; the broker knows

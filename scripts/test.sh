@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite and every check, as CI runs it (.ci/run calls this).
-# It installs what the tests need: the pinned Go tools of tools/go.mod, the
+# It installs what the tests need: the pinned Go tools of tools/go.mod, SPIRE
+# (scripts/spire.sh), the
 # Debian packages listed in DEBIAN_PACKAGES when they are missing, and
 # promtool from Debian's prometheus package.
 set -euo pipefail
@@ -23,6 +24,11 @@ fi
 step "tools (buf, protoc-gen-go, protoc-gen-go-grpc, grpcurl)"
 scripts/tools.sh
 export PATH="$PWD/.tmp/bin:$PATH"
+
+# spire-server and spire-agent for TestSPIRE, which then must run, not skip.
+step "SPIRE (scripts/spire.sh: spire-server, spire-agent)"
+scripts/spire.sh
+export TOKENBROKER_REQUIRE_SPIRE=1
 
 # promtool checks the alerting rules. It is taken from Debian's prometheus
 # package without installing the package, which would also set up and start

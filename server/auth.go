@@ -42,22 +42,19 @@ type Authenticator func(ctx context.Context) (identity.ID, error)
 // expired or foreign certificate gets a clear Unauthenticated here rather
 // than a failed handshake.
 func MTLS(roots *x509.CertPool) Authenticator {
+	return MTLSRoots(func() *x509.CertPool { return roots })
+}
+
+// MTLSRoots is MTLS with the roots in use at each call, so that a new
+// callers' CA (tlsmaterial.Files) applies to calls on open connections
+// too.
+func MTLSRoots(current func() *x509.CertPool) Authenticator {
 	return func(ctx context.Context) (identity.ID, error) {
-		p, ok := peer.FromContext(ctx)
-		if !ok {
-			return identity.ID{}, errors.New("no peer")
+		certs, err := peerCertificates(ctx)
+		if err != nil {
+			return identity.ID{}, err
 		}
-		ti, ok := p.AuthInfo.(credentials.TLSInfo)
-		if !ok {
-			return identity.ID{}, errors.New("not a TLS connection")
-		}
-		certs := ti.State.PeerCertificates
-		switch {
-		case len(certs) == 0:
-			return identity.ID{}, errors.New("no client certificate")
-		case len(certs) > MaxClientChain:
-			return identity.ID{}, fmt.Errorf("client certificate not accepted: a chain of %d certificates, at most %d allowed", len(certs), MaxClientChain)
-		}
+		roots := current()
 		chains, err := certs[0].Verify(x509.VerifyOptions{
 			Roots: roots, Intermediates: trustedIntermediates(roots, certs[1:]), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
 		})

@@ -15,6 +15,7 @@ type healthReport struct {
 	Clients map[string]clientReport `json:"clients"`
 	Cache   cacheReport             `json:"cache"`
 	Keys    []KeyStatus             `json:"keys,omitempty"`
+	TLS     *tlsReport              `json:"tls,omitempty"`
 }
 
 // KeyStatus describes one configured signing key for /healthz.
@@ -61,8 +62,13 @@ type HealthReporter interface {
 //   - /metrics: metrics, when not nil.
 //
 // keys, when not nil, lists the signing keys for /healthz; status turns
-// "degraded" when one expires soon or an active one does not sign.
-func HTTPHandler(b HealthReporter, ready func() bool, metrics http.Handler, keys func() []KeyStatus) http.Handler {
+// "degraded" when one expires soon or an active one does not sign. opts
+// add more (WithTLS).
+func HTTPHandler(b HealthReporter, ready func() bool, metrics http.Handler, keys func() []KeyStatus, opts ...HealthOption) http.Handler {
+	var o healthOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Cache-Control", "no-store")
@@ -100,6 +106,12 @@ func HTTPHandler(b HealthReporter, ready func() bool, metrics http.Handler, keys
 				if k.ExpiresSoon || (k.Active && !k.Signing) {
 					rep.Status = "degraded"
 				}
+			}
+		}
+		if o.tls != nil {
+			rep.TLS = newTLSReport(o.tls(), time.Now())
+			if rep.TLS.ExpiresSoon {
+				rep.Status = "degraded"
 			}
 		}
 		w.Header().Set("Content-Type", "application/json")

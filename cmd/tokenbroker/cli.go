@@ -236,7 +236,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	transport := "mTLS"
 	if cfg.Insecure {
 		transport = "plaintext on loopback (insecure)"
-	} else if _, _, err := daemon.LoadTLS(cfg.TLS, baseDir); err != nil {
+	} else if transport, err = daemon.CheckTLS(cfg.TLS, baseDir); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "config %s: listen %s (%s), environment %s (token URL %s), %d policy rules\n",

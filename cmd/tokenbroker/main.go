@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/server/daemon"
+	"github.com/tokenbroker/tokenbroker/server/tlsmaterial"
 )
 
 func main() {
@@ -96,11 +97,18 @@ type serveHooks struct {
 	looked chan<- struct{}
 	// built, when not nil, receives what serve assembled.
 	built func(daemon.Components)
+	// tlsInterval replaces tls.reload_interval when not zero; tlsLooked,
+	// when not nil, receives after every look at the TLS files, and
+	// svidUpdated after every update of the SPIFFE Workload API.
+	tlsInterval time.Duration
+	tlsLooked   chan<- struct{}
+	svidUpdated chan<- tlsmaterial.CertInfo
 }
 
 // daemon returns the hooks as daemon.Run takes them.
 func (h serveHooks) daemon() daemon.Hooks {
-	d := daemon.Hooks{Reload: h.reload, ProbeInterval: h.probeInterval, Looked: h.looked, Built: h.built}
+	d := daemon.Hooks{Reload: h.reload, ProbeInterval: h.probeInterval, Looked: h.looked, Built: h.built,
+		TLSInterval: h.tlsInterval, TLSLooked: h.tlsLooked, SVIDUpdated: h.svidUpdated}
 	if h.ready != nil {
 		d.Ready = func(addr string) { h.ready <- addr }
 	}

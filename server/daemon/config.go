@@ -76,9 +76,25 @@ type Config struct {
 
 // TLSConfig is the tls section. Paths are relative to the config file.
 type TLSConfig struct {
+	// Source is where the TLS material comes from: files (default: Cert,
+	// Key and ClientCA, re-read when they change) or spiffe (the SPIFFE
+	// Workload API: the broker's X.509-SVID and the trust bundles).
+	Source   string `yaml:"source"`
 	Cert     string `yaml:"cert"`
 	Key      string `yaml:"key"`
 	ClientCA string `yaml:"client_ca"`
+	// ReloadInterval is how often the files are looked at for a change;
+	// default 10s.
+	ReloadInterval Duration `yaml:"reload_interval"`
+	// SPIFFE configures source spiffe.
+	SPIFFE SPIFFETLSConfig `yaml:"spiffe"`
+}
+
+// SPIFFETLSConfig is the tls.spiffe section.
+type SPIFFETLSConfig struct {
+	// Socket is the Workload API address (unix:///PATH, an absolute path,
+	// or tcp://IP:PORT); default $SPIFFE_ENDPOINT_SOCKET.
+	Socket string `yaml:"socket"`
 }
 
 // UnixConfig is the unix section.
@@ -615,8 +631,8 @@ func (c *Config) checkTransport() error {
 		if c.TLS != (TLSConfig{}) {
 			return errors.New("insecure: true and tls are both set; choose one")
 		}
-	} else if c.TLS.Cert == "" || c.TLS.Key == "" || c.TLS.ClientCA == "" {
-		return errors.New("tls: cert, key and client_ca are required (or insecure: true on a loopback address)")
+	} else if err := c.TLS.check(); err != nil {
+		return err
 	}
 	if c.Unix.Mode != "" {
 		if _, err := strconv.ParseUint(c.Unix.Mode, 8, 32); err != nil {

@@ -33,6 +33,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
+	"github.com/tokenbroker/tokenbroker/server/tlsmaterial"
 )
 
 // Options are what Run takes besides the config.
@@ -69,6 +70,12 @@ type Hooks struct {
 	Looked chan<- struct{}
 	// Built, when not nil, receives what Run assembled, before it serves.
 	Built func(Components)
+	// TLSInterval replaces tls.reload_interval when not zero; TLSLooked,
+	// when not nil, receives after every look at the TLS files, and
+	// SVIDUpdated after every update of the SPIFFE Workload API.
+	TLSInterval time.Duration
+	TLSLooked   chan<- struct{}
+	SVIDUpdated chan<- tlsmaterial.CertInfo
 }
 
 // Run builds the whole broker from cfg (HTTP clients, hedgers and
@@ -126,17 +133,24 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		return err
 	}
 	tcpCfg := common
+	var healthOpts []server.HealthOption
 	if cfg.Insecure {
 		tcpCfg.Authenticate = server.Fixed(insecureID)
 		log.Warn("INSECURE: plaintext gRPC without caller authentication on a loopback address; every caller is "+insecureID.String(),
 			slog.String("listen", cfg.Listen))
 	} else {
-		creds, roots, err := LoadTLS(cfg.TLS, baseDir)
+		ts, err := openTLS(ctx, cfg.TLS, baseDir, log, hooks)
 		if err != nil {
 			return err
 		}
-		tcpCfg.Authenticate = server.MTLS(roots)
-		tcpCfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(creds))
+		defer ts.close()
+		watchCtx, stopWatch := context.WithCancel(ctx)
+		defer stopWatch()
+		go ts.watch(watchCtx)
+		tcpCfg.Authenticate = ts.auth
+		tcpCfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(ts.creds))
+		m.ObserveTLS(ts.metric)
+		healthOpts = append(healthOpts, server.WithTLS(ts.status))
 	}
 	srv, err := server.New(tcpCfg)
 	if err != nil {
@@ -172,7 +186,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		log.Info("serving on unix socket", slog.String("path", ulis.Addr().String()))
 	}
 	if cfg.HTTPListen != "" {
-		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler(), rt.keyStatus), log)
+		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler(), rt.keyStatus, healthOpts...), log)
 		if err != nil {
 			lis.Close()
 			return err

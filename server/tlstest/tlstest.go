@@ -67,6 +67,9 @@ type Leaf struct {
 	IPs     []net.IP
 	Server  bool
 	Expired bool
+	// NotBefore and NotAfter, when not zero, replace the default validity
+	// (an hour ago to 12 hours from now).
+	NotBefore, NotAfter time.Time
 }
 
 // Issued is an issued certificate with its key, as tls.Certificate and PEM.
@@ -76,7 +79,7 @@ type Issued struct {
 	KeyPEM  []byte
 }
 
-// serial numbers the certificates; parallel tests issue at once.
+// serial numbers the certificates; parallel tests issue concurrently.
 var serial atomic.Int64
 
 // Issue signs a certificate for l.
@@ -101,6 +104,12 @@ func (ca *CA) Issue(tb testing.TB, l Leaf) *Issued {
 	}
 	if l.Expired {
 		tmpl.NotBefore, tmpl.NotAfter = time.Now().Add(-48*time.Hour), time.Now().Add(-24*time.Hour)
+	}
+	if !l.NotBefore.IsZero() {
+		tmpl.NotBefore = l.NotBefore
+	}
+	if !l.NotAfter.IsZero() {
+		tmpl.NotAfter = l.NotAfter
 	}
 	for _, u := range l.URIs {
 		pu, err := url.Parse(u)
