@@ -119,11 +119,10 @@ func (g *connGuard) Accept() (net.Conn, error) {
 		}
 		if gc != nil {
 			return gc, nil
-		} else {
-			c.Close()
-			if g.refused != nil {
-				g.refused(reason)
-			}
+		}
+		c.Close()
+		if g.refused != nil {
+			g.refused(reason)
 		}
 	}
 }

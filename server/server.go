@@ -261,7 +261,7 @@ func (t *tokenService) GetToken(ctx context.Context, req *tokenbrokerv1.GetToken
 	tok, err := t.broker.GetToken(ctx, r)
 	if err != nil {
 		st := toStatus(err)
-		if st == errInternal {
+		if errors.Is(st, errInternal) {
 			t.log.ErrorContext(ctx, "GetToken failed", slog.String("error", err.Error()))
 		}
 		t.srv.writeAudit(rec, decisionOf(err), st)

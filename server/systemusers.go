@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 
@@ -37,7 +38,7 @@ type systemUserService struct {
 // fail maps err to its status, logging the detail of an Internal one.
 func (s *systemUserService) fail(ctx context.Context, err error) error {
 	st := toStatus(err)
-	if st == errInternal {
+	if errors.Is(st, errInternal) {
 		s.srv.log.ErrorContext(ctx, "system user call failed", slog.String("error", err.Error()))
 	}
 	return st

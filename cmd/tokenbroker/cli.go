@@ -233,7 +233,7 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	transport := "mTLS"
+	var transport string
 	if cfg.Insecure {
 		transport = "plaintext on loopback (insecure)"
 	} else if transport, err = daemon.CheckTLS(cfg.TLS, baseDir); err != nil {

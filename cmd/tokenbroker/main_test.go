@@ -291,7 +291,7 @@ func TestServeRefusesToStart(t *testing.T) {
 		}
 		return p
 	}
-	replace := func(old, new string) string { return strings.Replace(string(base), old, new, 1) }
+	replace := func(old, with string) string { return strings.Replace(string(base), old, with, 1) }
 	if err := os.WriteFile(filepath.Join(dir, "garbage.pem"), []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}

@@ -699,6 +699,8 @@ func (m MaskinportenConfig) checkResilience() error {
 	return nil
 }
 
+// Environment returns the Maskinporten environment the config names, with
+// its overrides.
 func (c *Config) Environment() (maskinporten.Environment, error) {
 	m := c.Maskinporten
 	if m.Environment == "" {

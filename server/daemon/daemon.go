@@ -303,7 +303,7 @@ func fileDigest(path string) string {
 	return string(sum[:])
 }
 
-// loadTLS reads the server certificate and the callers' CA. The handshake
+// LoadTLS reads the server certificate and the callers' CA. The handshake
 // only requests a client certificate; server.MTLS verifies it per call, so
 // that a bad one gets a clear Unauthenticated instead of a broken
 // connection.
@@ -327,7 +327,7 @@ func LoadTLS(c TLSConfig, baseDir string) (credentials.TransportCredentials, *x5
 	}), roots, nil
 }
 
-// listenUnix listens on a unix socket at path, replacing a stale socket
+// ListenUnix listens on a unix socket at path, replacing a stale socket
 // file, with the given octal mode (default 0660).
 func ListenUnix(path, mode string) (net.Listener, error) {
 	if st, err := os.Lstat(path); err == nil {
