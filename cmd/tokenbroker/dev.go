@@ -139,12 +139,12 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 		log.Info("dev client", slog.String("client", devClientName), slog.String("client_id", clientID),
 			slog.String("kid", key.KeyID), slog.String("backend", key.Backend), slog.String("emulator", base))
 		fmt.Fprintf(stdout, `tokenbroker dev is serving on %s (Maskinporten emulator at %s)
-	customer orgs with an approved system user: 310904473, 314250052, 313775429, and 210493352 with external_ref "tenant-42"
-	try:
-	  grpcurl -plaintext -d '{"customer_org":"310904473","scopes":["%s"]}' %s tokenbroker.v1.TokenBrokerService/GetToken
-	ask a new customer to approve a system user (open the confirm URL it returns, add &action=approve):
-	  grpcurl -plaintext -d '{"customer_org":"889640782","rights":["ske-krav-og-betalinger"]}' %s tokenbroker.v1.SystemUserService/CreateSystemUserRequest
-	`, addr, base, devScope, addr, addr)
+customer orgs with an approved system user: 310904473, 314250052, 313775429, and 210493352 with external_ref "tenant-42"
+try:
+  grpcurl -plaintext -d '{"customer_org":"310904473","scopes":["%s"]}' %s tokenbroker.v1.TokenBrokerService/GetToken
+ask a new customer to approve a system user (open the confirm URL it returns, add &action=approve):
+  grpcurl -plaintext -d '{"customer_org":"889640782","rights":["ske-krav-og-betalinger"]}' %s tokenbroker.v1.SystemUserService/CreateSystemUserRequest
+`, addr, base, devScope, addr, addr)
 		if ready != nil {
 			ready <- devEnv{Addr: addr, Emulator: emu}
 		}

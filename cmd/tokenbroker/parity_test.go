@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"reflect"
+	"strings"
 	"testing"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -23,13 +24,23 @@ import (
 func TestDevServeParity(t *testing.T) {
 	t.Parallel()
 	got := make(chan daemon.Components, 2)
-	var out syncBuffer
+	var out, banner syncBuffer
 	_, stopDev := background(t, &out, func(ctx context.Context, ready chan<- devEnv) error {
-		return runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &out, &out, ready, func(c daemon.Components) { got <- c })
+		return runDev(ctx, []string{"--listen", "127.0.0.1:0"}, &banner, &out, ready, func(c daemon.Components) { got <- c })
 	})
 	dev := <-got
 	if err := stopDev(); err != nil {
 		t.Fatal(err)
+	}
+	// The banner is printed as dev always printed it: no line indented
+	// but the two commands to try.
+	for _, l := range strings.Split(strings.TrimSpace(banner.String()), "\n") {
+		if strings.HasPrefix(l, "\t") || (strings.HasPrefix(l, " ") && !strings.HasPrefix(l, "  grpcurl ")) {
+			t.Errorf("banner line %q is indented", l)
+		}
+	}
+	if !strings.Contains(banner.String(), "tokenbroker dev is serving on 127.0.0.1:") {
+		t.Errorf("banner: %s", banner.String())
 	}
 
 	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
