@@ -113,3 +113,5 @@ func TestGetTokenErrorsAgainstFake(t *testing.T) {
 		}
 	}
 }
+
+func identityLocal() identity.ID { return identity.MustParse("local:fake") }

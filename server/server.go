@@ -8,6 +8,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -116,6 +117,9 @@ func New(cfg Config) (*Server, error) {
 			burst = int(2*cfg.CallerRate) + 1
 		}
 		s.limits = &limiters{limit: rate.Limit(cfg.CallerRate), burst: burst, m: map[string]*rate.Limiter{}}
+	}
+	if err := cfg.Limits.Check(); err != nil {
+		return nil, fmt.Errorf("server: limits: %w", err)
 	}
 	s.conn = cfg.Limits.withDefaults()
 	s.refusedLog = rate.Sometimes{Interval: 10 * time.Second}

@@ -169,17 +169,11 @@ func (l LimitsConfig) serverLimits() server.Limits {
 // check refuses limits that would lock out every caller or undo the
 // protection.
 func (l LimitsConfig) check() error {
-	switch {
-	case l.CallerRate < 0 || l.CallerBurst < 0:
+	if l.CallerRate < 0 || l.CallerBurst < 0 {
 		return errors.New("limits: caller_rate and caller_burst must not be negative")
-	case l.MaxHeaderBytes != 0 && (l.MaxHeaderBytes < 1<<10 || l.MaxHeaderBytes > 1<<20):
-		return fmt.Errorf("limits.max_header_bytes: %d, want 1024 to 1048576 (default 8192)", l.MaxHeaderBytes)
-	case l.HandshakeTimeout < 0 || l.FirstRequestTimeout < 0 || l.IdleTimeout < 0 || l.KeepaliveMinTime < 0:
-		return errors.New("limits: handshake_timeout, first_request_timeout, idle_timeout and keepalive_min_time must not be negative")
-	case l.MaxConnections < 0 || l.MaxPendingPerIP < 0:
-		return errors.New("limits: max_connections and max_pending_per_ip must not be negative")
-	case l.MaxConcurrentStreams > 10000:
-		return fmt.Errorf("limits.max_concurrent_streams: %d, want at most 10000 (default 128)", l.MaxConcurrentStreams)
+	}
+	if err := l.serverLimits().Check(); err != nil {
+		return fmt.Errorf("limits.%w", err)
 	}
 	return nil
 }
