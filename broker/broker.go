@@ -195,11 +195,11 @@ func New(cfg Config) (*Broker, error) {
 	if len(b.clients) > 1 {
 		b.only = nil
 	}
-	if b.defaultMinValidity == 0 {
-		b.defaultMinValidity = 30 * time.Second
+	if err := CheckDefaultMinValidity(b.defaultMinValidity); err != nil {
+		return nil, fmt.Errorf("broker: default min validity %w", err)
 	}
-	if b.defaultMinValidity < 0 || b.defaultMinValidity > MaxMinValidity {
-		return nil, fmt.Errorf("broker: default min validity %v: want 0 to %v", b.defaultMinValidity, MaxMinValidity)
+	if b.defaultMinValidity == 0 {
+		b.defaultMinValidity = DefaultMinValidity
 	}
 	if b.fetchTimeout == 0 {
 		b.fetchTimeout = 30 * time.Second
@@ -210,14 +210,17 @@ func New(cfg Config) (*Broker, error) {
 	if b.log == nil {
 		b.log = slog.New(slog.DiscardHandler)
 	}
+	if b.refreshMargin < 0 {
+		return nil, fmt.Errorf("broker: refresh margin %v: want at least 0", b.refreshMargin)
+	}
+	if err := CheckRefreshFraction(b.refreshFraction); err != nil {
+		return nil, fmt.Errorf("broker: refresh fraction %w", err)
+	}
 	if b.refreshMargin == 0 {
 		b.refreshMargin = 60 * time.Second
 	}
 	if b.refreshFraction == 0 {
-		b.refreshFraction = 0.25
-	}
-	if b.refreshMargin < 0 || b.refreshFraction < 0 || b.refreshFraction > 0.5 {
-		return nil, fmt.Errorf("broker: refresh margin %v and fraction %v: want >= 0 and 0 to 0.5", b.refreshMargin, b.refreshFraction)
+		b.refreshFraction = DefaultRefreshFraction
 	}
 	if b.idleAfter <= 0 {
 		b.idleAfter = 10 * time.Minute
@@ -750,4 +753,28 @@ func (b *Broker) fetchSafely(ctx context.Context, c *Client, r maskinporten.Requ
 		err = fmt.Errorf("broker: token source of client %q returned no token", c.Name)
 	}
 	return tok, err
+}
+
+// Defaults of Config.
+const (
+	DefaultMinValidity     = 30 * time.Second
+	DefaultRefreshFraction = 0.25
+)
+
+// CheckDefaultMinValidity reports whether d is a Config.DefaultMinValidity
+// New accepts: 0 (DefaultMinValidity) to MaxMinValidity.
+func CheckDefaultMinValidity(d time.Duration) error {
+	if d < 0 || d > MaxMinValidity {
+		return fmt.Errorf("%v: want 0 to %v (default %v)", d, MaxMinValidity, DefaultMinValidity)
+	}
+	return nil
+}
+
+// CheckRefreshFraction reports whether f is a Config.RefreshFraction New
+// accepts: 0 (DefaultRefreshFraction) to 0.5.
+func CheckRefreshFraction(f float64) error {
+	if f < 0 || f > 0.5 {
+		return fmt.Errorf("%v: want 0 to 0.5 (default %v)", f, DefaultRefreshFraction)
+	}
+	return nil
 }

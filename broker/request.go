@@ -135,9 +135,9 @@ func checkScope(s string) string {
 
 // checkString bounds the length of s and refuses control characters and
 // invalid UTF-8.
-func checkString(field, s string, max int) error {
-	if len(s) > max {
-		return fieldError(field, "longer than %d bytes", max)
+func checkString(field, s string, limit int) error {
+	if len(s) > limit {
+		return fieldError(field, "longer than %d bytes", limit)
 	}
 	if !utf8.ValidString(s) {
 		return fieldError(field, "not valid UTF-8")

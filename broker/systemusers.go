@@ -515,7 +515,7 @@ var languages = []string{"nb", "nn", "en"}
 
 // checkTexts checks a name or description map: known languages, text that
 // is not blank. required says that at least one language is needed.
-func checkTexts(field string, texts map[string]string, max int, required bool) error {
+func checkTexts(field string, texts map[string]string, limit int, required bool) error {
 	if required && len(texts) == 0 {
 		return fieldError(field, "required in at least one of nb, nn, en")
 	}
@@ -526,7 +526,7 @@ func checkTexts(field string, texts map[string]string, max int, required bool) e
 			}
 			return fieldError(field, "language %q: want nb, nn or en", lang)
 		}
-		if err := checkString(field, text, max); err != nil {
+		if err := checkString(field, text, limit); err != nil {
 			return err
 		}
 		if strings.TrimSpace(text) == "" {

@@ -24,7 +24,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-step "tools (buf, protoc-gen-go, protoc-gen-go-grpc, grpcurl)"
+step "tools (buf, protoc-gen-go, protoc-gen-go-grpc, grpcurl, golangci-lint)"
 scripts/tools.sh
 export PATH="$PWD/.tmp/bin:$PATH"
 
@@ -56,6 +56,9 @@ fi
 
 step "go vet"
 go vet ./...
+
+step "golangci-lint $(golangci-lint version --short 2>/dev/null) (.golangci.yml: errorlint, revive, dupl and the standard set)"
+golangci-lint run --timeout 10m ./...
 
 step "buf lint, buf format"
 buf lint

@@ -1,6 +1,8 @@
 package server
 
 import (
+	"errors"
+	"fmt"
 	"net"
 	"sync"
 	"time"
@@ -46,6 +48,23 @@ var DefaultLimits = Limits{
 	MaxConnections:       1024,
 	MaxPendingPerIP:      32,
 	MaxConcurrentStreams: 128,
+}
+
+// Check reports a limit that would lock out every caller or undo the
+// protection, naming it as the config file does (max_header_bytes, ...).
+// Zero fields are fine: they take DefaultLimits.
+func (l Limits) Check() error {
+	switch {
+	case l.MaxHeaderBytes != 0 && (l.MaxHeaderBytes < 1<<10 || l.MaxHeaderBytes > 1<<20):
+		return fmt.Errorf("max_header_bytes: %d, want 1024 to 1048576 (default %d)", l.MaxHeaderBytes, DefaultLimits.MaxHeaderBytes)
+	case l.HandshakeTimeout < 0 || l.FirstRequestTimeout < 0 || l.IdleTimeout < 0 || l.KeepaliveMinTime < 0:
+		return errors.New("handshake_timeout, first_request_timeout, idle_timeout and keepalive_min_time must not be negative")
+	case l.MaxConnections < 0 || l.MaxPendingPerIP < 0:
+		return errors.New("max_connections and max_pending_per_ip must not be negative")
+	case l.MaxConcurrentStreams > 10000:
+		return fmt.Errorf("max_concurrent_streams: %d, want at most 10000 (default %d)", l.MaxConcurrentStreams, DefaultLimits.MaxConcurrentStreams)
+	}
+	return nil
 }
 
 // withDefaults fills the zero fields of l from DefaultLimits.
@@ -119,11 +138,10 @@ func (g *connGuard) Accept() (net.Conn, error) {
 		}
 		if gc != nil {
 			return gc, nil
-		} else {
-			c.Close()
-			if g.refused != nil {
-				g.refused(reason)
-			}
+		}
+		c.Close()
+		if g.refused != nil {
+			g.refused(reason)
 		}
 	}
 }

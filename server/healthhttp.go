@@ -62,6 +62,11 @@ type sharedReport struct {
 	Returns   int64 `json:"returns"`
 }
 
+// HealthReporter is what the operator endpoints need of the broker.
+type HealthReporter interface {
+	Health() broker.Health
+}
+
 // HTTPHandler serves the operator endpoints:
 //   - /healthz: 200 with a JSON report of the broker's state (clock skew
 //     per client, cache counts, the shared cache level); status
@@ -74,7 +79,7 @@ type sharedReport struct {
 // keys, when not nil, lists the signing keys for /healthz; status turns
 // "degraded" when one expires soon or an active one does not sign. opts
 // add more (WithTLS).
-func HTTPHandler(b *broker.Broker, ready func() bool, metrics http.Handler, keys func() []KeyStatus, opts ...HealthOption) http.Handler {
+func HTTPHandler(b HealthReporter, ready func() bool, metrics http.Handler, keys func() []KeyStatus, opts ...HealthOption) http.Handler {
 	var o healthOptions
 	for _, opt := range opts {
 		opt(&o)

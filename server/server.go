@@ -1,5 +1,5 @@
 // Package server is the gRPC face of the broker: it implements
-// tokenbroker.v1.TokenBrokerService on a *broker.Broker, registers the
+// tokenbroker.v1.TokenBrokerService on a broker (see Broker), registers the
 // standard health service and server reflection, logs one line per call,
 // recovers from panics, and maps broker errors to gRPC status codes in one
 // place (status.go).
@@ -8,6 +8,7 @@ package server
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
@@ -33,10 +34,24 @@ import (
 // MaxRequestBytes bounds the size of one request message.
 const MaxRequestBytes = 64 << 10
 
+// TokenIssuer is what TokenBrokerService needs of the broker.
+type TokenIssuer interface {
+	GetToken(ctx context.Context, r broker.Request) (*broker.Token, error)
+}
+
+// Broker is what a Server needs of the broker: tokens and the system user
+// lifecycle. *broker.Broker is one; tests use fakes.
+type Broker interface {
+	TokenIssuer
+	SystemUsers
+}
+
+var _ Broker = (*broker.Broker)(nil)
+
 // Config configures a Server.
 type Config struct {
-	// Broker serves the tokens.
-	Broker *broker.Broker
+	// Broker serves the tokens and the system users.
+	Broker Broker
 	// Logger receives one line per call; nil discards.
 	Logger *slog.Logger
 	// ServerOptions are added to the gRPC server's options (credentials,
@@ -51,7 +66,8 @@ type Config struct {
 	// Audit receives one record per GetToken decision; nil discards.
 	Audit *audit.Log
 	// CallerRate and CallerBurst set a token bucket per caller identity;
-	// a CallerRate of 0 means no limit.
+	// a CallerRate of 0 means no limit, a CallerBurst of 0 twice the rate
+	// (plus one).
 	CallerRate  float64
 	CallerBurst int
 	// Limits bound what a peer can hold before and after it authenticates;
@@ -96,8 +112,14 @@ func New(cfg Config) (*Server, error) {
 		throttle:     audit.NewThrottle(cfg.Audit, 0, 0),
 	}
 	if cfg.CallerRate > 0 {
-		burst := max(cfg.CallerBurst, 1)
+		burst := cfg.CallerBurst
+		if burst <= 0 {
+			burst = int(2*cfg.CallerRate) + 1
+		}
 		s.limits = &limiters{limit: rate.Limit(cfg.CallerRate), burst: burst, m: map[string]*rate.Limiter{}}
+	}
+	if err := cfg.Limits.Check(); err != nil {
+		return nil, fmt.Errorf("server: limits: %w", err)
 	}
 	s.conn = cfg.Limits.withDefaults()
 	s.refusedLog = rate.Sometimes{Interval: 10 * time.Second}
@@ -105,7 +127,7 @@ func New(cfg Config) (*Server, error) {
 		s.log = slog.New(slog.DiscardHandler)
 	}
 	if s.stopTimeout == 0 {
-		s.stopTimeout = 10 * time.Second
+		s.stopTimeout = DefaultStopTimeout
 	}
 	opts := append([]grpc.ServerOption{
 		grpc.MaxRecvMsgSize(MaxRequestBytes),
@@ -185,20 +207,8 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 	}
 	s.stopping.Store(true)
 	s.ready.Store(false)
-	s.health.Shutdown()
-	stopped := make(chan struct{})
-	go func() {
-		s.grpc.GracefulStop()
-		close(stopped)
-	}()
-	t := time.NewTimer(s.stopTimeout)
-	defer t.Stop()
-	select {
-	case <-stopped:
-	case <-t.C:
-		s.log.Warn("graceful stop timed out; closing open calls")
-		s.grpc.Stop()
-		<-stopped
+	if GracefulStop(s.grpc, s.health, s.stopTimeout) {
+		s.log.Warn("graceful stop timed out; closed open calls")
 	}
 	if err := s.throttle.Flush(); err != nil {
 		s.log.Error("audit write failed", slog.String("error", err.Error()))
@@ -212,7 +222,7 @@ func (s *Server) Serve(ctx context.Context, lis net.Listener) error {
 // tokenService implements TokenBrokerService.
 type tokenService struct {
 	tokenbrokerv1.UnimplementedTokenBrokerServiceServer
-	broker *broker.Broker
+	broker TokenIssuer
 	log    *slog.Logger
 	srv    *Server
 }
@@ -255,7 +265,7 @@ func (t *tokenService) GetToken(ctx context.Context, req *tokenbrokerv1.GetToken
 	tok, err := t.broker.GetToken(ctx, r)
 	if err != nil {
 		st := toStatus(err)
-		if st == errInternal {
+		if errors.Is(st, errInternal) {
 			t.log.ErrorContext(ctx, "GetToken failed", slog.String("error", err.Error()))
 		}
 		t.srv.writeAudit(rec, decisionOf(err), st)

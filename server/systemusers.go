@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"errors"
 	"log/slog"
 	"strings"
 
@@ -17,17 +18,27 @@ import (
 // AUTH-000nn codes.
 const AltinnDomain = "altinn.no"
 
+// SystemUsers is what SystemUserService needs of the broker.
+type SystemUsers interface {
+	CreateSystemUserRequest(ctx context.Context, p broker.SystemUserRequestParams) (*broker.CreatedRequest, error)
+	GetSystemUserRequest(ctx context.Context, l broker.SystemUserLookup) (*altinn.Request, error)
+	DeleteSystemUserRequest(ctx context.Context, l broker.SystemUserLookup) (*altinn.Request, error)
+	ListSystemUserRequests(ctx context.Context, caller, client string, agent bool, pageToken string) ([]altinn.Request, string, error)
+	ListSystemUsers(ctx context.Context, caller, client, pageToken string) ([]altinn.SystemUser, string, error)
+	RegisterSystem(ctx context.Context, r broker.SystemRegistration) (string, error)
+}
+
 // systemUserService implements SystemUserService on the broker.
 type systemUserService struct {
 	tokenbrokerv1.UnimplementedSystemUserServiceServer
-	broker *broker.Broker
+	broker SystemUsers
 	srv    *Server
 }
 
 // fail maps err to its status, logging the detail of an Internal one.
 func (s *systemUserService) fail(ctx context.Context, err error) error {
 	st := toStatus(err)
-	if st == errInternal {
+	if errors.Is(st, errInternal) {
 		s.srv.log.ErrorContext(ctx, "system user call failed", slog.String("error", err.Error()))
 	}
 	return st

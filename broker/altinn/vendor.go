@@ -219,7 +219,8 @@ func (v *Vendor) doURL(ctx context.Context, token, method, target string, body [
 	return resp.StatusCode, nil
 }
 
-// Scopes the vendor needs for the system register and its system users.
+// ScopeSystemRegisterWrite is the scope the vendor needs for the system
+// register and its system users.
 const ScopeSystemRegisterWrite = "altinn:authentication/systemregister.write"
 
 // SystemUser is a system user of a vendor's system, as Altinn lists it.

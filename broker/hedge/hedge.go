@@ -18,6 +18,7 @@ package hedge
 
 import (
 	"context"
+	"errors"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -271,7 +272,11 @@ func Run[T any](ctx context.Context, h *Hedger, c Classes, try func(ctx context.
 		return nil
 	}
 	if err := launch(false); err != nil {
-		return zero, c.Open(err.(*breaker.OpenError))
+		var oe *breaker.OpenError
+		if !errors.As(err, &oe) {
+			return zero, err
+		}
+		return zero, c.Open(oe)
 	}
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
@@ -311,8 +316,8 @@ func Run[T any](ctx context.Context, h *Hedger, c Classes, try func(ctx context.
 			}
 		case <-opened:
 			h.abandoned.Add(1)
-			oe, ok := h.brk.Check().(*breaker.OpenError)
-			if !ok {
+			var oe *breaker.OpenError
+			if !errors.As(h.brk.Check(), &oe) {
 				oe = &breaker.OpenError{Until: time.Now()}
 			}
 			return zero, c.Open(oe)

@@ -201,11 +201,11 @@ func New(cfg Config) (*Client, error) {
 			c.hedgeHTTP = &hc
 		}
 	}
-	if c.grantLifetime == 0 {
-		c.grantLifetime = 60 * time.Second
+	if err := CheckGrantLifetime(c.grantLifetime); err != nil {
+		return nil, fmt.Errorf("maskinporten: grant lifetime %w", err)
 	}
-	if c.grantLifetime < time.Second || c.grantLifetime > MaxGrantLifetime {
-		return nil, fmt.Errorf("maskinporten: grant lifetime %v: want 1s to %v", c.grantLifetime, MaxGrantLifetime)
+	if c.grantLifetime == 0 {
+		c.grantLifetime = DefaultGrantLifetime
 	}
 	if c.now == nil {
 		c.now = time.Now

@@ -23,6 +23,8 @@ const (
 	OrgAuthority = "iso6523-actorid-upis"
 	// OrgPrefix is the ICD of Norwegian organisation numbers.
 	OrgPrefix = "0192:"
+	// DefaultGrantLifetime is exp - iat of a grant when not configured.
+	DefaultGrantLifetime = 60 * time.Second
 	// MaxGrantLifetime is the longest exp - iat Maskinporten accepts.
 	MaxGrantLifetime = 120 * time.Second
 )
@@ -141,4 +143,13 @@ func (c *Client) Sign(cl *Claims) (string, error) {
 		return "", &SignError{Key: key.String(), Err: err}
 	}
 	return string(signed), nil
+}
+
+// CheckGrantLifetime reports whether d is a grant lifetime New accepts: 0
+// (DefaultGrantLifetime) or 1 s to MaxGrantLifetime.
+func CheckGrantLifetime(d time.Duration) error {
+	if d != 0 && (d < time.Second || d > MaxGrantLifetime) {
+		return fmt.Errorf("%v: want 1s to %v (default %v)", d, MaxGrantLifetime, DefaultGrantLifetime)
+	}
+	return nil
 }

@@ -29,9 +29,6 @@ var (
 	uuidRE = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 )
 
-// minRun is the shortest run of base64/hex characters taken for a secret.
-const minRun = 32
-
 // String returns s without token-shaped parts and control characters,
 // trimmed of surrounding space. It does not bound the length; see Cut.
 func String(s string) string {

@@ -1,7 +1,6 @@
 package sharedcache_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -21,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
+	"github.com/tokenbroker/tokenbroker/server/logtest"
 )
 
 const scope = "altinn:systembruker.demo"
@@ -84,29 +84,12 @@ var secret2 = []byte("0123456789abcdef0123456789abcdef-two")
 type replica struct {
 	b     *broker.Broker
 	cache *sharedcache.Cache
-	logs  *syncBuffer // the broker's and the shared level's log lines
-}
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
+	logs  *logtest.Buffer // the broker's and the shared level's log lines
 }
 
 func newReplica(t testing.TB, up *upstream, rs *sharedcachetest.Server, mod func(*broker.Config)) *replica {
 	t.Helper()
-	r := &replica{logs: &syncBuffer{}}
+	r := &replica{logs: &logtest.Buffer{}}
 	log := slog.New(slog.NewTextHandler(r.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	cfg := broker.Config{
 		Logger:          log,

@@ -192,7 +192,7 @@ func (c *Cache) Fetch(ctx context.Context, key string, fresh func(*maskinporten.
 		c.fallbacks.Add(1)
 		return fetch(ctx)
 	}
-	tok, err, done := c.shared(ctx, key, fresh, fetch)
+	tok, done, err := c.shared(ctx, key, fresh, fetch)
 	if done {
 		return tok, err
 	}
@@ -206,23 +206,23 @@ func (c *Cache) Fetch(ctx context.Context, key string, fresh func(*maskinporten.
 }
 
 // shared runs Fetch through Redis. done is false when Redis failed (err is
-// an errDown) or ctx ended before fetch ran.
+// an errDown) or the cache was closed before fetch ran.
 func (c *Cache) shared(ctx context.Context, key string, fresh func(*maskinporten.Token) bool,
-	fetch func(context.Context) (*maskinporten.Token, error)) (tok *maskinporten.Token, err error, done bool) {
+	fetch func(context.Context) (*maskinporten.Token, error)) (tok *maskinporten.Token, done bool, err error) {
 	data, lock := c.names(key)
 	waited := false
 	for {
 		rec, err := c.get(ctx, data, key)
 		if err != nil {
-			return nil, err, false
+			return nil, false, err
 		}
-		if t, refusal, ok := c.usable(rec, fresh); ok {
+		if t, ok, refusal := c.usable(rec, fresh); ok {
 			c.hits.Add(1)
-			return t, refusal, true
+			return t, true, refusal
 		}
 		fence, err := c.lock(ctx, lock)
 		if err != nil {
-			return nil, err, false
+			return nil, false, err
 		}
 		if fence != "" {
 			return c.fetchLocked(ctx, key, data, lock, fence, fresh, fetch)
@@ -236,42 +236,42 @@ func (c *Cache) shared(ctx context.Context, key string, fresh func(*maskinporten
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return nil, ctx.Err(), true
+			return nil, true, ctx.Err()
 		case <-c.stop:
 			t.Stop()
-			return nil, nil, false
+			return nil, false, nil
 		}
 	}
 }
 
 // usable returns what rec serves: a token fresh accepts, or a refusal.
-func (c *Cache) usable(rec *record, fresh func(*maskinporten.Token) bool) (*maskinporten.Token, error, bool) {
+func (c *Cache) usable(rec *record, fresh func(*maskinporten.Token) bool) (*maskinporten.Token, bool, error) {
 	switch {
 	case rec == nil:
 	case rec.Token != nil:
 		t := rec.Token.token()
 		if t.ExpiresAt.After(c.now()) && fresh(t) {
-			return t, nil, true
+			return t, true, nil
 		}
 	case rec.Refusal != nil:
-		return nil, rec.Refusal.err(), true
+		return nil, true, rec.Refusal.err()
 	}
-	return nil, nil, false
+	return nil, false, nil
 }
 
 // fetchLocked runs fetch while holding the lock (fence is its value) and
 // stores the result; a result stored between the first look and the lock
 // is taken instead.
 func (c *Cache) fetchLocked(ctx context.Context, key, data, lock, fence string, fresh func(*maskinporten.Token) bool,
-	fetch func(context.Context) (*maskinporten.Token, error)) (*maskinporten.Token, error, bool) {
+	fetch func(context.Context) (*maskinporten.Token, error)) (*maskinporten.Token, bool, error) {
 	defer c.unlock(lock, fence)
 	rec, err := c.get(ctx, data, key)
 	if err != nil {
-		return nil, err, false
+		return nil, false, err
 	}
-	if t, refusal, ok := c.usable(rec, fresh); ok {
+	if t, ok, refusal := c.usable(rec, fresh); ok {
 		c.hits.Add(1)
-		return t, refusal, true
+		return t, true, refusal
 	}
 	c.fetches.Add(1)
 	tok, ferr := fetch(ctx)
@@ -285,7 +285,7 @@ func (c *Cache) fetchLocked(ctx context.Context, key, data, lock, fence string, 
 		c.put(data, key, &record{Refusal: &refusalRecord{StatusCode: me.StatusCode, Code: me.Code, MPCode: me.MPCode,
 			Description: me.Description}}, c.negTTL)
 	}
-	return tok, ferr, true
+	return tok, true, ferr
 }
 
 func (c *Cache) get(ctx context.Context, data, key string) (*record, error) {

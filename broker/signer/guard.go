@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -13,6 +14,9 @@ import (
 // in time.
 var ErrTimeout = errors.New("signer did not answer in time")
 
+// ErrRetired is returned by a guarded signer after Retire.
+var ErrRetired = errors.New("signer was retired (its key was replaced)")
+
 // Guarded wraps a crypto.Signer: every Sign gets a timeout, and the outcome
 // of the last Sign is kept so that readiness can follow the backend.
 type Guarded struct {
@@ -20,13 +24,26 @@ type Guarded struct {
 	timeout  time.Duration
 	healthy  atomic.Bool
 	onChange func(healthy bool)
+
+	// mu is held for reading by each Sign, for writing by Retire.
+	mu      sync.RWMutex
+	retired bool
 }
 
-// Guard returns s with a per-signature timeout (0 means 5 s). onChange, when
+// Retire waits for the signatures under way (each at most the timeout)
+// and makes every later Sign fail with ErrRetired, without changing
+// Healthy: the backend can then be closed safely.
+func (g *Guarded) Retire() {
+	g.mu.Lock()
+	g.retired = true
+	g.mu.Unlock()
+}
+
+// Guard returns s with a per-signature timeout (0 means DefaultCallTimeout). onChange, when
 // not nil, is called whenever the signer turns healthy or unhealthy.
 func Guard(s crypto.Signer, timeout time.Duration, onChange func(healthy bool)) *Guarded {
 	if timeout <= 0 {
-		timeout = 5 * time.Second
+		timeout = DefaultCallTimeout
 	}
 	g := &Guarded{Signer: s, timeout: timeout, onChange: onChange}
 	g.healthy.Store(true)
@@ -36,6 +53,11 @@ func Guard(s crypto.Signer, timeout time.Duration, onChange func(healthy bool)) 
 // Sign signs with the backend, giving up after the timeout. A backend that
 // cannot be interrupted finishes in the background; its result is dropped.
 func (g *Guarded) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.retired {
+		return nil, ErrRetired
+	}
 	type result struct {
 		sig []byte
 		err error

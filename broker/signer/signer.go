@@ -78,6 +78,8 @@ type Key struct {
 	// (an enterprise certificate, "virksomhetssertifikat"): grants then
 	// carry it as x5c instead of a kid.
 	Chain []*x509.Certificate
+
+	closer *closer
 }
 
 // NotAfter returns the leaf certificate's expiry, or the zero time for a
@@ -90,7 +92,7 @@ func (k *Key) NotAfter() time.Time {
 }
 
 // New checks that s holds an RSA key of at least MinRSABits and returns a
-// Key for it.
+// Key for it. When s is an io.Closer, the key's Close closes it.
 func New(kid string, alg Algorithm, s crypto.Signer, backend string) (*Key, error) {
 	if strings.TrimSpace(kid) == "" {
 		return nil, errors.New("key id (kid) is empty")
@@ -106,7 +108,7 @@ func New(kid string, alg Algorithm, s crypto.Signer, backend string) (*Key, erro
 	if pub.N.BitLen() < MinRSABits {
 		return nil, fmt.Errorf("key %q has %d bits, want at least %d", kid, pub.N.BitLen(), MinRSABits)
 	}
-	return &Key{KeyID: kid, Algorithm: alg, Signer: s, Backend: backend}, nil
+	return &Key{KeyID: kid, Algorithm: alg, Signer: s, Backend: backend, closer: closerOf(s)}, nil
 }
 
 // Sign signs digest, which must be the Algorithm's hash of the message.

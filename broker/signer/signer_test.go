@@ -144,7 +144,7 @@ func TestKeyFormatsNothingSecret(t *testing.T) {
 		t.Errorf("String() = %q", s)
 	}
 	d := priv.D.String()
-	for _, f := range []string{fmt.Sprint(k), fmt.Sprintf("%v", k), fmt.Sprintf("%s", k)} {
+	for _, f := range []string{fmt.Sprint(k), fmt.Sprintf("%v", k), fmt.Sprintf("%s", k)} { //nolint:staticcheck // S1025: the %s verb itself is what is tested
 		if strings.Contains(f, d[:20]) || strings.Contains(f, priv.D.Text(16)[:20]) {
 			t.Errorf("formatting the key prints its private exponent: %s", f)
 		}

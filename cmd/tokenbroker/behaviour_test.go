@@ -15,6 +15,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 // TestInsecureOnAllInterfacesRefused: plaintext is for loopback only; a
@@ -22,18 +23,18 @@ import (
 func TestInsecureOnAllInterfacesRefused(t *testing.T) {
 	t.Parallel()
 	base := readString(t, writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token"))
-	if _, err := parseConfig([]byte(base)); err != nil {
+	if _, err := daemon.Parse([]byte(base)); err != nil {
 		t.Fatalf("the loopback config itself: %v", err)
 	}
 	for _, listen := range []string{":50051", "0.0.0.0:50051", "[::]:50051", "192.0.2.1:50051", "example.org:50051"} {
 		cfg := strings.Replace(base, "listen: 127.0.0.1:0\n", "listen: \""+listen+"\"\n", 1)
-		if _, err := parseConfig([]byte(cfg)); err == nil || !strings.Contains(err.Error(), "loopback") {
+		if _, err := daemon.Parse([]byte(cfg)); err == nil || !strings.Contains(err.Error(), "loopback") {
 			t.Errorf("insecure with listen %q: %v, want refused (loopback only)", listen, err)
 		}
 	}
 	for _, listen := range []string{"localhost:50051", "[::1]:50051", "127.0.0.2:50051"} {
 		cfg := strings.Replace(base, "listen: 127.0.0.1:0\n", "listen: \""+listen+"\"\n", 1)
-		if _, err := parseConfig([]byte(cfg)); err != nil {
+		if _, err := daemon.Parse([]byte(cfg)); err != nil {
 			t.Errorf("insecure with loopback listen %q: %v", listen, err)
 		}
 	}
@@ -72,7 +73,7 @@ func TestTracingSwitchAlone(t *testing.T) {
 	if err := os.Unsetenv("OTEL_TRACES_EXPORTER"); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := parseConfig([]byte(strings.Replace(readString(t, writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")),
+	cfg, err := daemon.Parse([]byte(strings.Replace(readString(t, writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token")),
 		"insecure: true\n", "insecure: true\ntracing: true\n", 1)))
 	if err != nil {
 		t.Fatal(err)
@@ -80,7 +81,7 @@ func TestTracingSwitchAlone(t *testing.T) {
 	if !cfg.Tracing {
 		t.Fatal("tracing: true not read")
 	}
-	tp, stop, err := setupTracing(context.Background(), cfg.Tracing)
+	tp, stop, err := daemon.SetupTracing(context.Background(), cfg.Tracing)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -17,10 +17,12 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
+	"github.com/tokenbroker/tokenbroker/broker/keyring"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/orgno"
 	tokenbrokerclient "github.com/tokenbroker/tokenbroker/client"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 // stringList is a repeatable string flag.
@@ -170,11 +172,11 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("explain: --org %q: %v", rf.org, err)
 	}
-	cfg, err := loadConfig(*configPath)
+	cfg, err := daemon.Load(*configPath)
 	if err != nil {
 		return err
 	}
-	var cc *ClientConfig
+	var cc *daemon.ClientConfig
 	for i := range cfg.Clients {
 		if cfg.Clients[i].Name == rf.client || (rf.client == "" && len(cfg.Clients) == 1) {
 			cc = &cfg.Clients[i]
@@ -183,20 +185,15 @@ func runExplain(args []string, stdout, stderr io.Writer) error {
 	if cc == nil {
 		return fmt.Errorf("explain: no client %q in the config (name one with --client)", rf.client)
 	}
-	env, err := cfg.environment()
+	env, err := cfg.Environment()
 	if err != nil {
 		return err
 	}
-	var kc KeyConfig
-	for _, k := range cc.keyList() {
-		if k.Active || len(cc.keyList()) == 1 {
-			kc = k
-		}
-	}
-	key, err := openKey(kc, filepath.Dir(*configPath))
+	key, err := daemon.OpenKey(cc.ActiveKey(), filepath.Dir(*configPath))
 	if err != nil {
 		return fmt.Errorf("explain: clients %s key: %w", cc.Name, err)
 	}
+	defer key.Close()
 	mp, err := maskinporten.New(maskinporten.Config{ClientID: cc.ClientID, Key: key, Environment: env,
 		GrantLifetime: time.Duration(cfg.Maskinporten.GrantLifetime), ResourceAsString: cc.ResourceAsString})
 	if err != nil {
@@ -227,38 +224,39 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 	if *configPath == "" {
 		return errors.New("check: --config is required")
 	}
-	cfg, err := loadConfig(*configPath)
+	cfg, err := daemon.Load(*configPath)
 	if err != nil {
 		return err
 	}
 	baseDir := filepath.Dir(*configPath)
-	env, err := cfg.environment()
+	env, err := cfg.Environment()
 	if err != nil {
 		return err
 	}
-	transport := "mTLS"
+	var transport string
 	if cfg.Insecure {
 		transport = "plaintext on loopback (insecure)"
-	} else if transport, err = checkTLS(cfg.TLS, baseDir); err != nil {
+	} else if transport, err = daemon.CheckTLS(cfg.TLS, baseDir); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "config %s: listen %s (%s), environment %s (token URL %s), %d policy rules\n",
 		*configPath, cfg.Listen, transport, env.Name, env.TokenURL, len(cfg.Policy))
 	for i, c := range cfg.Clients {
-		for _, kc := range c.keyList() {
-			key, err := openKey(kc, baseDir)
+		for _, kc := range c.KeyList() {
+			key, err := daemon.OpenKey(kc, baseDir)
 			if err != nil {
 				return fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
 			}
+			_ = key.Close() // opening it was the check
 			expiry := "expiry not configured"
-			if t, _ := kc.expiry(); !t.IsZero() {
+			if t, _ := kc.Expiry(); !t.IsZero() {
 				expiry = fmt.Sprintf("expires %s (in %d days)", t.UTC().Format(time.DateOnly), int(time.Until(t).Hours()/24))
-				if time.Until(t) < ExpiryWarning {
+				if time.Until(t) < keyring.ExpiryWarning {
 					expiry += ": register a new key and rotate"
 				}
 			}
 			state := ""
-			if len(c.keyList()) > 1 && kc.Active {
+			if len(c.KeyList()) > 1 && kc.Active {
 				state = " (active)"
 			}
 			fmt.Fprintf(stdout, "client %s: client_id %s, kid %s%s, %s backend, %s, %s\n",

@@ -10,6 +10,10 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/broker/keyring"
+	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 func TestTokenCommand(t *testing.T) {
@@ -112,11 +116,11 @@ func TestSampleConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := parseConfig(data)
+	cfg, err := daemon.Parse(data)
 	if err != nil {
 		t.Fatalf("deploy/tokenbroker.tt02.yaml: %v", err)
 	}
-	if env, _ := cfg.environment(); env.Issuer != "https://test.maskinporten.no/" {
+	if env, _ := cfg.Environment(); env.Issuer != "https://test.maskinporten.no/" {
 		t.Errorf("sample environment issuer %q", env.Issuer)
 	}
 }
@@ -139,11 +143,11 @@ func TestReadmeConfig(t *testing.T) {
 	if !ok || !closed {
 		t.Fatal("the section has no yaml block")
 	}
-	cfg, err := parseConfig([]byte(block))
+	cfg, err := daemon.Parse([]byte(block))
 	if err != nil {
 		t.Fatalf("README.md's reference config: %v", err)
 	}
-	if time.Duration(cfg.Maskinporten.SignProbeInterval) != signerProbeInterval || time.Duration(cfg.Maskinporten.SignTimeout) != 5*time.Second {
+	if time.Duration(cfg.Maskinporten.SignProbeInterval) != keyring.DefaultProbeInterval || time.Duration(cfg.Maskinporten.SignTimeout) != signer.DefaultCallTimeout {
 		t.Errorf("README.md's sign_probe_interval %v and sign_timeout %v differ from the defaults", cfg.Maskinporten.SignProbeInterval, cfg.Maskinporten.SignTimeout)
 	}
 }

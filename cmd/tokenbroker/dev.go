@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -18,14 +17,10 @@ import (
 	"github.com/google/uuid"
 	"github.com/lestrrat-go/jwx/v2/jwk"
 
-	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
-	"github.com/tokenbroker/tokenbroker/broker/identity"
-	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
-	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
-	"github.com/tokenbroker/tokenbroker/server"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 // The dev mode's fixed setup.
@@ -63,9 +58,10 @@ type devEnv struct {
 }
 
 // runDev runs the broker against an in-process Maskinporten emulator with a
-// freshly generated key. ready, when not nil, receives the environment once
-// the broker listens.
-func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready chan<- devEnv) error {
+// freshly generated key, assembled by daemon.Run exactly as serve is. ready,
+// when not nil, receives the environment once the broker listens; built,
+// when not nil, what was assembled.
+func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready chan<- devEnv, built func(daemon.Components)) error {
 	fs := flag.NewFlagSet("dev", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	listen := fs.String("listen", "127.0.0.1:50051", "gRPC listen address")
@@ -131,48 +127,49 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	for _, c := range devCustomers {
 		emu.ApproveSystemUser(clientID, c.org, c.externalRef)
 	}
-	mp, err := maskinporten.New(maskinporten.Config{
-		ClientID:    clientID,
-		Key:         key,
-		Environment: maskinporten.Environment{Name: "dev", Issuer: base + "/", TokenURL: base + "/token"},
-	})
-	if err != nil {
-		return err
+	cfg := devConfig(*listen, base, clientID, key)
+	// The key lives in memory only: the ring opens it through this.
+	openKey := func(_ context.Context, spec signer.Spec) (*signer.Key, error) {
+		if spec.URI != devKeyURI {
+			return nil, fmt.Errorf("dev mode has no key %q", spec.URI)
+		}
+		return signer.New(key.KeyID, key.Algorithm, rk, "memory")
 	}
-	b, err := broker.New(broker.Config{
-		Clients: []broker.Client{{Name: devClientName, Scopes: []string{devScope}, Source: mp,
-			Exchanger: altinn.NewExchanger(base+maskinportentest.ExchangePath, nil),
-			SystemID:  devSystemID, Vendor: altinn.NewVendor(base+"/authentication/api/v1", nil)}},
-		Policy: policy.AllowAll(),
-		Logger: log,
-	})
-	if err != nil {
-		return err
-	}
-	defer b.Close()
-	srv, err := server.New(server.Config{Broker: b, Logger: log, Authenticate: server.Fixed(identity.MustParse("local:dev"))})
-	if err != nil {
-		return err
-	}
-	lis, err := net.Listen("tcp", *listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	addr := lis.Addr().String()
-	log.Info("dev client", slog.String("client", devClientName), slog.String("client_id", clientID),
-		slog.String("kid", key.KeyID), slog.String("backend", key.Backend), slog.String("emulator", base))
-	fmt.Fprintf(stdout, `tokenbroker dev is serving on %s (Maskinporten emulator at %s)
+	onReady := func(addr string) {
+		log.Info("dev client", slog.String("client", devClientName), slog.String("client_id", clientID),
+			slog.String("kid", key.KeyID), slog.String("backend", key.Backend), slog.String("emulator", base))
+		fmt.Fprintf(stdout, `tokenbroker dev is serving on %s (Maskinporten emulator at %s)
 customer orgs with an approved system user: 310904473, 314250052, 313775429, and 210493352 with external_ref "tenant-42"
 try:
   grpcurl -plaintext -d '{"customer_org":"310904473","scopes":["%s"]}' %s tokenbroker.v1.TokenBrokerService/GetToken
 ask a new customer to approve a system user (open the confirm URL it returns, add &action=approve):
   grpcurl -plaintext -d '{"customer_org":"889640782","rights":["ske-krav-og-betalinger"]}' %s tokenbroker.v1.SystemUserService/CreateSystemUserRequest
 `, addr, base, devScope, addr, addr)
-	if ready != nil {
-		ready <- devEnv{Addr: addr, Emulator: emu}
+		if ready != nil {
+			ready <- devEnv{Addr: addr, Emulator: emu}
+		}
 	}
-	if err := srv.Serve(ctx, lis); err != nil && !errors.Is(err, context.Canceled) {
-		return err
+	return daemon.Run(ctx, cfg, daemon.Options{Stderr: stderr, Logger: log, OpenKey: openKey,
+		Hooks: daemon.Hooks{Ready: onReady, Built: built}})
+}
+
+// devKeyURI names dev mode's in-memory key in its config.
+const devKeyURI = "memory:dev"
+
+// devConfig is dev mode's config: what a config file would say for a
+// broker on listen, without caller authentication (every caller is
+// local:dev, allowed everything), against the emulator at base, with one
+// client holding key. Everything else takes the defaults serve takes.
+func devConfig(listen, base, clientID string, key *signer.Key) *daemon.Config {
+	return &daemon.Config{
+		Listen:           listen,
+		Insecure:         true,
+		InsecureIdentity: "local:dev",
+		Policy: []daemon.RuleConfig{{Callers: []string{"local:dev"}, Clients: []string{"*"}, Scopes: []string{"*"},
+			CustomerOrgs: []string{"*"}}},
+		Maskinporten: daemon.MaskinportenConfig{Environment: "test", Issuer: base + "/", TokenURL: base + "/token"},
+		Altinn:       daemon.AltinnConfig{ExchangeURL: base + maskinportentest.ExchangePath, BaseURL: base + "/authentication/api/v1"},
+		Clients: []daemon.ClientConfig{{Name: devClientName, ClientID: clientID, Scopes: []string{devScope}, SystemID: devSystemID,
+			Key: daemon.KeyConfig{KID: key.KeyID, Signer: devKeyURI, Algorithm: string(key.Algorithm)}}},
 	}
-	return nil
 }

@@ -22,6 +22,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 	"github.com/tokenbroker/tokenbroker/server/tlstest"
 )
 
@@ -124,7 +125,7 @@ func TestGRPCSignerTCP(t *testing.T) {
 
 	addr, _ := startSigner(t, "--key", "file:"+keyPath, "--kid", "a", "--listen", "127.0.0.1:0",
 		"--tls-cert", sCert, "--tls-key", sKey, "--client-ca", caPath)
-	key, err := openKey(KeyConfig{KID: "a", Signer: fmt.Sprintf("grpc:%s?ca=%s&cert=%s&key=%s", addr, caPath, bCert, bKey)}, "")
+	key, err := daemon.OpenKey(daemon.KeyConfig{KID: "a", Signer: fmt.Sprintf("grpc:%s?ca=%s&cert=%s&key=%s", addr, caPath, bCert, bKey)}, "")
 	if err != nil {
 		t.Fatalf("open over mTLS: %v", err)
 	}
@@ -133,7 +134,7 @@ func TestGRPCSignerTCP(t *testing.T) {
 	// Without a client certificate the signer refuses the connection.
 	other := tlstest.NewCA(t, "other")
 	oCert, oKey := other.Issue(t, tlstest.Leaf{CN: "intruder"}).WriteFiles(t, dir, "intruder")
-	if _, err := openKey(KeyConfig{KID: "a", Signer: fmt.Sprintf("grpc:%s?ca=%s&cert=%s&key=%s", addr, caPath, oCert, oKey)}, ""); err == nil {
+	if _, err := daemon.OpenKey(daemon.KeyConfig{KID: "a", Signer: fmt.Sprintf("grpc:%s?ca=%s&cert=%s&key=%s", addr, caPath, oCert, oKey)}, ""); err == nil {
 		t.Error("a client certificate from another CA got the public key")
 	}
 	if _, err := runSignerArgsError(t, []string{"serve", "--key", "file:" + keyPath, "--kid", "a", "--listen", "127.0.0.1:0"}); err == nil ||

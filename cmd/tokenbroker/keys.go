@@ -17,6 +17,7 @@ import (
 	"github.com/lestrrat-go/jwx/v2/jwk"
 
 	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 // runKeygen writes a new RSA key as PKCS#8 PEM (mode 0600, never over an
@@ -92,18 +93,19 @@ func runJWKS(args []string, stdout, stderr io.Writer) error {
 	if *configPath == "" {
 		return errors.New("jwks: --config is required")
 	}
-	cfg, err := loadConfig(*configPath)
+	cfg, err := daemon.Load(*configPath)
 	if err != nil {
 		return err
 	}
 	set := jwk.NewSet()
 	for i, c := range cfg.Clients {
-		for _, kc := range c.keyList() {
-			key, err := openKey(kc, filepath.Dir(*configPath))
+		for _, kc := range c.KeyList() {
+			key, err := daemon.OpenKey(kc, filepath.Dir(*configPath))
 			if err != nil {
 				return fmt.Errorf("clients[%d] (%s) key %q: %w", i, c.Name, kc.KID, err)
 			}
 			pub, err := key.PublicJWK()
+			_ = key.Close()
 			if err != nil {
 				return err
 			}

@@ -13,33 +13,16 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log/slog"
-	"net"
-	"net/http"
 	"os"
 	"os/signal"
-	"path/filepath"
-	"slices"
-	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
-	"go.opentelemetry.io/contrib/instrumentation/google.golang.org/grpc/otelgrpc"
-	"golang.org/x/net/netutil"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
-
-	"github.com/tokenbroker/tokenbroker/broker/audit"
-	"github.com/tokenbroker/tokenbroker/server"
-	"github.com/tokenbroker/tokenbroker/server/metrics"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 	"github.com/tokenbroker/tokenbroker/server/tlsmaterial"
 )
 
@@ -79,7 +62,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "serve":
 		return runServe(ctx, args[1:], stderr, serveHooks{})
 	case "dev":
-		return runDev(ctx, args[1:], stdout, stderr, nil)
+		return runDev(ctx, args[1:], stdout, stderr, nil, nil)
 	case "token":
 		return runToken(ctx, args[1:], stdout, stderr)
 	case "explain":
@@ -112,6 +95,8 @@ type serveHooks struct {
 	// looked, when not nil, receives after every look the config watcher
 	// takes at the file, so that tests can wait for looks instead of time.
 	looked chan<- struct{}
+	// built, when not nil, receives what serve assembled.
+	built func(daemon.Components)
 	// tlsInterval replaces tls.reload_interval when not zero; tlsLooked,
 	// when not nil, receives after every look at the TLS files, and
 	// svidUpdated after every update of the SPIFFE Workload API.
@@ -120,9 +105,19 @@ type serveHooks struct {
 	svidUpdated chan<- tlsmaterial.CertInfo
 }
 
+// daemon returns the hooks as daemon.Run takes them.
+func (h serveHooks) daemon() daemon.Hooks {
+	d := daemon.Hooks{Reload: h.reload, ProbeInterval: h.probeInterval, Looked: h.looked, Built: h.built,
+		TLSInterval: h.tlsInterval, TLSLooked: h.tlsLooked, SVIDUpdated: h.svidUpdated}
+	if h.ready != nil {
+		d.Ready = func(addr string) { h.ready <- addr }
+	}
+	return d
+}
+
 // runServe serves with a config file until ctx ends. SIGHUP (or
-// hooks.reload) reloads the policy from the file, atomically; a config
-// that fails to load leaves the running policy in place.
+// hooks.reload) reloads the keys and the policy from the file, all or
+// nothing; a config that fails to load changes nothing.
 func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveHooks) error {
 	fs := flag.NewFlagSet("serve", flag.ContinueOnError)
 	fs.SetOutput(stderr)
@@ -133,318 +128,9 @@ func runServe(ctx context.Context, args []string, stderr io.Writer, hooks serveH
 	if *configPath == "" {
 		return errors.New("serve: --config is required")
 	}
-	cfg, err := loadConfig(*configPath)
+	cfg, err := daemon.Load(*configPath)
 	if err != nil {
 		return err
 	}
-	baseDir := filepath.Dir(*configPath)
-	log := newLogger(stderr, cfg.LogLevel)
-	auditLog, closeAudit, err := openAudit(cfg.Audit.Sink, baseDir, stderr)
-	if err != nil {
-		return err
-	}
-	defer closeAudit()
-	tp, stopTracing, err := setupTracing(ctx, cfg.Tracing)
-	if err != nil {
-		return err
-	}
-	defer stopTracing()
-	m := metrics.New()
-	rt, err := buildBroker(ctx, cfg, baseDir, log, telemetry{metrics: m, tracer: tp})
-	if err != nil {
-		return err
-	}
-	b := rt.broker
-	defer b.Close()
-	m.ObserveBroker(b)
-	m.ObserveKeys(rt.metricKeys)
-
-	var grpcOpts []grpc.ServerOption
-	if tp != nil {
-		grpcOpts = append(grpcOpts, grpc.StatsHandler(otelgrpc.NewServerHandler(otelgrpc.WithTracerProvider(tp))))
-	}
-	common := server.Config{
-		Broker: b, Logger: log, Audit: auditLog,
-		Interceptors:  []grpc.UnaryServerInterceptor{m.UnaryInterceptor()},
-		ServerOptions: grpcOpts,
-		CallerRate:    cfg.Limits.CallerRate, CallerBurst: cfg.Limits.CallerBurst,
-		Limits: cfg.Limits.serverLimits(),
-	}
-	if common.CallerBurst == 0 && common.CallerRate > 0 {
-		common.CallerBurst = int(2*common.CallerRate) + 1
-	}
-	insecureID, unixIDs, unixOther, err := cfg.identities()
-	if err != nil {
-		return err
-	}
-	tcpCfg := common
-	var healthOpts []server.HealthOption
-	if cfg.Insecure {
-		tcpCfg.Authenticate = server.Fixed(insecureID)
-		log.Warn("INSECURE: plaintext gRPC without caller authentication on a loopback address; every caller is "+insecureID.String(),
-			slog.String("listen", cfg.Listen))
-	} else {
-		ts, err := openTLS(ctx, cfg.TLS, baseDir, log, hooks)
-		if err != nil {
-			return err
-		}
-		defer ts.close()
-		watchCtx, stopWatch := context.WithCancel(ctx)
-		defer stopWatch()
-		go ts.watch(watchCtx)
-		tcpCfg.Authenticate = ts.auth
-		tcpCfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(ts.creds))
-		m.ObserveTLS(ts.metric)
-		healthOpts = append(healthOpts, server.WithTLS(ts.status))
-	}
-	srv, err := server.New(tcpCfg)
-	if err != nil {
-		return err
-	}
-	lis, err := net.Listen("tcp", cfg.Listen)
-	if err != nil {
-		return fmt.Errorf("listen: %w", err)
-	}
-	// The config check saw a name; this is where it really bound (a
-	// "localhost" that resolves elsewhere must not serve plaintext).
-	if ta, ok := lis.Addr().(*net.TCPAddr); cfg.Insecure && (!ok || !ta.IP.IsLoopback()) {
-		lis.Close()
-		return fmt.Errorf("insecure: %q bound %s, which is not a loopback address", cfg.Listen, lis.Addr())
-	}
-	servers := []*server.Server{srv}
-	serving := []func() error{func() error { return srv.Serve(ctx, lis) }}
-	if cfg.Unix.Path != "" {
-		ulis, err := listenUnix(resolvePath(baseDir, cfg.Unix.Path), cfg.Unix.Mode)
-		if err != nil {
-			lis.Close()
-			return err
-		}
-		ucfg := common
-		ucfg.Authenticate = server.UnixPeer(unixIDs, unixOther)
-		ucfg.ServerOptions = append(slices.Clone(grpcOpts), grpc.Creds(server.UnixCredentials()))
-		usrv, err := server.New(ucfg)
-		if err != nil {
-			return err
-		}
-		servers = append(servers, usrv)
-		serving = append(serving, func() error { return usrv.Serve(ctx, ulis) })
-		log.Info("serving on unix socket", slog.String("path", ulis.Addr().String()))
-	}
-	if cfg.HTTPListen != "" {
-		stopHTTP, err := serveHTTP(ctx, cfg.HTTPListen, server.HTTPHandler(b, srv.Ready, m.Handler(), rt.keyStatus, healthOpts...), log)
-		if err != nil {
-			lis.Close()
-			return err
-		}
-		defer stopHTTP()
-	}
-	rt.mu.Lock()
-	rt.setReady = func(ok bool) {
-		for _, s := range servers {
-			s.SetServing(ok)
-		}
-	}
-	rt.mu.Unlock()
-	probe := time.Duration(cfg.Maskinporten.SignProbeInterval)
-	if probe == 0 {
-		probe = signerProbeInterval
-	}
-	if hooks.probeInterval > 0 {
-		probe = hooks.probeInterval
-	}
-	go rt.probeSigners(ctx, probe)
-	go reloadOnSignal(ctx, *configPath, rt, log, hooks.reload, time.Duration(cfg.ConfigWatchInterval), hooks.looked)
-	log.Info("serving", slog.String("addr", lis.Addr().String()), slog.Bool("mtls", !cfg.Insecure),
-		slog.Int("policy_rules", len(cfg.Policy)))
-	if hooks.ready != nil {
-		hooks.ready <- lis.Addr().String()
-	}
-	errc := make(chan error, len(serving))
-	for _, serve := range serving {
-		go func() { errc <- serve() }()
-	}
-	var first error
-	for range serving {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-	}
-	log.Info("stopped")
-	return first
-}
-
-// signerProbeInterval is how often every key signs a throwaway digest
-// unless maskinporten.sign_probe_interval says otherwise.
-const signerProbeInterval = 15 * time.Second
-
-// reloadOnSignal reloads the config whenever reload (or SIGHUP) fires, and,
-// when watch is not zero, whenever a look at the file every watch finds
-// its content changed, until ctx ends: keys and policy change atomically
-// per client; a config that fails to load changes nothing. A watched
-// change that fails is reported once, not at every look. looked, when not
-// nil, receives after each look (for tests).
-func reloadOnSignal(ctx context.Context, path string, rt *running, log *slog.Logger, reload <-chan struct{}, watch time.Duration, looked chan<- struct{}) {
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	var tick <-chan time.Time
-	seen := fileDigest(path)
-	if watch > 0 {
-		t := time.NewTicker(watch)
-		defer t.Stop()
-		tick = t.C
-	}
-	for {
-		var digest string
-		select {
-		case <-ctx.Done():
-			return
-		case <-hup:
-		case <-reload:
-		case <-tick:
-			digest = fileDigest(path)
-			if looked != nil {
-				select {
-				case looked <- struct{}{}:
-				case <-ctx.Done():
-					return
-				}
-			}
-			if digest == "" || digest == seen {
-				continue
-			}
-			log.Info("config file changed; reloading")
-		}
-		if digest == "" {
-			digest = fileDigest(path)
-		}
-		seen = digest
-		cfg, err := loadConfig(path)
-		if err == nil {
-			err = rt.reload(ctx, cfg, filepath.Dir(path))
-		}
-		if err != nil {
-			log.Error("reload failed; keeping the running keys and policy", slog.String("error", err.Error()))
-			continue
-		}
-		log.Info("config reloaded: keys and policy (other changes need a restart)", slog.Int("policy_rules", len(cfg.Policy)))
-	}
-}
-
-// fileDigest is the SHA-256 of the file at path, or "" when it cannot be
-// read (a config map between two versions, say).
-func fileDigest(path string) string {
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ""
-	}
-	sum := sha256.Sum256(data)
-	return string(sum[:])
-}
-
-// loadTLS reads the server certificate and the callers' CA. The handshake
-// only requests a client certificate; server.MTLS verifies it per call, so
-// that a bad one gets a clear Unauthenticated instead of a broken
-// connection.
-func loadTLS(c TLSConfig, baseDir string) (credentials.TransportCredentials, *x509.CertPool, error) {
-	cert, err := tls.LoadX509KeyPair(resolvePath(baseDir, c.Cert), resolvePath(baseDir, c.Key))
-	if err != nil {
-		return nil, nil, fmt.Errorf("tls.cert/tls.key: %w", err)
-	}
-	caPEM, err := os.ReadFile(resolvePath(baseDir, c.ClientCA))
-	if err != nil {
-		return nil, nil, fmt.Errorf("tls.client_ca: %w", err)
-	}
-	roots := x509.NewCertPool()
-	if !roots.AppendCertsFromPEM(caPEM) {
-		return nil, nil, fmt.Errorf("tls.client_ca: %s holds no PEM certificate", c.ClientCA)
-	}
-	return credentials.NewTLS(&tls.Config{
-		Certificates: []tls.Certificate{cert},
-		ClientAuth:   tls.RequestClientCert,
-		MinVersion:   tls.VersionTLS12,
-	}), roots, nil
-}
-
-// listenUnix listens on a unix socket at path, replacing a stale socket
-// file, with the given octal mode (default 0660).
-func listenUnix(path, mode string) (net.Listener, error) {
-	if st, err := os.Lstat(path); err == nil {
-		if st.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("unix.path: %s exists and is not a socket", path)
-		}
-		if err := os.Remove(path); err != nil {
-			return nil, fmt.Errorf("unix.path: %w", err)
-		}
-	}
-	lis, err := net.Listen("unix", path)
-	if err != nil {
-		return nil, fmt.Errorf("unix.path: %w", err)
-	}
-	m := uint64(0o660)
-	if mode != "" {
-		m, _ = strconv.ParseUint(mode, 8, 32)
-	}
-	if err := os.Chmod(path, os.FileMode(m)); err != nil {
-		lis.Close()
-		return nil, fmt.Errorf("unix.mode: %w", err)
-	}
-	return lis, nil
-}
-
-// openAudit opens the audit sink: stderr, or a file opened for appending
-// with mode 0600 (audit.OpenFile: a file others can read, or owned by
-// another user, is refused).
-func openAudit(sink, baseDir string, stderr io.Writer) (*audit.Log, func(), error) {
-	if sink == "" || sink == "stderr" {
-		return audit.New(stderr), func() {}, nil
-	}
-	path := resolvePath(baseDir, strings.TrimPrefix(sink, "file:"))
-	f, err := audit.OpenFile(path)
-	if err != nil {
-		return nil, nil, fmt.Errorf("audit.sink: %w", err)
-	}
-	return audit.New(f), func() { f.Close() }, nil
-}
-
-// Limits of the operator endpoints (http_listen): open connections (more
-// wait in the listen queue), header bytes of a request, and how long a
-// keep-alive connection may stay idle.
-const (
-	operatorMaxConns       = 64
-	operatorMaxHeaderBytes = 16 << 10
-)
-
-// operatorIdleTimeout is a variable for tests.
-var operatorIdleTimeout = time.Minute
-
-// serveHTTP serves the operator endpoints (/metrics, /healthz, /readyz) on
-// addr until stop is called.
-func serveHTTP(ctx context.Context, addr string, h http.Handler, log *slog.Logger) (stop func(), err error) {
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("http_listen: %w", err)
-	}
-	// Nobody authenticates here, so what a peer can hold is bounded: a
-	// few connections, small headers, and no connection kept open idle
-	// (Go keeps an idle keep-alive connection forever unless told, and
-	// the process's file descriptors are the gRPC listener's too).
-	lis = netutil.LimitListener(lis, operatorMaxConns)
-	hs := &http.Server{Handler: h, ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 10 * time.Second,
-		WriteTimeout: 30 * time.Second, IdleTimeout: operatorIdleTimeout, MaxHeaderBytes: operatorMaxHeaderBytes}
-	go func() { _ = hs.Serve(lis) }()
-	base := "http://" + lis.Addr().String()
-	log.Info("operator endpoints", slog.String("metrics", base+"/metrics"), slog.String("healthz", base+"/healthz"),
-		slog.String("readyz", base+"/readyz"))
-	return func() {
-		sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
-	}, nil
-}
-
-func newLogger(w io.Writer, level string) *slog.Logger {
-	var l slog.Level
-	_ = l.UnmarshalText([]byte(level))
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+	return daemon.Run(ctx, cfg, daemon.Options{ConfigPath: *configPath, Stderr: stderr, Hooks: hooks.daemon()})
 }

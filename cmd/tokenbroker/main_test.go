@@ -23,24 +23,11 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
+	"github.com/tokenbroker/tokenbroker/server/logtest"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a log sink safe for concurrent writes and reads.
+type syncBuffer = logtest.Buffer
 
 func dial(t *testing.T, addr string) tokenbrokerv1.TokenBrokerServiceClient {
 	t.Helper()
@@ -291,7 +278,7 @@ func TestServeRefusesToStart(t *testing.T) {
 		}
 		return p
 	}
-	replace := func(old, new string) string { return strings.Replace(string(base), old, new, 1) }
+	replace := func(old, with string) string { return strings.Replace(string(base), old, with, 1) }
 	if err := os.WriteFile(filepath.Join(dir, "garbage.pem"), []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -446,7 +433,7 @@ func startDev(t *testing.T) (env devEnv, stdout, stderr *syncBuffer, stop func()
 	t.Helper()
 	stdout, stderr = &syncBuffer{}, &syncBuffer{}
 	env, stop = background(t, stderr, func(ctx context.Context, ready chan<- devEnv) error {
-		return runDev(ctx, []string{"--listen", "127.0.0.1:0"}, stdout, stderr, ready)
+		return runDev(ctx, []string{"--listen", "127.0.0.1:0"}, stdout, stderr, ready, nil)
 	})
 	return env, stdout, stderr, stop
 }

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 // BenchmarkFigureSignLatency measures one RS256 signature through each
@@ -42,7 +43,7 @@ func BenchmarkFigureSignLatency(b *testing.B) {
 	type stat struct{ median, p99 time.Duration }
 	stats := map[string]stat{}
 	for _, be := range backends {
-		key, err := openKey(KeyConfig{KID: "a", Signer: be.uri}, "")
+		key, err := daemon.OpenKey(daemon.KeyConfig{KID: "a", Signer: be.uri}, "")
 		if err != nil {
 			b.Fatalf("%s: %v", be.name, err)
 		}

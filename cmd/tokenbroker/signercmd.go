@@ -11,7 +11,6 @@ import (
 	"net"
 	"os"
 	"strings"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -20,6 +19,8 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker/signer/grpcsigner"
 	signerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/signer/v1"
+	"github.com/tokenbroker/tokenbroker/server"
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 // runSigner runs the external signer: `tokenbroker signer serve` holds one
@@ -47,10 +48,11 @@ func runSigner(ctx context.Context, args []string, stderr io.Writer, ready chan<
 	if strings.HasPrefix(*keyURI, "grpc:") {
 		return errors.New("signer serve: --key cannot be another grpc: signer")
 	}
-	key, err := openKey(KeyConfig{KID: *kid, Signer: *keyURI, Algorithm: *alg}, "")
+	key, err := daemon.OpenKey(daemon.KeyConfig{KID: *kid, Signer: *keyURI, Algorithm: *alg}, "")
 	if err != nil {
 		return fmt.Errorf("signer serve: key: %w", err)
 	}
+	defer key.Close()
 	log := slog.New(slog.NewJSONHandler(stderr, nil))
 	var opts []grpc.ServerOption
 	var lis net.Listener
@@ -58,14 +60,14 @@ func runSigner(ctx context.Context, args []string, stderr io.Writer, ready chan<
 		if *tlsCert != "" {
 			return errors.New("signer serve: TLS flags make no sense on a unix socket")
 		}
-		if lis, err = listenUnix(path, "0600"); err != nil {
+		if lis, err = daemon.ListenUnix(path, "0600"); err != nil {
 			return err
 		}
 	} else {
 		if *tlsCert == "" || *tlsKey == "" || *clientCA == "" {
 			return errors.New("signer serve: TCP needs --tls-cert, --tls-key and --client-ca")
 		}
-		_, roots, err := loadTLS(TLSConfig{Cert: *tlsCert, Key: *tlsKey, ClientCA: *clientCA}, "")
+		_, roots, err := daemon.LoadTLS(daemon.TLSConfig{Cert: *tlsCert, Key: *tlsKey, ClientCA: *clientCA}, "")
 		if err != nil {
 			return err
 		}
@@ -96,13 +98,8 @@ func runSigner(ctx context.Context, args []string, stderr io.Writer, ready chan<
 		return err
 	case <-ctx.Done():
 	}
-	hs.Shutdown()
-	stopped := make(chan struct{})
-	go func() { srv.GracefulStop(); close(stopped) }()
-	select {
-	case <-stopped:
-	case <-time.After(5 * time.Second):
-		srv.Stop()
+	if server.GracefulStop(srv, hs, 0) {
+		log.Warn("graceful stop timed out; closed open calls")
 	}
 	if p, ok := strings.CutPrefix(*listen, "unix:"); ok {
 		_ = os.Remove(p)

@@ -39,7 +39,7 @@ func TestEnterpriseCertificate(t *testing.T) {
 	writeSecret(t, path, cfg)
 
 	// serveOnce serves the config, makes one GetToken call and stops.
-	serveOnce := func() (error, string) {
+	serveOnce := func() (string, error) {
 		addr, stderr, stop := startServe(t, path, serveHooks{})
 		rctx, rcancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer rcancel()
@@ -47,9 +47,9 @@ func TestEnterpriseCertificate(t *testing.T) {
 		if err := stop(); err != nil {
 			t.Errorf("serve: %v", err)
 		}
-		return err, stderr.String()
+		return stderr.String(), err
 	}
-	err, log := serveOnce()
+	log, err := serveOnce()
 	if err != nil {
 		t.Fatalf("GetToken with an enterprise certificate: %v", err)
 	}
@@ -76,7 +76,7 @@ func TestEnterpriseCertificate(t *testing.T) {
 	// A certificate naming another organisation is refused (MP-122).
 	other, _ := signertest.EnterpriseCert(t, "314250052", "pw-123")
 	writeSecret(t, filepath.Join(dir, "vs.p12"), other)
-	if err, _ := serveOnce(); err == nil || !strings.Contains(err.Error(), "MP-122") {
+	if _, err := serveOnce(); err == nil || !strings.Contains(err.Error(), "MP-122") {
 		t.Errorf("certificate of another organisation: %v, want MP-122", err)
 	}
 	// A wrong password stops the broker at start, without showing it.

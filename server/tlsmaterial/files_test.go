@@ -1,7 +1,6 @@
 package tlsmaterial_test
 
 import (
-	"bytes"
 	"crypto/x509"
 	"errors"
 	"log/slog"
@@ -9,30 +8,16 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/server/logtest"
 	"github.com/tokenbroker/tokenbroker/server/tlsmaterial"
 	"github.com/tokenbroker/tokenbroker/server/tlstest"
 )
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+// syncBuffer is a log sink safe for concurrent writes and reads.
+type syncBuffer = logtest.Buffer
 
 // fixture is a directory with server.pem, server-key.pem and ca.pem.
 type fixture struct {

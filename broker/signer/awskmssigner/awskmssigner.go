@@ -29,9 +29,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
-// CallTimeout bounds one call to KMS.
-const CallTimeout = 5 * time.Second
-
 // API is the part of the KMS client this package uses.
 type API interface {
 	GetPublicKey(context.Context, *kms.GetPublicKeyInput, ...func(*kms.Options)) (*kms.GetPublicKeyOutput, error)
@@ -73,12 +70,23 @@ func ParseURI(raw string) (*URI, error) {
 	return u, nil
 }
 
-// Open builds a KMS client for the URI, fetches the public key (failing at
-// once for a wrong key id, region or credentials) and returns a signer.Key.
-func Open(ctx context.Context, raw, kid string, alg signer.Algorithm) (*signer.Key, error) {
-	u, err := ParseURI(raw)
+// Check parses the spec's awskms: URI without calling KMS.
+func Check(s signer.Spec) error {
+	_, err := ParseURI(s.URI)
+	return err
+}
+
+// Open builds a KMS client for the spec's URI, fetches the public key
+// (failing at once for a wrong key id, region or credentials) and returns a
+// signer.Key whose calls to KMS are bounded by the spec's call timeout. The
+// SDK client holds no connection that needs closing.
+func Open(ctx context.Context, s signer.Spec) (*signer.Key, error) {
+	u, err := ParseURI(s.URI)
 	if err != nil {
 		return nil, err
+	}
+	if s.KeyID == "" {
+		return nil, errors.New("kid: required for an awskms key")
 	}
 	var opts []func(*config.LoadOptions) error
 	if u.Region != "" {
@@ -93,16 +101,18 @@ func Open(ctx context.Context, raw, kid string, alg signer.Algorithm) (*signer.K
 			o.BaseEndpoint = aws.String(u.Endpoint)
 		}
 	})
-	return New(ctx, client, u.KeyID, kid, alg)
+	return New(ctx, client, u.KeyID, s.KeyID, s.Algorithm, s.Timeout())
 }
 
-// New returns a signer.Key signing with keyID through api.
-func New(ctx context.Context, api API, keyID, kid string, alg signer.Algorithm) (*signer.Key, error) {
+// New returns a signer.Key signing with keyID through api; timeout bounds
+// each call (zero means signer.DefaultCallTimeout).
+func New(ctx context.Context, api API, keyID, kid string, alg signer.Algorithm, timeout time.Duration) (*signer.Key, error) {
 	alg, err := signer.ParseAlgorithm(string(alg))
 	if err != nil {
 		return nil, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	timeout = signer.Spec{CallTimeout: timeout}.Timeout()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	out, err := api.GetPublicKey(cctx, &kms.GetPublicKeyInput{KeyId: aws.String(keyID)})
 	if err != nil {
@@ -119,13 +129,14 @@ func New(ctx context.Context, api API, keyID, kid string, alg signer.Algorithm) 
 	if !ok {
 		return nil, fmt.Errorf("awskms: key %s is %T, want RSA", keyID, pub)
 	}
-	return signer.New(kid, alg, &kmsSigner{api: api, keyID: keyID, pub: rsaPub}, "awskms")
+	return signer.New(kid, alg, &kmsSigner{api: api, keyID: keyID, pub: rsaPub, timeout: timeout}, "awskms")
 }
 
 type kmsSigner struct {
-	api   API
-	keyID string
-	pub   *rsa.PublicKey
+	api     API
+	keyID   string
+	pub     *rsa.PublicKey
+	timeout time.Duration
 }
 
 func (s *kmsSigner) Public() crypto.PublicKey { return s.pub }
@@ -142,7 +153,7 @@ func (s *kmsSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	default:
 		return nil, fmt.Errorf("awskms: unsupported hash %v", opts.HashFunc())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
 	out, err := s.api.Sign(ctx, &kms.SignInput{KeyId: aws.String(s.keyID), Message: digest,
 		MessageType: types.MessageTypeDigest, SigningAlgorithm: alg})

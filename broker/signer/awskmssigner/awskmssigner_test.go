@@ -6,8 +6,13 @@ import (
 	"crypto/rand"
 	"crypto/rsa"
 	"crypto/sha512"
+	"crypto/x509"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/aws/aws-sdk-go-v2/service/kms"
+	"github.com/aws/aws-sdk-go-v2/service/kms/types"
 
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
@@ -30,7 +35,7 @@ func TestParseURI(t *testing.T) {
 func TestLocalKMS(t *testing.T) {
 	uri := signertest.LocalKMS(t)
 	for _, alg := range []signer.Algorithm{signer.RS256, signer.RS512} {
-		key, err := awskmssigner.Open(context.Background(), uri, "kms-a", alg)
+		key, err := awskmssigner.Open(context.Background(), signer.Spec{URI: uri, KeyID: "kms-a", Algorithm: alg})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -48,7 +53,7 @@ func TestLocalKMS(t *testing.T) {
 			t.Errorf("%s: signature does not verify with the KMS public key: %v", alg, err)
 		}
 	}
-	key, err := awskmssigner.Open(context.Background(), uri, "kms-a", "")
+	key, err := awskmssigner.Open(context.Background(), signer.Spec{URI: uri, KeyID: "kms-a", Algorithm: ""})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -57,7 +62,40 @@ func TestLocalKMS(t *testing.T) {
 		t.Error("unsupported hash accepted")
 	}
 	bad := strings.Replace(uri, "awskms:", "awskms:00000000-0000-0000-0000-000000000000-nope", 1)
-	if _, err := awskmssigner.Open(context.Background(), bad, "k", ""); err == nil {
+	if _, err := awskmssigner.Open(context.Background(), signer.Spec{URI: bad, KeyID: "k", Algorithm: ""}); err == nil {
 		t.Error("unknown key id opened")
+	}
+}
+
+// deadlineKMS is a fake KMS that records the deadline of each Sign.
+type deadlineKMS struct {
+	key      *rsa.PrivateKey
+	deadline time.Time
+}
+
+func (f *deadlineKMS) GetPublicKey(context.Context, *kms.GetPublicKeyInput, ...func(*kms.Options)) (*kms.GetPublicKeyOutput, error) {
+	der, err := x509.MarshalPKIXPublicKey(&f.key.PublicKey)
+	return &kms.GetPublicKeyOutput{PublicKey: der, KeyUsage: types.KeyUsageTypeSignVerify}, err
+}
+
+func (f *deadlineKMS) Sign(ctx context.Context, in *kms.SignInput, _ ...func(*kms.Options)) (*kms.SignOutput, error) {
+	f.deadline, _ = ctx.Deadline()
+	sig, err := rsa.SignPKCS1v15(rand.Reader, f.key, crypto.SHA256, in.Message)
+	return &kms.SignOutput{Signature: sig}, err
+}
+
+// TestCallTimeout: the configured call timeout, not a built-in one, bounds
+// each signature.
+func TestCallTimeout(t *testing.T) {
+	f := &deadlineKMS{key: signertest.RSA(t, signertest.KeyA)}
+	key, err := awskmssigner.New(context.Background(), f, "k", "kms-a", signer.RS256, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := key.Sign(rand.Reader, crypto.SHA256.New().Sum(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(f.deadline); left < 30*time.Minute {
+		t.Errorf("sign deadline %v away, want the configured hour", left)
 	}
 }

@@ -26,9 +26,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
-// CallTimeout bounds one call to Key Vault.
-const CallTimeout = 5 * time.Second
-
 // API is the part of the azkeys client this package uses.
 type API interface {
 	GetKey(ctx context.Context, name, version string, opts *azkeys.GetKeyOptions) (azkeys.GetKeyResponse, error)
@@ -63,11 +60,21 @@ func ParseURI(raw string) (*URI, error) {
 	return out, nil
 }
 
-// Open connects with DefaultAzureCredential and returns the key.
-func Open(ctx context.Context, raw, kid string, alg signer.Algorithm) (*signer.Key, error) {
-	u, err := ParseURI(raw)
+// Check parses the spec's azurekv: URI without calling Key Vault.
+func Check(s signer.Spec) error {
+	_, err := ParseURI(s.URI)
+	return err
+}
+
+// Open connects with DefaultAzureCredential and returns the key. The azkeys
+// client holds no connection that needs closing.
+func Open(ctx context.Context, s signer.Spec) (*signer.Key, error) {
+	u, err := ParseURI(s.URI)
 	if err != nil {
 		return nil, err
+	}
+	if s.KeyID == "" {
+		return nil, errors.New("kid: required for an azurekv key")
 	}
 	cred, err := azidentity.NewDefaultAzureCredential(nil)
 	if err != nil {
@@ -77,17 +84,19 @@ func Open(ctx context.Context, raw, kid string, alg signer.Algorithm) (*signer.K
 	if err != nil {
 		return nil, fmt.Errorf("azurekv: %w", err)
 	}
-	return New(ctx, client, u.Name, u.Version, kid, alg)
+	return New(ctx, client, u.Name, u.Version, s.KeyID, s.Algorithm, s.Timeout())
 }
 
 // New fetches the public key of the named key through api and returns a
-// signer.Key.
-func New(ctx context.Context, api API, name, version, kid string, alg signer.Algorithm) (*signer.Key, error) {
+// signer.Key; timeout bounds each call (zero means
+// signer.DefaultCallTimeout).
+func New(ctx context.Context, api API, name, version, kid string, alg signer.Algorithm, timeout time.Duration) (*signer.Key, error) {
 	alg, err := signer.ParseAlgorithm(string(alg))
 	if err != nil {
 		return nil, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	timeout = signer.Spec{CallTimeout: timeout}.Timeout()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := api.GetKey(cctx, name, version, nil)
 	if err != nil {
@@ -98,13 +107,14 @@ func New(ctx context.Context, api API, name, version, kid string, alg signer.Alg
 		return nil, fmt.Errorf("azurekv: key %s is not an RSA key", name)
 	}
 	pub := &rsa.PublicKey{N: new(big.Int).SetBytes(k.N), E: int(new(big.Int).SetBytes(k.E).Int64())}
-	return signer.New(kid, alg, &kvSigner{api: api, name: name, version: version, pub: pub}, "azurekv")
+	return signer.New(kid, alg, &kvSigner{api: api, name: name, version: version, pub: pub, timeout: timeout}, "azurekv")
 }
 
 type kvSigner struct {
 	api           API
 	name, version string
 	pub           *rsa.PublicKey
+	timeout       time.Duration
 }
 
 func (s *kvSigner) Public() crypto.PublicKey { return s.pub }
@@ -121,7 +131,7 @@ func (s *kvSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]b
 	default:
 		return nil, fmt.Errorf("azurekv: unsupported hash %v", opts.HashFunc())
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
 	resp, err := s.api.Sign(ctx, s.name, s.version, azkeys.SignParameters{Algorithm: &alg, Value: digest}, nil)
 	if err != nil {

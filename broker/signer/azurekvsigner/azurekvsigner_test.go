@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math/big"
 	"testing"
+	"time"
 
 	"github.com/Azure/azure-sdk-for-go/sdk/security/keyvault/azkeys"
 
@@ -20,6 +21,8 @@ import (
 type fakeVault struct {
 	key   *rsa.PrivateKey
 	calls int
+	// deadline is the deadline of the last Sign's context.
+	deadline time.Time
 }
 
 var _ azurekvsigner.API = (*fakeVault)(nil)
@@ -31,8 +34,9 @@ func (f *fakeVault) GetKey(_ context.Context, name, version string, _ *azkeys.Ge
 	return r, nil
 }
 
-func (f *fakeVault) Sign(_ context.Context, name, version string, p azkeys.SignParameters, _ *azkeys.SignOptions) (azkeys.SignResponse, error) {
+func (f *fakeVault) Sign(ctx context.Context, name, version string, p azkeys.SignParameters, _ *azkeys.SignOptions) (azkeys.SignResponse, error) {
 	f.calls++
+	f.deadline, _ = ctx.Deadline()
 	if p.Algorithm == nil || *p.Algorithm != azkeys.SignatureAlgorithmRS256 {
 		return azkeys.SignResponse{}, fmt.Errorf("fake: want RS256, got %v", p.Algorithm)
 	}
@@ -61,12 +65,29 @@ func TestParseURI(t *testing.T) {
 func TestSignsThroughKeyVault(t *testing.T) {
 	t.Parallel()
 	f := &fakeVault{key: signertest.RSA(t, signertest.KeyA)}
-	key, err := azurekvsigner.New(context.Background(), f, "mp-key", "", "az-a", signer.RS256)
+	key, err := azurekvsigner.New(context.Background(), f, "mp-key", "", "az-a", signer.RS256, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	signertest.Conformance(t, key)
 	if f.calls != 1 || key.Backend != "azurekv" {
 		t.Errorf("%d sign calls, backend %q", f.calls, key.Backend)
+	}
+}
+
+// TestCallTimeout: the configured call timeout, not a built-in one, bounds
+// each signature.
+func TestCallTimeout(t *testing.T) {
+	f := &fakeVault{key: signertest.RSA(t, signertest.KeyA)}
+	key, err := azurekvsigner.New(context.Background(), f, "mp-key", "", "az-a", signer.RS256, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := crypto.SHA256.New().Sum(nil)
+	if _, err := key.Sign(rand.Reader, d); err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(f.deadline); left < 30*time.Minute {
+		t.Errorf("sign deadline %v away, want the configured hour", left)
 	}
 }

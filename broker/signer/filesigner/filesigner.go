@@ -9,6 +9,7 @@ package filesigner
 
 import (
 	"bytes"
+	"context"
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
@@ -18,7 +19,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
@@ -38,6 +41,58 @@ type options struct{ loosePermissions bool }
 // AllowLoosePermissions lets Load read a key file that group or others may
 // read or write. Use it only where the file system itself is private.
 func AllowLoosePermissions() Option { return func(o *options) { o.loosePermissions = true } }
+
+// ParseURI returns the path of a file: URI: file:PATH (relative to the
+// config file) or file:///ABSOLUTE/PATH.
+func ParseURI(raw string) (string, error) {
+	u, err := url.Parse(raw)
+	if err != nil || u.Scheme != "file" {
+		return "", fmt.Errorf("%q is not a URI such as file:mp-key.pem", raw)
+	}
+	p := u.Opaque
+	if p == "" {
+		p = u.Path
+	}
+	if p == "" {
+		return "", errors.New("file: URI without a path")
+	}
+	if u.Host != "" && u.Host != "localhost" {
+		return "", fmt.Errorf("file URI with host %q: use file:PATH or file:///PATH", u.Host)
+	}
+	return p, nil
+}
+
+// Check parses the spec's file: URI without reading the file.
+func Check(s signer.Spec) error {
+	_, err := ParseURI(s.URI)
+	return err
+}
+
+// Open reads the key file the spec names: a PKCS#12 file (.p12, .pfx) with
+// the spec's password, or any other key file (which takes no password).
+// The key holds nothing that needs closing.
+func Open(_ context.Context, s signer.Spec) (*signer.Key, error) {
+	p, err := ParseURI(s.URI)
+	if err != nil {
+		return nil, err
+	}
+	var opts []Option
+	if s.AllowLoosePermissions {
+		opts = append(opts, AllowLoosePermissions())
+	}
+	path := s.Path(p)
+	if ext := strings.ToLower(filepath.Ext(path)); ext == ".p12" || ext == ".pfx" {
+		pw, err := s.Password.Read(s.BaseDir)
+		if err != nil {
+			return nil, err
+		}
+		return LoadPKCS12(path, pw, s.KeyID, s.Algorithm, opts...)
+	}
+	if !s.Password.IsZero() {
+		return nil, errors.New("password_file/password_env: only PKCS#12 files (.p12, .pfx) take a password")
+	}
+	return Load(path, s.KeyID, s.Algorithm, opts...)
+}
 
 // Load reads the key file at path. kid is the key id registered at
 // Maskinporten; it may be empty for a JWK that carries its own kid, and must

@@ -27,9 +27,6 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
-// CallTimeout bounds one call to Cloud KMS.
-const CallTimeout = 5 * time.Second
-
 // API is the part of the Cloud KMS client this package uses.
 type API interface {
 	GetPublicKey(context.Context, *kmspb.GetPublicKeyRequest, ...gax.CallOption) (*kmspb.PublicKey, error)
@@ -57,27 +54,45 @@ func ParseURI(raw string) (string, error) {
 	return name, nil
 }
 
-// Open connects with Application Default Credentials and returns the key.
-func Open(ctx context.Context, raw, kid string, alg signer.Algorithm) (*signer.Key, error) {
-	name, err := ParseURI(raw)
+// Check parses the spec's gcpkms: URI without calling Cloud KMS.
+func Check(s signer.Spec) error {
+	_, err := ParseURI(s.URI)
+	return err
+}
+
+// Open connects with Application Default Credentials and returns the key;
+// its Close closes the KMS client.
+func Open(ctx context.Context, s signer.Spec) (*signer.Key, error) {
+	name, err := ParseURI(s.URI)
 	if err != nil {
 		return nil, err
+	}
+	if s.KeyID == "" {
+		return nil, errors.New("kid: required for a gcpkms key")
 	}
 	client, err := kms.NewKeyManagementClient(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("gcpkms: %w", err)
 	}
-	return New(ctx, client, name, kid, alg)
+	k, err := New(ctx, client, name, s.KeyID, s.Algorithm, s.Timeout())
+	if err != nil {
+		client.Close()
+		return nil, err
+	}
+	return k, nil
 }
 
 // New fetches the public key of key version name through api, checks its
-// algorithm against alg, and returns a signer.Key.
-func New(ctx context.Context, api API, name, kid string, alg signer.Algorithm) (*signer.Key, error) {
+// algorithm against alg, and returns a signer.Key; timeout bounds each call
+// (zero means signer.DefaultCallTimeout). When api is an io.Closer, the
+// key's Close closes it.
+func New(ctx context.Context, api API, name, kid string, alg signer.Algorithm, timeout time.Duration) (*signer.Key, error) {
 	alg, err := signer.ParseAlgorithm(string(alg))
 	if err != nil {
 		return nil, err
 	}
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	timeout = signer.Spec{CallTimeout: timeout}.Timeout()
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	pk, err := api.GetPublicKey(cctx, &kmspb.GetPublicKeyRequest{Name: name})
 	if err != nil {
@@ -100,7 +115,7 @@ func New(ctx context.Context, api API, name, kid string, alg signer.Algorithm) (
 	if !ok {
 		return nil, fmt.Errorf("gcpkms: key %s is %T, want RSA", name, pub)
 	}
-	return signer.New(kid, alg, &kmsSigner{api: api, name: name, pub: rsaPub, hash: alg.Hash()}, "gcpkms")
+	return signer.New(kid, alg, &kmsSigner{api: api, name: name, pub: rsaPub, hash: alg.Hash(), timeout: timeout}, "gcpkms")
 }
 
 type kmsSigner struct {
@@ -108,9 +123,19 @@ type kmsSigner struct {
 	name string
 	pub  *rsa.PublicKey
 	hash crypto.Hash
+
+	timeout time.Duration
 }
 
 func (s *kmsSigner) Public() crypto.PublicKey { return s.pub }
+
+// Close closes the KMS client when it has a Close.
+func (s *kmsSigner) Close() error {
+	if c, ok := s.api.(io.Closer); ok {
+		return c.Close()
+	}
+	return nil
+}
 
 func (s *kmsSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	if opts.HashFunc() != s.hash {
@@ -125,7 +150,7 @@ func (s *kmsSigner) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 	case crypto.SHA512:
 		d.Digest = &kmspb.Digest_Sha512{Sha512: digest}
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), s.timeout)
 	defer cancel()
 	resp, err := s.api.AsymmetricSign(ctx, &kmspb.AsymmetricSignRequest{Name: s.name, Digest: d})
 	if err != nil {

@@ -36,9 +36,6 @@ import (
 	signerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/signer/v1"
 )
 
-// CallTimeout bounds one call to the signer process.
-const CallTimeout = 5 * time.Second
-
 // Target is a parsed grpc: signer URI.
 type Target struct {
 	// Address is the gRPC target: "unix:/path" or "host:port".
@@ -92,11 +89,31 @@ func resolve(baseDir, p string) string {
 	return baseDir + "/" + p
 }
 
-// Open connects to the signer, fetches the public key (failing at once if
+// Check parses the spec's grpc: URI without connecting.
+func Check(s signer.Spec) error {
+	_, err := ParseURI(s.URI, s.BaseDir)
+	return err
+}
+
+// Open connects to the signer the spec's URI names; see Dial.
+func Open(ctx context.Context, s signer.Spec) (*signer.Key, error) {
+	t, err := ParseURI(s.URI, s.BaseDir)
+	if err != nil {
+		return nil, err
+	}
+	if s.KeyID == "" {
+		return nil, errors.New("kid: required for a grpc signer key")
+	}
+	return Dial(ctx, t, s.KeyID, s.Algorithm, s.Timeout())
+}
+
+// Dial connects to the signer, fetches the public key (failing at once if
 // the signer is unreachable or the key is not RSA) and returns a signer.Key
-// that signs through it. The connection reconnects by itself when the
-// signer process restarts.
-func Open(ctx context.Context, t *Target, kid string, alg signer.Algorithm) (*signer.Key, error) {
+// that signs through it, each call bounded by timeout (zero means
+// signer.DefaultCallTimeout). The connection reconnects by itself when the
+// signer process restarts; the key's Close closes it.
+func Dial(ctx context.Context, t *Target, kid string, alg signer.Algorithm, timeout time.Duration) (*signer.Key, error) {
+	timeout = signer.Spec{CallTimeout: timeout}.Timeout()
 	alg, err := signer.ParseAlgorithm(string(alg))
 	if err != nil {
 		return nil, err
@@ -116,8 +133,8 @@ func Open(ctx context.Context, t *Target, kid string, alg signer.Algorithm) (*si
 	if err != nil {
 		return nil, fmt.Errorf("grpc signer %s: %w", t.Address, err)
 	}
-	c := &client{conn: conn, api: signerv1.NewSignerServiceClient(conn), keyID: t.KeyID, addr: t.Address}
-	cctx, cancel := context.WithTimeout(ctx, CallTimeout)
+	c := &client{conn: conn, api: signerv1.NewSignerServiceClient(conn), keyID: t.KeyID, addr: t.Address, timeout: timeout}
+	cctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := c.api.GetPublicKey(cctx, &signerv1.GetPublicKeyRequest{KeyId: t.KeyID}, grpc.WaitForReady(true))
 	if err != nil {
@@ -166,16 +183,21 @@ type client struct {
 	keyID string
 	addr  string
 	pub   *rsa.PublicKey
+
+	timeout time.Duration
 }
 
 func (c *client) Public() crypto.PublicKey { return c.pub }
+
+// Close closes the connection to the signer.
+func (c *client) Close() error { return c.conn.Close() }
 
 func (c *client) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	h, err := hashOf(opts.HashFunc())
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), CallTimeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.timeout)
 	defer cancel()
 	resp, err := c.api.Sign(ctx, &signerv1.SignRequest{KeyId: c.keyID, Digest: digest, Hash: h})
 	if err != nil {

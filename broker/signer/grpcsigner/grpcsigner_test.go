@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -85,7 +86,7 @@ func TestSignOverGRPC(t *testing.T) {
 	priv := signertest.RSA(t, signertest.KeyA)
 	target := serve(t, signertest.Key(t, signertest.KeyA, "hsm-a"))
 	for _, alg := range []signer.Algorithm{signer.RS256, signer.RS384, signer.RS512} {
-		k, err := grpcsigner.Open(context.Background(), target, "mp-kid", alg)
+		k, err := grpcsigner.Dial(context.Background(), target, "mp-kid", alg, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -108,10 +109,10 @@ func TestSignOverGRPC(t *testing.T) {
 	}
 	other := *target
 	other.KeyID = "nope"
-	if k, err := grpcsigner.Open(context.Background(), &other, "k", ""); err == nil || !strings.Contains(err.Error(), "nope") {
+	if k, err := grpcsigner.Dial(context.Background(), &other, "k", "", 0); err == nil || !strings.Contains(err.Error(), "nope") {
 		t.Errorf("unknown key id: %v, %v", k, err)
 	}
-	if k, err := grpcsigner.Open(context.Background(), target, "k", "ES256"); err == nil {
+	if k, err := grpcsigner.Dial(context.Background(), target, "k", "ES256", 0); err == nil {
 		t.Errorf("ES256 opened: %v", k)
 	}
 }
@@ -154,8 +155,58 @@ func TestOpenTLSFiles(t *testing.T) {
 		"missing_ca": {Address: "127.0.0.1:1", CA: filepath.Join(dir, "absent.pem"), Cert: "c", Key: "k"},
 		"ca_not_pem": {Address: "127.0.0.1:1", CA: notPEM, Cert: "c", Key: "k"},
 	} {
-		if k, err := grpcsigner.Open(context.Background(), tg, "k", ""); err == nil || !strings.Contains(err.Error(), "ca") {
+		if k, err := grpcsigner.Dial(context.Background(), tg, "k", "", 0); err == nil || !strings.Contains(err.Error(), "ca") {
 			t.Errorf("%s: %v, %v", name, k, err)
 		}
+	}
+}
+
+// TestCallTimeoutAndClose: the configured call timeout reaches the signer
+// as the call's deadline (an hour, further than any default), and Close
+// releases the connection, as the signer side counts it.
+func TestCallTimeoutAndClose(t *testing.T) {
+	t.Parallel()
+	dir, err := os.MkdirTemp("", "gs")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	sock := filepath.Join(dir, "s.sock")
+	raw, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis := signertest.CountConns(raw)
+	deadlines := make(chan time.Time, 1)
+	srv := grpc.NewServer(grpc.UnaryInterceptor(func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if strings.HasSuffix(info.FullMethod, "/Sign") {
+			d, _ := ctx.Deadline()
+			deadlines <- d
+		}
+		return h(ctx, req)
+	}))
+	signerv1.RegisterSignerServiceServer(srv, grpcsigner.NewService(signertest.Key(t, signertest.KeyA, "a")))
+	go func() { _ = srv.Serve(lis) }()
+	t.Cleanup(srv.Stop)
+
+	k, err := grpcsigner.Open(context.Background(), signer.Spec{URI: "grpc:unix:" + sock, KeyID: "a", CallTimeout: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := k.Sign(nil, crypto.SHA256.New().Sum(nil)); err != nil {
+		t.Fatal(err)
+	}
+	if left := time.Until(<-deadlines); left < 30*time.Minute {
+		t.Errorf("sign deadline %v away, want the configured hour", left)
+	}
+	if lis.Open() != 1 {
+		t.Errorf("%d connections open while the key is, want 1", lis.Open())
+	}
+	if err := k.Close(); err != nil {
+		t.Fatal(err)
+	}
+	lis.WaitOpen(t, 0)
+	if err := k.Close(); err != nil {
+		t.Errorf("second Close: %v", err)
 	}
 }

@@ -14,6 +14,7 @@
 package pkcs11signer
 
 import (
+	"context"
 	"crypto"
 	"errors"
 	"fmt"
@@ -135,15 +136,28 @@ func (u *URI) config() *crypto11.Config {
 	return &crypto11.Config{Path: u.ModulePath, TokenLabel: u.Token, TokenSerial: u.Serial, SlotNumber: u.Slot, Pin: u.pin}
 }
 
-// Open finds the key pair the URI names and returns it as a signer.Key with
-// the given kid and algorithm. It fails at once when the module, token, PIN
-// or key is wrong.
-func Open(raw, kid string, alg signer.Algorithm) (*signer.Key, error) {
-	u, err := ParseURI(raw)
+// Check parses the spec's pkcs11: URI (reading a pin-source file) without
+// loading the module.
+func Check(s signer.Spec) error {
+	_, err := ParseURI(s.URI)
+	return err
+}
+
+// Open finds the key pair the spec's URI names and returns it as a
+// signer.Key with the spec's kid and algorithm. It fails at once when the
+// module, token, PIN or key is wrong. The key's Close closes its sessions
+// with the module. The context is not used: PKCS#11 calls cannot be
+// interrupted, which is why the broker guards each signature with a timeout.
+func Open(_ context.Context, s signer.Spec) (*signer.Key, error) {
+	u, err := ParseURI(s.URI)
 	if err != nil {
 		return nil, err
 	}
-	alg, err = signer.ParseAlgorithm(string(alg))
+	if s.KeyID == "" {
+		return nil, errors.New("kid: required for a pkcs11 key")
+	}
+	kid := s.KeyID
+	alg, err := signer.ParseAlgorithm(string(s.Algorithm))
 	if err != nil {
 		return nil, err
 	}
@@ -221,6 +235,10 @@ func (h *hsmSigner) Sign(rand io.Reader, digest []byte, opts crypto.SignerOpts) 
 		return sig, nil
 	}
 	h.mu.Lock()
+	if h.ctx == nil { // closed: never reopen a closed key
+		h.mu.Unlock()
+		return nil, fmt.Errorf("pkcs11: sign: %w (key closed)", err)
+	}
 	if h.key == key { // nobody reopened meanwhile
 		old := h.ctx
 		if rerr := h.open(); rerr != nil {

@@ -1,6 +1,7 @@
 package pkcs11signer_test
 
 import (
+	"context"
 	"crypto"
 	"crypto/rand"
 	"crypto/rsa"
@@ -50,7 +51,7 @@ func TestParseURI(t *testing.T) {
 
 func TestSoftHSM(t *testing.T) {
 	uri := signertest.SoftHSM(t, signertest.KeyA)
-	key, err := pkcs11signer.Open(uri, "hsm-a", signer.RS256)
+	key, err := pkcs11signer.Open(context.Background(), signer.Spec{URI: uri, KeyID: "hsm-a", Algorithm: signer.RS256})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -101,7 +102,7 @@ func TestOpenFailsFast(t *testing.T) {
 	// Key B's token is logged into by no other test of this process (a
 	// token stays logged in for the whole process once a PIN worked).
 	uriB := signertest.SoftHSM(t, signertest.KeyB)
-	if _, err := pkcs11signer.Open(strings.Replace(uriB, "pin-value="+signertest.SoftHSMPin, "pin-value=0000", 1), "k", ""); err == nil {
+	if _, err := pkcs11signer.Open(context.Background(), signer.Spec{URI: strings.Replace(uriB, "pin-value="+signertest.SoftHSMPin, "pin-value=0000", 1), KeyID: "k", Algorithm: ""}); err == nil {
 		t.Error("wrong PIN: opened")
 	} else if strings.Contains(err.Error(), "0000") {
 		t.Errorf("wrong PIN: error shows the PIN: %v", err)
@@ -112,7 +113,7 @@ func TestOpenFailsFast(t *testing.T) {
 		"wrong_token":  strings.Replace(uri, "token=tb-", "token=none-", 1),
 		"wrong_module": strings.Replace(uri, signertest.SoftHSMModule, "/nonexistent.so", 1),
 	} {
-		_, err := pkcs11signer.Open(bad, "k", "")
+		_, err := pkcs11signer.Open(context.Background(), signer.Spec{URI: bad, KeyID: "k", Algorithm: ""})
 		if err == nil {
 			t.Errorf("%s: opened", name)
 			continue

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/miekg/pkcs11"
 )
 
 // SoftHSMModule is where Debian's softhsm2 package puts the PKCS#11 module.
@@ -73,4 +75,41 @@ func SoftHSM(tb testing.TB, name string) string {
 	uri := fmt.Sprintf("pkcs11:token=%s;object=mp-key;id=%%01?module-path=%s&pin-value=%s", label, SoftHSMModule, SoftHSMPin)
 	softhsmKeys[name] = uri
 	return uri
+}
+
+var (
+	sessionsOnce sync.Once
+	sessionsCtx  *pkcs11.Ctx
+)
+
+// SoftHSMSessions counts the sessions open in the SoftHSM module of this
+// process, asking the module itself: every handle SoftHSM has given out is
+// a small number, reused once closed, and C_GetSessionInfo tells the open
+// ones. Call it only while some key of the module is open (the module is
+// then initialised; this never initialises or finalises it).
+func SoftHSMSessions(tb testing.TB) int {
+	tb.Helper()
+	sessionsOnce.Do(func() {
+		p := pkcs11.New(SoftHSMModule)
+		if p == nil {
+			return
+		}
+		if err := p.Initialize(); err == nil {
+			// Nobody had it open: leave it as it was.
+			_ = p.Finalize()
+			p.Destroy()
+			return
+		}
+		sessionsCtx = p
+	})
+	if sessionsCtx == nil {
+		tb.Fatal("signertest: SoftHSMSessions needs an open key of the module")
+	}
+	n := 0
+	for h := pkcs11.SessionHandle(1); h < 1<<16; h++ {
+		if _, err := sessionsCtx.GetSessionInfo(h); err == nil {
+			n++
+		}
+	}
+	return n
 }

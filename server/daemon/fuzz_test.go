@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import "testing"
 
@@ -9,7 +9,7 @@ func FuzzParseConfig(f *testing.F) {
 	f.Add([]byte("listen: [\n"))
 	f.Add([]byte("clients: {}\n"))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		cfg, err := parseConfig(data)
+		cfg, err := Parse(data)
 		if err != nil {
 			if err.Error() == "" {
 				t.Fatal("empty error message")

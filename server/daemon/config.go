@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bytes"
@@ -15,11 +15,13 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/tokenbroker/tokenbroker/broker"
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/identity"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/policy"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
 	"github.com/tokenbroker/tokenbroker/server"
 )
 
@@ -167,17 +169,11 @@ func (l LimitsConfig) serverLimits() server.Limits {
 // check refuses limits that would lock out every caller or undo the
 // protection.
 func (l LimitsConfig) check() error {
-	switch {
-	case l.CallerRate < 0 || l.CallerBurst < 0:
+	if l.CallerRate < 0 || l.CallerBurst < 0 {
 		return errors.New("limits: caller_rate and caller_burst must not be negative")
-	case l.MaxHeaderBytes != 0 && (l.MaxHeaderBytes < 1<<10 || l.MaxHeaderBytes > 1<<20):
-		return fmt.Errorf("limits.max_header_bytes: %d, want 1024 to 1048576 (default 8192)", l.MaxHeaderBytes)
-	case l.HandshakeTimeout < 0 || l.FirstRequestTimeout < 0 || l.IdleTimeout < 0 || l.KeepaliveMinTime < 0:
-		return errors.New("limits: handshake_timeout, first_request_timeout, idle_timeout and keepalive_min_time must not be negative")
-	case l.MaxConnections < 0 || l.MaxPendingPerIP < 0:
-		return errors.New("limits: max_connections and max_pending_per_ip must not be negative")
-	case l.MaxConcurrentStreams > 10000:
-		return fmt.Errorf("limits.max_concurrent_streams: %d, want at most 10000 (default 128)", l.MaxConcurrentStreams)
+	}
+	if err := l.serverLimits().Check(); err != nil {
+		return fmt.Errorf("limits.%w", err)
 	}
 	return nil
 }
@@ -387,8 +383,8 @@ type KeyConfig struct {
 	Expires string `yaml:"expires"`
 }
 
-// expiry parses Expires; the zero time means not configured.
-func (k KeyConfig) expiry() (time.Time, error) {
+// Expiry parses Expires; the zero time means not configured.
+func (k KeyConfig) Expiry() (time.Time, error) {
 	if k.Expires == "" {
 		return time.Time{}, nil
 	}
@@ -422,21 +418,21 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 // maxConfigSize bounds the config file.
 const maxConfigSize = 1 << 20
 
-// loadConfig reads and checks the config file at path.
-func loadConfig(path string) (*Config, error) {
+// Load reads and checks the config file at path.
+func Load(path string) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
 		return nil, fmt.Errorf("config: %w", err)
 	}
-	cfg, err := parseConfig(data)
+	cfg, err := Parse(data)
 	if err != nil {
 		return nil, fmt.Errorf("config %s: %w", path, err)
 	}
 	return cfg, nil
 }
 
-// parseConfig decodes and checks a config document.
-func parseConfig(data []byte) (*Config, error) {
+// Parse decodes and checks a config document.
+func Parse(data []byte) (*Config, error) {
 	if len(data) > maxConfigSize {
 		return nil, fmt.Errorf("larger than %d bytes", maxConfigSize)
 	}
@@ -508,7 +504,7 @@ func (c *Config) check() error {
 	default:
 		return fmt.Errorf("log_level: %q, want debug, info, warn or error", c.LogLevel)
 	}
-	if _, err := c.environment(); err != nil {
+	if _, err := c.Environment(); err != nil {
 		return fmt.Errorf("maskinporten: %w", err)
 	}
 	if _, err := altinn.ExchangeURLFor(c.Maskinporten.Environment, c.Altinn.ExchangeURL); err != nil {
@@ -517,8 +513,8 @@ func (c *Config) check() error {
 	if _, err := altinn.BaseURLFor(c.Maskinporten.Environment, c.Altinn.BaseURL); err != nil {
 		return fmt.Errorf("altinn.base_url: %w", err)
 	}
-	if gl := time.Duration(c.Maskinporten.GrantLifetime); gl != 0 && (gl < time.Second || gl > maskinporten.MaxGrantLifetime) {
-		return fmt.Errorf("maskinporten.grant_lifetime: %v, want 1s to 120s", gl)
+	if err := maskinporten.CheckGrantLifetime(time.Duration(c.Maskinporten.GrantLifetime)); err != nil {
+		return fmt.Errorf("maskinporten.grant_lifetime: %w", err)
 	}
 	if c.Maskinporten.Retry.MaxAttempts < 0 || c.Maskinporten.Retry.MaxAttempts > 10 {
 		return fmt.Errorf("maskinporten.retry.max_attempts: %d, want 1 to 10", c.Maskinporten.Retry.MaxAttempts)
@@ -529,14 +525,14 @@ func (c *Config) check() error {
 	if err := c.Maskinporten.checkResilience(); err != nil {
 		return err
 	}
-	if f := c.Cache.RefreshFraction; f < 0 || f > 0.5 {
-		return fmt.Errorf("cache.refresh_fraction: %v, want 0 to 0.5", f)
+	if err := broker.CheckRefreshFraction(c.Cache.RefreshFraction); err != nil {
+		return fmt.Errorf("cache.refresh_fraction: %w", err)
 	}
 	if c.Cache.MaxEntries < 0 {
 		return fmt.Errorf("cache.max_entries: %d, want at least 1", c.Cache.MaxEntries)
 	}
-	if d := time.Duration(c.Cache.DefaultMinValidity); d > time.Hour {
-		return fmt.Errorf("cache.default_min_validity: %v, want at most 1h", d)
+	if err := broker.CheckDefaultMinValidity(time.Duration(c.Cache.DefaultMinValidity)); err != nil {
+		return fmt.Errorf("cache.default_min_validity: %w", err)
 	}
 	if c.Cache.Shared != nil {
 		if err := c.Cache.Shared.check(time.Duration(c.Maskinporten.Timeout)); err != nil {
@@ -567,32 +563,33 @@ func (c *Config) check() error {
 	return nil
 }
 
-// keyList returns the client's keys: Keys, or Key alone.
-func (c ClientConfig) keyList() []KeyConfig {
+// KeyList returns the client's keys: Keys, or Key alone.
+func (c ClientConfig) KeyList() []KeyConfig {
 	if len(c.Keys) > 0 {
 		return c.Keys
 	}
 	return []KeyConfig{c.Key}
 }
 
-// activeKID returns the kid of the active key; with a single key, its kid
-// (possibly empty, for a JWK that names its own).
-func (c ClientConfig) activeKID() string {
-	for _, k := range c.keyList() {
-		if k.Active || len(c.keyList()) == 1 {
-			return k.KID
+// ActiveKey returns the key that signs the client's grants: the only one,
+// or the one marked active (the check makes sure there is exactly one).
+func (c ClientConfig) ActiveKey() KeyConfig {
+	list := c.KeyList()
+	for _, k := range list {
+		if k.Active || len(list) == 1 {
+			return k
 		}
 	}
-	return ""
+	return KeyConfig{}
 }
 
 func (c ClientConfig) checkKeys(where string) error {
 	if len(c.Keys) > 0 && c.Key != (KeyConfig{}) {
 		return fmt.Errorf("%s: set key or keys, not both", where)
 	}
-	keys := c.keyList()
+	list := c.KeyList()
 	active, kids := 0, map[string]bool{}
-	for i, k := range keys {
+	for i, k := range list {
 		kw := where + ".key"
 		if len(c.Keys) > 0 {
 			kw = fmt.Sprintf("%s.keys[%d]", where, i)
@@ -613,14 +610,14 @@ func (c ClientConfig) checkKeys(where string) error {
 		if _, err := signer.ParseAlgorithm(k.Algorithm); err != nil {
 			return fmt.Errorf("%s.algorithm: %w", kw, err)
 		}
-		if _, _, err := parseSignerURI(k.Signer); err != nil {
+		if err := keys.Check(k.Spec("", 0)); err != nil {
 			return fmt.Errorf("%s.signer: %w", kw, err)
 		}
-		if _, err := k.expiry(); err != nil {
+		if _, err := k.Expiry(); err != nil {
 			return fmt.Errorf("%s.expires: %w", kw, err)
 		}
 	}
-	if len(keys) > 1 && active != 1 {
+	if len(list) > 1 && active != 1 {
 		return fmt.Errorf("%s.keys: exactly one key must be active: true (found %d)", where, active)
 	}
 	return nil
@@ -704,7 +701,9 @@ func (m MaskinportenConfig) checkResilience() error {
 	return nil
 }
 
-func (c *Config) environment() (maskinporten.Environment, error) {
+// Environment returns the Maskinporten environment the config names, with
+// its overrides.
+func (c *Config) Environment() (maskinporten.Environment, error) {
 	m := c.Maskinporten
 	if m.Environment == "" {
 		return maskinporten.Environment{}, errors.New("environment: required (test or prod)")

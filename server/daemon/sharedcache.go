@@ -1,4 +1,4 @@
-package main
+package daemon
 
 // The cache.shared section: the token cache level that replicas share in
 // Redis (broker/sharedcache). Kept apart from the rest of the assembly:

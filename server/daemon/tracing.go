@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -15,12 +15,12 @@ import (
 	"go.opentelemetry.io/otel/trace"
 )
 
-// setupTracing returns a tracer provider exporting as the standard OTEL_*
+// SetupTracing returns a tracer provider exporting as the standard OTEL_*
 // environment variables say, or nil when tracing is off: it is on when
 // enabled is true or OTEL_TRACES_EXPORTER names an exporter other than
 // "none". Spans carry RPC and HTTP metadata, never message bodies, so no
 // token or grant reaches them.
-func setupTracing(ctx context.Context, enabled bool) (trace.TracerProvider, func(), error) {
+func SetupTracing(ctx context.Context, enabled bool) (trace.TracerProvider, func(), error) {
 	if e := os.Getenv("OTEL_TRACES_EXPORTER"); !enabled && (e == "" || e == "none") {
 		return nil, func() {}, nil
 	}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"bufio"
@@ -12,7 +12,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tokenbroker/tokenbroker/server/logtest"
 )
+
+// syncBuffer is a log sink safe for concurrent writes and reads.
+type syncBuffer = logtest.Buffer
 
 // startOperator serves a trivial handler on the operator endpoints'
 // server and returns its address.

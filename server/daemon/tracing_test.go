@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -21,7 +21,7 @@ func TestTracingSwitch(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			t.Setenv("OTEL_TRACES_EXPORTER", tc.env)
-			tp, stop, err := setupTracing(context.Background(), tc.enabled)
+			tp, stop, err := SetupTracing(context.Background(), tc.enabled)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -1,4 +1,4 @@
-package main
+package daemon
 
 import (
 	"context"
@@ -74,7 +74,7 @@ func (s *tlsSetup) metric() metrics.TLSCert {
 // openTLS reads the TLS material of the tls section: files, watched every
 // tls.reload_interval, or the SPIFFE Workload API. Every new connection
 // gets the material in use at its handshake.
-func openTLS(ctx context.Context, c TLSConfig, baseDir string, log *slog.Logger, hooks serveHooks) (*tlsSetup, error) {
+func openTLS(ctx context.Context, c TLSConfig, baseDir string, log *slog.Logger, hooks Hooks) (*tlsSetup, error) {
 	if c.Source == tlsmaterial.SourceSPIFFE {
 		addr, err := tlsmaterial.WorkloadAPIAddr("tls.spiffe.socket", c.SPIFFE.Socket)
 		if err != nil {
@@ -88,7 +88,7 @@ func openTLS(ctx context.Context, c TLSConfig, baseDir string, log *slog.Logger,
 		}
 		return &tlsSetup{
 			creds: credentials.NewTLS(src.ServerConfig()), auth: server.SPIFFE(src), status: src.Status,
-			watch: func(ctx context.Context) { src.Watch(ctx, hooks.svidUpdated) },
+			watch: func(ctx context.Context) { src.Watch(ctx, hooks.SVIDUpdated) },
 			close: func() { _ = src.Close() },
 		}, nil
 	}
@@ -102,8 +102,8 @@ func openTLS(ctx context.Context, c TLSConfig, baseDir string, log *slog.Logger,
 	if every == 0 {
 		every = defaultTLSReloadInterval
 	}
-	if hooks.tlsInterval > 0 {
-		every = hooks.tlsInterval
+	if hooks.TLSInterval > 0 {
+		every = hooks.TLSInterval
 	}
 	return &tlsSetup{
 		creds: credentials.NewTLS(files.ServerConfig()), auth: server.MTLSRoots(files.Roots), status: files.Status,
@@ -122,16 +122,16 @@ func openTLS(ctx context.Context, c TLSConfig, baseDir string, log *slog.Logger,
 					}
 				}
 			}()
-			files.Watch(ctx, every, hooks.tlsLooked)
+			files.Watch(ctx, every, hooks.TLSLooked)
 		},
 		close: func() {},
 	}, nil
 }
 
-// checkTLS loads the TLS files for `tokenbroker check`; the SPIFFE
+// CheckTLS loads the TLS files for `tokenbroker check`; the SPIFFE
 // source is only validated, as the Workload API answers only the workload
 // itself.
-func checkTLS(c TLSConfig, baseDir string) (string, error) {
+func CheckTLS(c TLSConfig, baseDir string) (string, error) {
 	if c.Source == tlsmaterial.SourceSPIFFE {
 		addr, err := tlsmaterial.WorkloadAPIAddr("tls.spiffe.socket", c.SPIFFE.Socket)
 		return "mTLS with SPIFFE SVIDs from " + addr, err
