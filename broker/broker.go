@@ -558,6 +558,9 @@ again:
 	if up != nil {
 		if err := up.Unavailable(); err != nil {
 			e.mu.Unlock()
+			if t := b.peekShared(ctx, e, minValidity); t != nil {
+				return t, true, 0, nil
+			}
 			return nil, false, 0, fmt.Errorf("client %q, customer_org %s: %w", e.client.Name, e.req.CustomerOrg, err)
 		}
 		recovering = up.Recovering()

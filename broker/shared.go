@@ -28,6 +28,36 @@ type SharedCache interface {
 	Health() SharedHealth
 }
 
+// SharedPeeker is implemented by shared levels that can be read without
+// fetching. While the upstream is known to be down, a miss here that would
+// fail at once is served a token another replica stored, when it lives
+// long enough.
+type SharedPeeker interface {
+	// Peek returns the token stored for key, or nil when there is none,
+	// it is expired, or the level fails.
+	Peek(ctx context.Context, key string) *maskinporten.Token
+}
+
+// peekShared returns a token for e from the shared level that lives
+// minValidity, and keeps it in e, or nil.
+func (b *Broker) peekShared(ctx context.Context, e *entry, minValidity time.Duration) *maskinporten.Token {
+	p, ok := b.shared.(SharedPeeker)
+	if !ok {
+		return nil
+	}
+	t := p.Peek(ctx, e.key.sharedKey())
+	now := b.now()
+	if t == nil || t.ExpiresAt.Sub(now) < minValidity {
+		return nil
+	}
+	e.mu.Lock()
+	if old := e.tok.Load(); old == nil || old.ExpiresAt.Before(t.ExpiresAt) {
+		e.store(t, now, b.refreshMargin, b.refreshFraction)
+	}
+	e.mu.Unlock()
+	return t
+}
+
 // SharedHealth is the state of the shared cache level.
 type SharedHealth struct {
 	// Up is false while the shared level fails and each replica falls back

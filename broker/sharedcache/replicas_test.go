@@ -36,6 +36,9 @@ type upstream struct {
 	// holds each grant until it closes.
 	started chan struct{}
 	gate    chan struct{}
+	// down makes the upstream report itself unavailable (its breaker
+	// open), as *maskinporten.Client does.
+	down atomic.Bool
 
 	mu  sync.Mutex
 	per map[string]int
@@ -73,6 +76,18 @@ func (u *upstream) Token(ctx context.Context, r maskinporten.Request) (*maskinpo
 	}, nil
 }
 
+// Unavailable, Recovering, HedgeDelay, Hedging and OnRecovery report the
+// upstream's state to the broker, as *maskinporten.Client does.
+func (u *upstream) Unavailable() error {
+	if u.down.Load() {
+		return &maskinporten.Error{Description: "circuit open", Retryable: true, CircuitOpen: true}
+	}
+	return nil
+}
+func (u *upstream) Recovering() bool                      { return false }
+func (u *upstream) HedgeDelay() time.Duration             { return time.Second }
+func (u *upstream) Hedging() bool                         { return false }
+func (u *upstream) OnRecovery(func())                     {}
 func (u *upstream) KeyID() string                         { return "kid-1" }
 func (u *upstream) Environment() maskinporten.Environment { return maskinporten.Test }
 
@@ -569,5 +584,35 @@ func TestSharedLockTakeoverAndFencing(t *testing.T) {
 	}
 	if v, err := raw.Get(ctx, lock2).Result(); err != nil || v != "fence-of-another-replica" {
 		t.Fatalf("the other replica's lock after this one finished: %q, %v; want it kept", v, err)
+	}
+}
+
+// While Maskinporten is known to be down, a replica that does not hold a
+// key serves the token another replica stored in Redis, instead of failing
+// at once; a key Redis does not hold fails as before.
+func TestSharedServesThroughUpstreamOutage(t *testing.T) {
+	t.Parallel()
+	rs := sharedcachetest.Start(t)
+	up := &upstream{lifetime: time.Minute}
+	a := newReplica(t, up, rs, nil)
+	keys := orgs(2)
+	if _, err := a.b.GetToken(context.Background(), req(keys[0], 10*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	up.down.Store(true)
+	b := newReplica(t, up, rs, nil)
+	start := time.Now()
+	tok, err := b.b.GetToken(context.Background(), req(keys[0], 10*time.Second))
+	if err == nil {
+		err = checkToken(tok, keys[0], 10*time.Second, start)
+	}
+	if err != nil || !tok.Cached {
+		t.Fatalf("during the outage, a token Redis holds: %v; want it, cached", err)
+	}
+	if _, err := b.b.GetToken(context.Background(), req(keys[1], 10*time.Second)); err == nil {
+		t.Fatal("during the outage, a key nobody holds got a token")
+	}
+	if up.grants.Load() != 1 {
+		t.Fatalf("%d grants; want 1 (before the outage)", up.grants.Load())
 	}
 }

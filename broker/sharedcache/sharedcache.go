@@ -86,7 +86,10 @@ type Cache struct {
 	stopOnce                                sync.Once
 }
 
-var _ broker.SharedCache = (*Cache)(nil)
+var (
+	_ broker.SharedCache  = (*Cache)(nil)
+	_ broker.SharedPeeker = (*Cache)(nil)
+)
 
 // New checks cfg and returns a Cache. It does not contact Redis: a Redis
 // that is down at start is a fallback, not a failure to start.
@@ -242,6 +245,30 @@ func (c *Cache) shared(ctx context.Context, key string, fresh func(*maskinporten
 			return nil, false, nil
 		}
 	}
+}
+
+// Peek implements broker.SharedPeeker: the unexpired token stored for key,
+// or nil (also when Redis fails, which switches to the fallback).
+func (c *Cache) Peek(ctx context.Context, key string) *maskinporten.Token {
+	if !c.up.Load() {
+		return nil
+	}
+	data, _ := c.names(key)
+	rec, err := c.get(ctx, data, key)
+	var d errDown
+	if errors.As(err, &d) {
+		c.fail(d.err)
+		return nil
+	}
+	if rec == nil || rec.Token == nil {
+		return nil
+	}
+	t := rec.Token.token()
+	if !t.ExpiresAt.After(c.now()) {
+		return nil
+	}
+	c.hits.Add(1)
+	return t
 }
 
 // usable returns what rec serves: a token fresh accepts, or a refusal.
