@@ -142,6 +142,9 @@ func New(cfg Config) (*Cache, error) {
 // Close stops the probe of a failing Redis. It does not close the client.
 func (c *Cache) Close() { c.stopOnce.Do(func() { close(c.stop) }) }
 
+// Client is the Redis client the cache was made with.
+func (c *Cache) Client() redis.UniversalClient { return c.rdb }
+
 // Health reports whether Redis is in use and the counts of what happened.
 func (c *Cache) Health() broker.SharedHealth {
 	return broker.SharedHealth{Up: c.up.Load(), Hits: c.hits.Load(), Fetches: c.fetches.Load(), Waits: c.waits.Load(),

@@ -91,6 +91,8 @@ type running struct {
 	exchanger               *altinn.Exchanger
 	httpClient, freshClient *http.Client
 	metrics                 *metrics.Metrics
+	// closeShared closes the shared cache level (cache.shared), if any.
+	closeShared func()
 }
 
 // Components says what Run assembled, so that a test can hold two ways
@@ -226,9 +228,16 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		MaxEntries:         cfg.Cache.MaxEntries,
 		NegativeTTL:        time.Duration(cfg.Cache.NegativeTTL),
 	}
-	if bc.Shared, err = sharedCacheFor(cfg, baseDir, os.LookupEnv, log); err != nil {
+	shared, closeShared, err := sharedCacheFor(cfg, baseDir, os.LookupEnv, log)
+	if err != nil {
 		return nil, err
 	}
+	bc.Shared = shared
+	defer func() {
+		if err != nil {
+			closeShared()
+		}
+	}()
 	exURL, err := altinn.ExchangeURLFor(cfg.Maskinporten.Environment, cfg.Altinn.ExchangeURL)
 	if err != nil {
 		return nil, err
@@ -314,6 +323,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	}
 	rt.broker = b
 	rt.clients = clients
+	rt.closeShared = closeShared
 	return rt, nil
 }
 

@@ -112,6 +112,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		return err
 	}
 	defer rt.ring.Close()
+	defer rt.closeShared()
 	b := rt.broker
 	defer b.Close()
 	m.ObserveBroker(b)

@@ -133,14 +133,26 @@ func (c *SharedCacheConfig) check(fetchTimeout time.Duration) error {
 	return nil
 }
 
-// sharedCacheFor builds the shared cache level of cfg, or returns nil
-// without a cache.shared section. It reads the secrets but does not
-// contact Redis: a Redis down at start is a fallback, not a failure.
-func sharedCacheFor(cfg *Config, baseDir string, lookup func(string) (string, bool), log *slog.Logger) (broker.SharedCache, error) {
+// sharedCacheFor builds the shared cache level of cfg and the function
+// that closes it (its probe and its Redis connections), or returns nil and
+// a no-op without a cache.shared section. It reads the secrets but does
+// not contact Redis: a Redis down at start is a fallback, not a failure.
+func sharedCacheFor(cfg *Config, baseDir string, lookup func(string) (string, bool), log *slog.Logger) (broker.SharedCache, func(), error) {
 	c := cfg.Cache.Shared
 	if c == nil {
-		return nil, nil
+		return nil, func() {}, nil
 	}
+	sc, err := newSharedCache(cfg, c, baseDir, lookup, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	return sc, func() {
+		sc.Close()
+		_ = sc.Client().Close()
+	}, nil
+}
+
+func newSharedCache(cfg *Config, c *SharedCacheConfig, baseDir string, lookup func(string) (string, bool), log *slog.Logger) (*sharedcache.Cache, error) {
 	if err := c.check(time.Duration(cfg.Maskinporten.Timeout)); err != nil {
 		return nil, err
 	}

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
-	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
 	"github.com/tokenbroker/tokenbroker/server/tlstest"
 )
@@ -69,7 +68,7 @@ func TestSharedCacheTLS(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		sc, err := sharedCacheFor(cfg, dir, os.LookupEnv, slog.New(slog.DiscardHandler))
+		sc, closeShared, err := sharedCacheFor(cfg, dir, os.LookupEnv, slog.New(slog.DiscardHandler))
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -82,7 +81,7 @@ func TestSharedCacheTLS(t *testing.T) {
 		if h := sc.Health(); h.Up != tc.up || (h.Fetches == 1) != tc.up {
 			t.Errorf("%s: up %v, fetches under the lock %d; want up %v", tc.name, h.Up, h.Fetches, tc.up)
 		}
-		sc.(*sharedcache.Cache).Close()
+		closeShared()
 	}
 }
 
@@ -124,7 +123,7 @@ func TestSharedCacheConfigErrors(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%q: %v", tc.section, err)
 		}
-		_, err = sharedCacheFor(cfg, dir, func(string) (string, bool) { return "", false }, slog.New(slog.DiscardHandler))
+		_, _, err = sharedCacheFor(cfg, dir, func(string) (string, bool) { return "", false }, slog.New(slog.DiscardHandler))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%q: %v; want %q", tc.section, err, tc.want)
 		}
