@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"testing"
 
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
@@ -12,7 +14,18 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 )
+
+// TestSignErrorIsUnavailable: a signing backend that fails is a passing
+// outage the caller may retry, not an internal error.
+func TestSignErrorIsUnavailable(t *testing.T) {
+	t.Parallel()
+	err := fmt.Errorf("client %q: %w", "demo", &maskinporten.SignError{Key: `pkcs11 key "k" (RS256)`, Err: errors.New("CKR_DEVICE_REMOVED")})
+	if st := status.Convert(toStatus(err)); st.Code() != codes.Unavailable || !strings.Contains(st.Message(), "signing backend") {
+		t.Errorf("toStatus(%v) = %v, want Unavailable naming the signing backend", err, st)
+	}
+}
 
 // TestAltinnStatus: Altinn's answers map to codes a caller can act on,
 // and keep Altinn's own code.
