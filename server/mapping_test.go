@@ -14,6 +14,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
+	"github.com/tokenbroker/tokenbroker/broker/identity"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 )
 
@@ -78,16 +79,16 @@ func unixPeer(ai UnixAuthInfo) context.Context {
 // the kernel did not give is refused.
 func TestUnixPeerIdentity(t *testing.T) {
 	t.Parallel()
-	ids := map[uint32]string{1000: "billing"}
-	withFallback := UnixPeer(ids, "local")
-	noFallback := UnixPeer(ids, "")
-	if id, err := withFallback(unixPeer(UnixAuthInfo{Known: true, UID: 1000})); err != nil || id != "billing" {
+	ids := map[uint32]identity.ID{1000: identity.MustParse("unix:billing")}
+	withFallback := UnixPeer(ids, identity.MustParse("unix:local"))
+	noFallback := UnixPeer(ids, identity.ID{})
+	if id, err := withFallback(unixPeer(UnixAuthInfo{Known: true, UID: 1000})); err != nil || id.String() != "unix:billing" {
 		t.Errorf("mapped uid with a fallback: %q, %v; want billing", id, err)
 	}
-	if id, err := noFallback(unixPeer(UnixAuthInfo{Known: true, UID: 1000})); err != nil || id != "billing" {
+	if id, err := noFallback(unixPeer(UnixAuthInfo{Known: true, UID: 1000})); err != nil || id.String() != "unix:billing" {
 		t.Errorf("mapped uid: %q, %v; want billing", id, err)
 	}
-	if id, err := withFallback(unixPeer(UnixAuthInfo{Known: true, UID: 1001})); err != nil || id != "local" {
+	if id, err := withFallback(unixPeer(UnixAuthInfo{Known: true, UID: 1001})); err != nil || id.String() != "unix:local" {
 		t.Errorf("unmapped uid with a fallback: %q, %v; want local", id, err)
 	}
 	if id, err := noFallback(unixPeer(UnixAuthInfo{Known: true, UID: 1001})); err == nil {

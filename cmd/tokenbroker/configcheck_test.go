@@ -4,6 +4,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
 // TestConfigCheckRefusesAmbiguity: parsing alone (as `tokenbroker check`
@@ -12,7 +14,7 @@ import (
 func TestConfigCheckRefusesAmbiguity(t *testing.T) {
 	t.Parallel()
 	base := readString(t, writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token"))
-	if _, err := parseConfig([]byte(base)); err != nil {
+	if _, err := daemon.Parse([]byte(base)); err != nil {
 		t.Fatalf("the base config: %v", err)
 	}
 	single := regexp.MustCompile(`    key:\n(      .*\n)+`).FindString(base)
@@ -30,13 +32,13 @@ func TestConfigCheckRefusesAmbiguity(t *testing.T) {
 		{"keys_without_kid", keys("      - {signer: 'file:mp-key.pem', active: true}\n      - {kid: b, signer: 'file:mp-key.pem'}\n"), "kid: required"},
 		{"duplicate_client", base + clients, `clients[1].name: "smartcloud" used twice`},
 	} {
-		_, err := parseConfig([]byte(tc.cfg))
+		_, err := daemon.Parse([]byte(tc.cfg))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.want)
 		}
 	}
 	good := keys("      - {kid: a, signer: 'file:mp-key.pem'}\n      - {kid: b, signer: 'file:mp-key.pem', active: true}\n")
-	if _, err := parseConfig([]byte(good)); err != nil {
+	if _, err := daemon.Parse([]byte(good)); err != nil {
 		t.Errorf("two keys, one active: %v", err)
 	}
 }
@@ -49,7 +51,7 @@ func TestConfigCheckTransportAndPolicy(t *testing.T) {
 	base := readString(t, writeConfig(t, "http://127.0.0.1:9/", "http://127.0.0.1:9/token"))
 	tls := "tls:\n  cert: server.pem\n  key: server-key.pem\n  client_ca: callers-ca.pem\n"
 	secure := strings.Replace(base, "insecure: true\n", tls, 1)
-	if _, err := parseConfig([]byte(secure)); err != nil {
+	if _, err := daemon.Parse([]byte(secure)); err != nil {
 		t.Fatalf("the TLS config: %v", err)
 	}
 	for _, tc := range []struct{ name, cfg, want string }{
@@ -58,7 +60,7 @@ func TestConfigCheckTransportAndPolicy(t *testing.T) {
 		{"tls_without_key", strings.Replace(secure, "  key: server-key.pem\n", "", 1), "tls: cert, key and client_ca are required"},
 		{"policy_without_scopes", strings.Replace(base, "    scopes: [\"*\"]\n", "", 1), "policy[0].scopes"},
 	} {
-		_, err := parseConfig([]byte(tc.cfg))
+		_, err := daemon.Parse([]byte(tc.cfg))
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want an error containing %q", tc.name, err, tc.want)
 		}
