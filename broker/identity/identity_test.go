@@ -273,3 +273,22 @@ func FuzzFromCertificate(f *testing.F) {
 		}
 	})
 }
+
+// TestGlobBacktracks: after a false start, '*' takes one more character
+// and matching resumes.
+func TestGlobBacktracks(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		pattern, s string
+		want       bool
+	}{
+		{"*ab", "aab", true},
+		{"*ab", "aaab", true},
+		{"a*ab", "aaab", true},
+		{"*ab", "aba", false},
+	} {
+		if got := glob(tc.pattern, tc.s); got != tc.want {
+			t.Errorf("glob(%q, %q) = %v, want %v", tc.pattern, tc.s, got, tc.want)
+		}
+	}
+}

@@ -460,8 +460,13 @@ func TestConfigWatch(t *testing.T) {
 	looked := make(chan struct{})
 	addr, stderr, stop := startServe(t, path, serveHooks{looked: looked})
 	// The watcher waits for the test to take each look; a goroutine takes
-	// them until the test asks for some.
+	// them until the test asks for some, and until the test returns. (It
+	// used to stop on t.Context(): with -failfast and another test of the
+	// package failing first, the watcher was then left blocked and the
+	// reload never came, under load in mutation runs.)
 	want := make(chan int)
+	quit := make(chan struct{})
+	defer close(quit)
 	go func() {
 		for {
 			select {
@@ -471,7 +476,7 @@ func TestConfigWatch(t *testing.T) {
 				}
 				want <- 0
 			case <-looked:
-			case <-t.Context().Done():
+			case <-quit:
 				return
 			}
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"net/http/httptest"
 	"regexp"
+	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -182,6 +183,13 @@ func TestObserveBroker(t *testing.T) {
 	for i := 0; i < 3; i++ {
 		if _, err := b.GetToken(context.Background(), broker.Request{CustomerOrg: "310904473", Scopes: []string{"a:b"}}); err != nil {
 			t.Fatal(err)
+		}
+	}
+	// A fetch counts itself out of flight just after its callers have the
+	// token: wait for it before reading the gauge.
+	for give := time.Now().Add(time.Minute); b.Health().InFlight != 0; runtime.Gosched() {
+		if time.Now().After(give) {
+			t.Fatal("a fetch is still in flight after a minute")
 		}
 	}
 	got := scrape(t, m)
