@@ -27,8 +27,9 @@ type SharedCacheConfig struct {
 	// derived per key); at least one.
 	Keys []SharedKeyConfig `yaml:"keys"`
 	// EncryptKey is the id of the key new values are sealed with; default
-	// the first. The others only decrypt: add the new key, make it
-	// encrypt_key, and remove the old one a token lifetime later.
+	// the first. The others only decrypt. To rotate: add the new key and
+	// roll out; then make it encrypt_key (with name_key set to the old
+	// one) and roll out again.
 	EncryptKey string `yaml:"encrypt_key"`
 	// NameKey is the id of the key Redis key names are derived from
 	// (HMAC-SHA256); default encrypt_key. Keep it while rotating
