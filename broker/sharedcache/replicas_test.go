@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/http/httptest"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -21,6 +23,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
 	"github.com/tokenbroker/tokenbroker/server/logtest"
+	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
 const scope = "altinn:systembruker.demo"
@@ -415,6 +418,18 @@ func TestSharedRedisOutage(t *testing.T) {
 		calls.Load(), duringOutage, fails.Load(), fallbacks, outages, returns)
 	if fails.Load() != 0 {
 		t.Fatalf("%d of %d calls failed across a Redis outage; want 0", fails.Load(), calls.Load())
+	}
+	// The metric shows the fallback and the return.
+	m := metrics.New()
+	m.ObserveBroker(reps[0].b)
+	rec := httptest.NewRecorder()
+	m.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	scrape := rec.Body.String()
+	for _, re := range []string{`tokenbroker_shared_cache_up 1\n`, `tokenbroker_shared_cache_events_total\{event="outage"\} [1-9]`,
+		`tokenbroker_shared_cache_events_total\{event="return"\} [1-9]`, `tokenbroker_shared_cache_events_total\{event="fallback"\} [1-9]`} {
+		if !regexp.MustCompile(re).MatchString(scrape) {
+			t.Errorf("metrics lack %s", re)
+		}
 	}
 	// Logged once per outage and return, and never a token.
 	for i, r := range reps {
