@@ -176,6 +176,13 @@ func TestTLSFilesReplacedWhileCallersLoop(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string]int{}
 	done := make(chan struct{})
+	// The loop's callers signal when one of them is served the second
+	// certificate, so that the test waits for that event rather than
+	// hoping the scheduler ran them after the reload.
+	var secondSerial atomic.Value
+	secondSerial.Store("")
+	sawSecond, sawFirst := make(chan struct{}), make(chan struct{})
+	var sawOnce, sawFirstOnce sync.Once
 	var wg sync.WaitGroup
 	for range 4 {
 		wg.Go(func() {
@@ -195,12 +202,24 @@ func TestTLSFilesReplacedWhileCallersLoop(t *testing.T) {
 				mu.Lock()
 				seen[got]++
 				mu.Unlock()
+				if got == serialOf(b.firstServer) {
+					sawFirstOnce.Do(func() { close(sawFirst) })
+				}
+				if got == secondSerial.Load().(string) {
+					sawOnce.Do(func() { close(sawSecond) })
+				}
 			}
 		})
 	}
 	// Each file is replaced in one step (as cert-manager's writers and
 	// Kubernetes do), but the pair is not: the certificate comes first.
+	select {
+	case <-sawFirst:
+	case <-time.After(time.Minute):
+		t.Fatal("no looping caller was served the first certificate within a minute")
+	}
 	second := b.serverCA.Issue(t, tlstest.Leaf{CN: "tokenbroker", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
+	secondSerial.Store(serialOf(second))
 	replaceFile(t, b.cert, second.CertPEM)
 	b.look(t) // the broker sees the new certificate with the old key
 	if h := b.healthz(t); h["tls"].(map[string]any)["serial"] != serialOf(b.firstServer) || h["tls"].(map[string]any)["reload_error"] == nil {
@@ -215,6 +234,11 @@ func TestTLSFilesReplacedWhileCallersLoop(t *testing.T) {
 		if got, err := b.call(ctx, b.billing); err != nil || got != serialOf(second) {
 			t.Fatalf("a new connection after the reload: %s, %v; want %s", got, err, serialOf(second))
 		}
+	}
+	select {
+	case <-sawSecond:
+	case <-time.After(time.Minute):
+		t.Error("no looping caller was served the second certificate within a minute")
 	}
 	close(done)
 	wg.Wait()
