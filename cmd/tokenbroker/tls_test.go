@@ -216,6 +216,8 @@ func TestTLSFilesReplacedWhileCallersLoop(t *testing.T) {
 	select {
 	case <-sawFirst:
 	case <-time.After(time.Minute):
+		close(done)
+		wg.Wait()
 		t.Fatal("no looping caller was served the first certificate within a minute")
 	}
 	second := b.serverCA.Issue(t, tlstest.Leaf{CN: "tokenbroker", IPs: []net.IP{net.IPv4(127, 0, 0, 1)}, Server: true})
