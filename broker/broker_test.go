@@ -299,7 +299,12 @@ func TestSlowKeyDoesNotBlockOthers(t *testing.T) {
 		_, err := b.GetToken(context.Background(), req("310904473"))
 		done <- err
 	}()
-	<-slow.started
+	// A call that ends before its fetch starts fails the test, not hangs it.
+	select {
+	case <-slow.started:
+	case err := <-done:
+		t.Fatalf("org A ended before its fetch started: %v", err)
+	}
 	// Org A's fetch hangs; org B must still be fetched and served.
 	tok, err := b.GetToken(context.Background(), req("314250052"))
 	if err != nil || tok.CustomerOrg != "314250052" {
@@ -375,7 +380,11 @@ func TestCallerGivesUpFetchGoesOn(t *testing.T) {
 		_, err := b.GetToken(ctx, req("310904473"))
 		errc <- err
 	}()
-	<-src.started
+	select {
+	case <-src.started:
+	case err := <-errc:
+		t.Fatalf("the call ended before its fetch started: %v", err)
+	}
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("canceled caller: %v", err)

@@ -146,6 +146,7 @@ func realMain(listPath, run string, timeout time.Duration, dry bool) error {
 		fmt.Printf("snippet not found (update scripts/mutations.txt): %s\n", strings.Join(missing, " "))
 	}
 	if survived > 0 || notFound > 0 {
+		os.RemoveAll(work) // os.Exit skips the deferred removal
 		os.Exit(1)
 	}
 	return nil
