@@ -219,6 +219,7 @@ func TestHostilePeers(t *testing.T) {
 		t.Skip("runs the broker in a child process")
 	}
 	path, callersCA, emu := mtlsSetup(t)
+	emu.Record()
 	p := startBrokerProcess(t, path)
 	billing := callersCA.Issue(t, tlstest.Leaf{URIs: []string{"spiffe://example.org/ns/prod/sa/billing"}})
 	conn, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(credentials.NewTLS(&tls.Config{
@@ -351,6 +352,7 @@ func TestHostilePeers(t *testing.T) {
 		t.Error("no suppressed-count audit line")
 	}
 	p99("after the attack")
+	emu.CheckNoLeaks(t, "the broker's log and audit", p.log.String())
 	after := p.rss(t)
 	t.Logf("FIGURE hostile_peers_after rss_after_mib=%.1f", float64(after)/(1<<20))
 }
