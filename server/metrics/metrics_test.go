@@ -202,3 +202,43 @@ func TestObserveBroker(t *testing.T) {
 		t.Error("a token or an organisation number reached the metrics")
 	}
 }
+
+func TestObserveRotation(t *testing.T) {
+	m := metrics.New()
+	now := time.Now()
+	pass := m.ObserveRotation(func() []metrics.Rotation {
+		return []metrics.Rotation{
+			{Client: "smartcloud", Failing: true, Due: now.Add(-time.Hour), Step: "prove", LastRotation: time.Unix(1700000000, 0),
+				Registered: []metrics.RegisteredKey{{KeyID: "k1", Expires: now.Add(10 * 24 * time.Hour)}, {KeyID: "by-hand"}}},
+			{Client: "other", Due: now.Add(48 * time.Hour)},
+		}
+	})
+	pass("smartcloud", "failed")
+	pass("smartcloud", "failed")
+	pass("other", "not_due")
+	out := scrape(t, m)
+	for _, want := range []string{
+		`tokenbroker_key_rotation_failing{client="smartcloud"} 1`,
+		`tokenbroker_key_rotation_failing{client="other"} 0`,
+		`tokenbroker_key_rotation_in_progress{client="smartcloud",step="prove"} 1`,
+		`tokenbroker_key_rotation_last_timestamp_seconds{client="smartcloud"} 1.7e+09`,
+		`tokenbroker_key_rotation_passes_total{client="smartcloud",outcome="failed"} 2`,
+		`tokenbroker_key_rotation_passes_total{client="other",outcome="not_due"} 1`,
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("missing %s", want)
+		}
+	}
+	for _, re := range []string{
+		`tokenbroker_key_rotation_due_seconds\{client="smartcloud"\} -3[56]\d\d(\.\d+)?\n`,
+		`tokenbroker_key_rotation_due_seconds\{client="other"\} 1[67]\d{4}(\.\d+)?\n`,
+		`tokenbroker_registered_key_expiry_seconds\{client="smartcloud",kid="k1"\} 86[34]\d{3}(\.\d+)?\n`,
+	} {
+		if !regexp.MustCompile(re).MatchString(out) {
+			t.Errorf("no match for %s", re)
+		}
+	}
+	if strings.Contains(out, `kid="by-hand"`) || strings.Contains(out, `tokenbroker_key_rotation_in_progress{client="other"`) {
+		t.Error("a key without expiry or a client without a rotation under way was exported")
+	}
+}
