@@ -19,9 +19,10 @@ func SameKeys(a, b State) bool {
 // its keys differ from the last state applied; a failed apply is tried
 // again at the next read. This is how the replicas that do not rotate
 // pick up a new active key without a restart. last is the state the
-// broker started with. Errors go to onError, which may be nil.
+// broker started with. onRead, which may be nil, gets every state read
+// and the error of the read or of its apply.
 func Follow(ctx context.Context, store Store, client string, every time.Duration, last State,
-	apply func(context.Context, State) error, onError func(error)) {
+	apply func(context.Context, State) error, onRead func(State, error)) {
 	if every <= 0 {
 		every = DefaultFollowEvery
 	}
@@ -39,8 +40,8 @@ func Follow(ctx context.Context, store Store, client string, every time.Duration
 				last = st
 			}
 		}
-		if err != nil && onError != nil && ctx.Err() == nil {
-			onError(err)
+		if onRead != nil && ctx.Err() == nil {
+			onRead(st, err)
 		}
 	}
 }
@@ -85,7 +86,7 @@ func (r *Rotator) Status(ctx context.Context) (Status, error) {
 		// Due from what the state last saw.
 		var reg []Registered
 		for _, k := range st.Registered {
-			reg = append(reg, Registered{KID: k.KID, Expires: k.Expires})
+			reg = append(reg, Registered{KID: k.KID, Expires: k.Expires, Created: k.Created})
 		}
 		out.Due = r.Due(st, reg)
 	}

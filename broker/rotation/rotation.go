@@ -152,6 +152,7 @@ type State struct {
 type RegisteredInfo struct {
 	KID     string    `json:"kid"`
 	Expires time.Time `json:"expires,omitzero"`
+	Created time.Time `json:"created,omitzero"`
 }
 
 // InFlight is a rotation under way.

@@ -46,14 +46,14 @@ const (
 
 // Outcomes of a pass, as Report.Outcome and in metrics.
 const (
-	OutcomeRotated  = "rotated"  // the old key is gone; the rotation is complete
-	OutcomeWaiting  = "waiting"  // the next key is active; the old one waits out the grace period
-	OutcomeRenewed  = "renewed"  // the registration was written back to renew it
-	OutcomeNotDue   = "not_due"  // nothing to do
-	OutcomeHeld     = "held"     // another replica holds the lease
-	OutcomeFailed   = "failed"   // an error; the state says where to go on
-	OutcomeDryRun   = "dry_run"  // nothing was changed
-	OutcomeStarted  = "started"  // a dry run found a rotation would start
+	OutcomeRotated  = "rotated" // the old key is gone; the rotation is complete
+	OutcomeWaiting  = "waiting" // the next key is active; the old one waits out the grace period
+	OutcomeRenewed  = "renewed" // the registration was written back to renew it
+	OutcomeNotDue   = "not_due" // nothing to do
+	OutcomeHeld     = "held"    // another replica holds the lease
+	OutcomeFailed   = "failed"  // an error; the state says where to go on
+	OutcomeDryRun   = "dry_run" // nothing was changed
+	OutcomeStarted  = "started" // a dry run found a rotation would start
 	outcomeStepDone = "step_done"
 )
 
@@ -370,7 +370,7 @@ func (p *pass) setRegistration(reg []Registered) {
 	p.reg = reg
 	p.st.Registered = p.st.Registered[:0]
 	for _, k := range reg {
-		p.st.Registered = append(p.st.Registered, RegisteredInfo{KID: k.KID, Expires: k.Expires})
+		p.st.Registered = append(p.st.Registered, RegisteredInfo{KID: k.KID, Expires: k.Expires, Created: k.Created})
 	}
 }
 

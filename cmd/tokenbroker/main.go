@@ -9,6 +9,7 @@
 //	tokenbroker check --config FILE   validate a config, load every key
 //	tokenbroker keygen --out FILE     write a new key, print its public JWK
 //	tokenbroker jwks --config FILE    print the public JWKs of the config
+//	tokenbroker keys status|rotate    show or run the key rotation
 package main
 
 import (
@@ -48,6 +49,11 @@ const usage = `usage:
   tokenbroker keygen --out FILE [--bits 2048|3072] [--kid KID]
                                     write a new RSA key (0600) and print its public JWK
   tokenbroker jwks --config FILE    print the public JWK set of every configured key
+  tokenbroker keys status --config FILE
+                                    every rotating client: registered keys and their expiry, active,
+                                    next, last rotation, next due
+  tokenbroker keys rotate --config FILE --client NAME [--dry-run]
+                                    rotate a client's key now (the broker's own code path)
   tokenbroker signer serve --key URI --kid KID --listen unix:/path | host:port [--tls-cert F --tls-key F --client-ca F]
                                     run an external signer holding one key
 `
@@ -73,6 +79,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return runKeygen(args[1:], stdout, stderr)
 	case "jwks":
 		return runJWKS(args[1:], stdout, stderr)
+	case "keys":
+		return runKeys(ctx, args[1:], stdout, stderr)
 	case "signer":
 		return runSigner(ctx, args[1:], stderr, nil)
 	case "help", "-h", "--help":

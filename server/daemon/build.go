@@ -3,10 +3,14 @@ package daemon
 import (
 	"context"
 	"crypto"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net/http"
 	"os"
+	"reflect"
+	"slices"
+	"sync"
 	"time"
 
 	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
@@ -20,6 +24,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/keyring"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten"
 	"github.com/tokenbroker/tokenbroker/broker/pagetoken"
+	"github.com/tokenbroker/tokenbroker/broker/rotation"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
 	"github.com/tokenbroker/tokenbroker/server"
@@ -93,6 +98,14 @@ type running struct {
 	metrics                 *metrics.Metrics
 	// closeShared closes the shared cache level (cache.shared), if any.
 	closeShared func()
+
+	// rotation is the automatic key rotation, nil when no client rotates.
+	rotation *keyRotation
+	// keysMu serialises the changes of the key ring (a reload, a rotation
+	// state applied) and guards cfg and baseDir, the config in use.
+	keysMu  sync.Mutex
+	cfg     *Config
+	baseDir string
 }
 
 // Components says what Run assembled, so that a test can hold two ways
@@ -149,18 +162,48 @@ func (rt *running) components(tp any, a *audit.Log, sc server.Config, servers in
 // setKey makes k the key client signs grants with.
 func (rt *running) setKey(client string, k *signer.Key) { _ = rt.clients[client].SetKey(k) }
 
-// ringClients is the key ring's view of the config's clients.
-func ringClients(cfg *Config, baseDir string) ([]keyring.Client, error) {
+// ringClients is the key ring's view of the config's clients, with, for
+// clients that rotate, what their rotation state adds: the keys the
+// rotator made, the kid it made active, and no retired key. A key's expiry
+// is the one its registration gave when the state knows it.
+func ringClients(cfg *Config, baseDir string, states map[string]rotation.State) ([]keyring.Client, error) {
 	timeout := time.Duration(cfg.Maskinporten.SignTimeout)
 	var out []keyring.Client
 	for i, c := range cfg.Clients {
+		st := states[c.Name]
+		registered := map[string]time.Time{}
+		for _, r := range st.Registered {
+			registered[r.KID] = r.Expires
+		}
+		expiry := func(kid string, configured time.Time) time.Time {
+			if e, ok := registered[kid]; ok && !e.IsZero() {
+				return e
+			}
+			return configured
+		}
+		active := st.ActiveKID(c.ActiveKey().KID)
 		rc := keyring.Client{Name: c.Name}
 		for _, kc := range c.KeyList() {
+			if slices.Contains(st.Retired, kc.KID) && kc.KID != active {
+				continue
+			}
 			expires, err := kc.Expiry()
 			if err != nil {
 				return nil, fmt.Errorf("clients[%d] (%s) key %q: expires: %w", i, c.Name, kc.KID, err)
 			}
-			rc.Keys = append(rc.Keys, keyring.Key{Spec: kc.Spec(baseDir, timeout), Active: kc == c.ActiveKey(), Expires: expires})
+			rc.Keys = append(rc.Keys, keyring.Key{Spec: kc.Spec(baseDir, timeout), Active: kc.KID == active, Expires: expiry(kc.KID, expires)})
+		}
+		for _, mk := range st.Keys {
+			if slices.ContainsFunc(rc.Keys, func(k keyring.Key) bool { return k.KeyID == mk.KID }) {
+				return nil, fmt.Errorf("clients[%d] (%s): key %q is both in the config and made by the rotation", i, c.Name, mk.KID)
+			}
+			rc.Keys = append(rc.Keys, keyring.Key{
+				Spec:   signer.Spec{URI: mk.URI, KeyID: mk.KID, Algorithm: mk.Algorithm, BaseDir: baseDir, CallTimeout: timeout},
+				Active: mk.KID == active, Expires: expiry(mk.KID, time.Time{}),
+			})
+		}
+		if !slices.ContainsFunc(rc.Keys, func(k keyring.Key) bool { return k.Active }) {
+			return nil, fmt.Errorf("clients[%d] (%s): the rotation state makes %q active, which is neither in the config nor made by the rotation", i, c.Name, active)
 		}
 		out = append(out, rc)
 	}
@@ -262,7 +305,24 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	if tel.metrics != nil {
 		exchanger.OnExchange = tel.metrics.ObserveExchange()
 	}
-	rcs, err := ringClients(cfg, baseDir)
+	if openKey == nil {
+		openKey = keys.Open
+	}
+	kr, err := newKeyRotation(ctx, rotationEnv{cfg: cfg, baseDir: baseDir, log: log, http: httpClient, env: env, open: openKey, lookup: os.LookupEnv})
+	if err != nil {
+		return nil, err
+	}
+	if kr != nil {
+		defer func() {
+			if err != nil {
+				kr.close()
+			}
+		}()
+		if err := kr.load(ctx); err != nil {
+			return nil, err
+		}
+	}
+	rcs, err := ringClients(cfg, baseDir, kr.snapshot())
 	if err != nil {
 		return nil, err
 	}
@@ -280,7 +340,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 		}
 	}()
 	rt := &running{ring: ring, mpHedger: mpHedger, exchanger: exchanger, httpClient: httpClient, freshClient: freshClient,
-		metrics: tel.metrics}
+		metrics: tel.metrics, rotation: kr, cfg: cfg, baseDir: baseDir}
 	clients := map[string]*maskinporten.Client{}
 	for i, c := range cfg.Clients {
 		active := ring.Active(c.Name)
@@ -331,19 +391,54 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 // (the active one may change; the one active now must still be listed) and
 // the policy. It changes nothing unless all of it loads: the policy is
 // compiled and the keys opened before either is swapped in. Other changes
-// need a restart.
+// need a restart, rotation and self_service among them.
 func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) error {
 	pol, err := cfg.policy()
 	if err != nil {
 		return err
 	}
-	rcs, err := ringClients(cfg, baseDir)
+	rt.keysMu.Lock()
+	defer rt.keysMu.Unlock()
+	if err := sameRotation(rt.cfg, cfg); err != nil {
+		return err
+	}
+	rcs, err := ringClients(cfg, baseDir, rt.rotation.snapshot())
 	if err != nil {
 		return err
 	}
 	if err := rt.ring.Replace(ctx, rcs); err != nil {
 		return err
 	}
+	rt.cfg, rt.baseDir = cfg, baseDir
 	rt.broker.SetPolicy(pol)
+	return nil
+}
+
+// applyRotation makes the key ring follow a client's new rotation state
+// (the rotation's keys, its active key, no retired key), with the config in
+// use for everything else.
+func (rt *running) applyRotation(ctx context.Context, _ string, _ rotation.State) error {
+	rt.keysMu.Lock()
+	defer rt.keysMu.Unlock()
+	rcs, err := ringClients(rt.cfg, rt.baseDir, rt.rotation.snapshot())
+	if err != nil {
+		return err
+	}
+	return rt.ring.Replace(ctx, rcs)
+}
+
+// sameRotation refuses a reload that changes self_service or a client's
+// rotation: the rotators were built from the config at start.
+func sameRotation(old, next *Config) error {
+	if !reflect.DeepEqual(old.SelfService, next.SelfService) {
+		return errors.New("self_service: changing it needs a restart")
+	}
+	for i, c := range next.Clients {
+		for _, o := range old.Clients {
+			if o.Name == c.Name && !reflect.DeepEqual(o.Rotation, c.Rotation) {
+				return fmt.Errorf("clients[%d] (%s).rotation: changing it needs a restart", i, c.Name)
+			}
+		}
+	}
 	return nil
 }

@@ -72,6 +72,9 @@ type Config struct {
 	// for Kubernetes config maps, whose updates arrive as a new file and
 	// cannot send a signal. Off when zero.
 	ConfigWatchInterval Duration `yaml:"config_watch_interval"`
+	// SelfService is the organisation's self-service client at Digdir,
+	// needed by clients with a rotation section.
+	SelfService *SelfServiceConfig `yaml:"self_service"`
 }
 
 // TLSConfig is the tls section. Paths are relative to the config file.
@@ -356,6 +359,9 @@ type ClientConfig struct {
 	// Maskinporten client must then also hold the scopes
 	// altinn:authentication/systemuser.request.write and .read.
 	SystemID string `yaml:"system_id"`
+	// Rotation, when set, rotates the client's key automatically through
+	// Digdir's self-service API (see RotationConfig and SelfService).
+	Rotation *RotationConfig `yaml:"rotation"`
 }
 
 // KeyConfig is a client's signing key.
@@ -407,12 +413,22 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if err := n.Decode(&s); err != nil {
 		return fmt.Errorf("line %d: want a duration such as 30s", n.Line)
 	}
-	v, err := time.ParseDuration(s)
+	v, err := parseDuration(s)
 	if err != nil || v < 0 {
-		return fmt.Errorf("line %d: %q is not a duration such as 30s", n.Line, s)
+		return fmt.Errorf("line %d: %q is not a duration such as 30s or 90d", n.Line, s)
 	}
 	*d = Duration(v)
 	return nil
+}
+
+// parseDuration is time.ParseDuration that also takes a whole number of
+// days, such as 90d.
+func parseDuration(s string) (time.Duration, error) {
+	if d, ok := strings.CutSuffix(s, "d"); ok && d != "" && strings.Trim(d, "0123456789") == "" && len(d) <= 5 {
+		n, err := strconv.Atoi(d)
+		return time.Duration(n) * 24 * time.Hour, err
+	}
+	return time.ParseDuration(s)
 }
 
 // maxConfigSize bounds the config file.
@@ -560,7 +576,7 @@ func (c *Config) check() error {
 			return err
 		}
 	}
-	return nil
+	return c.checkRotation()
 }
 
 // KeyList returns the client's keys: Keys, or Key alone.

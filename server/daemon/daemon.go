@@ -117,6 +117,11 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	defer b.Close()
 	m.ObserveBroker(b)
 	m.ObserveKeys(rt.metricKeys)
+	if rt.rotation != nil {
+		defer rt.rotation.close()
+		pass := m.ObserveRotation(rt.rotation.metrics)
+		rt.rotation.run(ctx, rt.applyRotation, pass)
+	}
 
 	var grpcOpts []grpc.ServerOption
 	if tp != nil {

@@ -5,6 +5,8 @@ package daemon
 // check validates the section, sharedCacheFor builds the level from it.
 
 import (
+	"crypto/hmac"
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -157,56 +159,13 @@ func newSharedCache(cfg *Config, c *SharedCacheConfig, baseDir string, lookup fu
 	if err := c.check(time.Duration(cfg.Maskinporten.Timeout)); err != nil {
 		return nil, err
 	}
-	rc := sharedcache.RedisConfig{Addrs: c.Redis.Addrs, MasterName: c.Redis.MasterName, Cluster: c.Redis.Cluster, Username: c.Redis.Username,
-		DB: c.Redis.DB, Timeout: time.Duration(c.Timeout)}
-	var err error
-	if rc.Password, err = readSecret(baseDir, c.Redis.PasswordFile, "cache.shared.redis.password_file"); err != nil {
+	rc, err := redisConfig(c, baseDir)
+	if err != nil {
 		return nil, err
 	}
-	if rc.SentinelPassword, err = readSecret(baseDir, c.Redis.SentinelPasswordFile, "cache.shared.redis.sentinel_password_file"); err != nil {
+	keys, err := sharedSecrets(c, baseDir, lookup)
+	if err != nil {
 		return nil, err
-	}
-	if t := c.Redis.TLS; t != nil {
-		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
-		if t.CA != "" {
-			pem, err := os.ReadFile(resolvePath(baseDir, t.CA))
-			if err != nil {
-				return nil, fmt.Errorf("cache.shared.redis.tls.ca: %w", err)
-			}
-			tc.RootCAs = x509.NewCertPool()
-			if !tc.RootCAs.AppendCertsFromPEM(pem) {
-				return nil, errors.New("cache.shared.redis.tls.ca: no PEM certificate in it")
-			}
-		}
-		if t.Cert != "" {
-			cert, err := tls.LoadX509KeyPair(resolvePath(baseDir, t.Cert), resolvePath(baseDir, t.Key))
-			if err != nil {
-				return nil, fmt.Errorf("cache.shared.redis.tls.cert/key: %w", err)
-			}
-			tc.Certificates = []tls.Certificate{cert}
-		}
-		rc.TLS = tc
-	}
-	var keys []sharedcache.Key
-	for i, k := range c.Keys {
-		var secret string
-		if k.File != "" {
-			secret, err = readSecret(baseDir, k.File, fmt.Sprintf("cache.shared.keys[%d].file", i))
-			if err != nil {
-				return nil, err
-			}
-		} else {
-			v, ok := lookup(k.Env)
-			if !ok || v == "" {
-				return nil, fmt.Errorf("cache.shared.keys[%d].env: %s is not set", i, k.Env)
-			}
-			secret = strings.TrimSpace(v)
-		}
-		if len(secret) < sharedcache.MinSecretLen {
-			return nil, fmt.Errorf("cache.shared.keys[%d] (%s): secret of %d bytes, want at least %d (for example: head -c 32 /dev/urandom | base64)",
-				i, k.ID, len(secret), sharedcache.MinSecretLen)
-		}
-		keys = append(keys, sharedcache.Key{ID: k.ID, Secret: []byte(secret)})
 	}
 	client, err := sharedcache.Dial(rc)
 	if err != nil {
@@ -242,4 +201,85 @@ func readSecret(baseDir, file, field string) (string, error) {
 		return "", fmt.Errorf("%s: %w", field, err)
 	}
 	return strings.TrimRight(string(b), "\r\n"), nil
+}
+
+// sharedSecrets reads the secrets of cache.shared.keys.
+func sharedSecrets(c *SharedCacheConfig, baseDir string, lookup func(string) (string, bool)) ([]sharedcache.Key, error) {
+	var keys []sharedcache.Key
+	for i, k := range c.Keys {
+		var secret string
+		if k.File != "" {
+			var err error
+			secret, err = readSecret(baseDir, k.File, fmt.Sprintf("cache.shared.keys[%d].file", i))
+			if err != nil {
+				return nil, err
+			}
+		} else {
+			v, ok := lookup(k.Env)
+			if !ok || v == "" {
+				return nil, fmt.Errorf("cache.shared.keys[%d].env: %s is not set", i, k.Env)
+			}
+			secret = strings.TrimSpace(v)
+		}
+		if len(secret) < sharedcache.MinSecretLen {
+			return nil, fmt.Errorf("cache.shared.keys[%d] (%s): secret of %d bytes, want at least %d (for example: head -c 32 /dev/urandom | base64)",
+				i, k.ID, len(secret), sharedcache.MinSecretLen)
+		}
+		keys = append(keys, sharedcache.Key{ID: k.ID, Secret: []byte(secret)})
+	}
+	return keys, nil
+}
+
+// rotationStateKey is the key that MACs the rotation state kept in Redis:
+// derived from the shared cache's name key, which is kept when the
+// encryption key rotates, so it changes only when the name key does.
+func rotationStateKey(c *SharedCacheConfig, baseDir string, lookup func(string) (string, bool)) ([]byte, error) {
+	keys, err := sharedSecrets(c, baseDir, lookup)
+	if err != nil {
+		return nil, err
+	}
+	id := firstSet(c.NameKey, firstSet(c.EncryptKey, keys[0].ID))
+	for _, k := range keys {
+		if k.ID == id {
+			mac := hmac.New(sha256.New, k.Secret)
+			mac.Write([]byte("tokenbroker rotation state v1"))
+			return mac.Sum(nil), nil
+		}
+	}
+	return nil, fmt.Errorf("cache.shared.name_key: no key %q", id)
+}
+
+// redisConfig is how to reach cache.shared's Redis.
+func redisConfig(c *SharedCacheConfig, baseDir string) (sharedcache.RedisConfig, error) {
+	rc := sharedcache.RedisConfig{Addrs: c.Redis.Addrs, MasterName: c.Redis.MasterName, Cluster: c.Redis.Cluster, Username: c.Redis.Username,
+		DB: c.Redis.DB, Timeout: time.Duration(c.Timeout)}
+	var err error
+	if rc.Password, err = readSecret(baseDir, c.Redis.PasswordFile, "cache.shared.redis.password_file"); err != nil {
+		return rc, err
+	}
+	if rc.SentinelPassword, err = readSecret(baseDir, c.Redis.SentinelPasswordFile, "cache.shared.redis.sentinel_password_file"); err != nil {
+		return rc, err
+	}
+	if t := c.Redis.TLS; t != nil {
+		tc := &tls.Config{MinVersion: tls.VersionTLS12, ServerName: t.ServerName}
+		if t.CA != "" {
+			pem, err := os.ReadFile(resolvePath(baseDir, t.CA))
+			if err != nil {
+				return rc, fmt.Errorf("cache.shared.redis.tls.ca: %w", err)
+			}
+			tc.RootCAs = x509.NewCertPool()
+			if !tc.RootCAs.AppendCertsFromPEM(pem) {
+				return rc, errors.New("cache.shared.redis.tls.ca: no PEM certificate in it")
+			}
+		}
+		if t.Cert != "" {
+			cert, err := tls.LoadX509KeyPair(resolvePath(baseDir, t.Cert), resolvePath(baseDir, t.Key))
+			if err != nil {
+				return rc, fmt.Errorf("cache.shared.redis.tls.cert/key: %w", err)
+			}
+			tc.Certificates = []tls.Certificate{cert}
+		}
+		rc.TLS = tc
+	}
+	return rc, nil
 }
