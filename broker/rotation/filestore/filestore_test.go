@@ -181,7 +181,7 @@ func TestLoadRefusesForeignFiles(t *testing.T) {
 	}
 	for _, tc := range []struct {
 		name, client, want string
-		make             func(path string) error
+		make               func(path string) error
 	}{
 		{"copied", "copied", `holds the state of client "other"`, func(p string) error { return os.WriteFile(p, b, 0o600) }},
 		{"corrupt", "corrupt", "unexpected end of JSON", func(p string) error { return os.WriteFile(p, b[:len(b)/2], 0o600) }},
