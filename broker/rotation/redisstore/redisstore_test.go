@@ -227,7 +227,7 @@ func TestTamperedStateRefused(t *testing.T) {
 	r := sharedcachetest.Start(t)
 	raw := r.Raw(t)
 	s := newStore(t, r.Client(t), nil)
-	for _, client := range []string{"demo", "other"} {
+	for _, client := range []string{"demo", "dem0"} {
 		l, err := s.Lease(ctx, client, time.Minute)
 		if err != nil {
 			t.Fatal(err)
@@ -238,7 +238,7 @@ func TestTamperedStateRefused(t *testing.T) {
 		l.Release(ctx)
 	}
 	demoKey, _ := s.Keys("demo")
-	otherKey, _ := s.Keys("other")
+	otherKey, _ := s.Keys("dem0")
 	good := raw.Get(ctx, demoKey).Val()
 	other := raw.Get(ctx, otherKey).Val()
 	otherKeyStore, err := redisstore.New(redisstore.Config{Client: r.Client(t), IntegrityKey: bytes.Repeat([]byte("x"), 32)})
@@ -253,8 +253,8 @@ func TestTamperedStateRefused(t *testing.T) {
 		{"uri_changed", strings.Replace(good, `file:demo.pem`, `file:/tmp/attacker.pem`, 1), "does not verify", s},
 		{"mac_dropped", regexpReplace(good, `"mac":"[^"]*"`, `"mac":""`), "does not verify", s},
 		{"mac_garbage", regexpReplace(good, `"mac":"[^"]*"`, `"mac":"!!"`), "does not verify", s},
-		{"other_client_copied", other, `holds the state of client "other"`, s},
-		{"other_client_renamed", strings.Replace(other, `"client":"other"`, `"client":"demo"`, 1), "does not verify", s},
+		{"other_client_copied", other, `holds the state of client "dem0"`, s},
+		{"other_client_renamed", strings.Replace(other, `"client":"dem0"`, `"client":"demo"`, 1), "does not verify", s},
 		{"bare_state", `{"active":"kid-attacker"}`, "version 0", s},
 		{"not_json", "garbage", "not a stored State", s},
 		{"empty", "", "not a stored State", s},
