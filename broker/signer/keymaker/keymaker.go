@@ -27,6 +27,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/rotation"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
 )
 
 // Maker makes new keys in one backend and destroys the ones it made; it is
@@ -81,6 +82,8 @@ func NewMaker(cfg MakerConfig) (Maker, error) {
 	switch scheme := m[1]; scheme {
 	case "file":
 		return filesigner.NewMaker(cfg.Location, opts)
+	case "pkcs11":
+		return pkcs11signer.NewMaker(cfg.Location, opts)
 	case "grpc":
 		return nil, fmt.Errorf("location: an external grpc: signer owns its keys; tokenbroker cannot make them (rotate them in the signer, or make keys in another backend)")
 	default:
