@@ -28,6 +28,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/gcpkmssigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
 )
 
@@ -87,6 +88,8 @@ func NewMaker(cfg MakerConfig) (Maker, error) {
 		return pkcs11signer.NewMaker(cfg.Location, opts)
 	case "awskms":
 		return awskmssigner.NewMaker(cfg.Location, opts)
+	case "gcpkms":
+		return gcpkmssigner.NewMaker(cfg.Location, opts)
 	case "grpc":
 		return nil, fmt.Errorf("location: an external grpc: signer owns its keys; tokenbroker cannot make them (rotate them in the signer, or make keys in another backend)")
 	default:
