@@ -27,6 +27,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/rotation"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/azurekvsigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/gcpkmssigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
@@ -90,6 +91,8 @@ func NewMaker(cfg MakerConfig) (Maker, error) {
 		return awskmssigner.NewMaker(cfg.Location, opts)
 	case "gcpkms":
 		return gcpkmssigner.NewMaker(cfg.Location, opts)
+	case "azurekv":
+		return azurekvsigner.NewMaker(cfg.Location, opts)
 	case "grpc":
 		return nil, fmt.Errorf("location: an external grpc: signer owns its keys; tokenbroker cannot make them (rotate them in the signer, or make keys in another backend)")
 	default:

@@ -4,12 +4,20 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/rsa"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
 	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/awskmssigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/azurekvsigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/filesigner"
+	"github.com/tokenbroker/tokenbroker/broker/signer/gcpkmssigner"
 	"github.com/tokenbroker/tokenbroker/broker/signer/keymaker"
 	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
+	"github.com/tokenbroker/tokenbroker/broker/signer/pkcs11signer"
 )
 
 const kid = "0b9d5f7e-3c1a-4e2b-9f6d-8a7c5e4d3b2a"
@@ -74,4 +82,36 @@ func TestNewMakerRefuses(t *testing.T) {
 			t.Errorf("NewMaker(%+v) = %v, want an error with %q", tc.cfg, err, tc.want)
 		}
 	}
+}
+
+// TestNewMakerPicks: each scheme that can make keys gets its backend's
+// maker, built without reaching the backend; the backend's own checks
+// apply.
+func TestNewMakerPicks(t *testing.T) {
+	t.Parallel()
+	pin := filepath.Join(t.TempDir(), "pin")
+	os.WriteFile(pin, []byte("1234"), 0o600)
+	for _, tc := range []struct {
+		loc  string
+		want any
+	}{
+		{"file:" + t.TempDir(), (*filesigner.Maker)(nil)},
+		{"pkcs11:token=t?module-path=/m.so&pin-source=file:" + pin, (*pkcs11signer.Maker)(nil)},
+		{"awskms:?region=eu-north-1", (*awskmssigner.Maker)(nil)},
+		{"gcpkms:projects/p/locations/l/keyRings/r", (*gcpkmssigner.Maker)(nil)},
+		{"azurekv:https://tb.vault.azure.net", (*azurekvsigner.Maker)(nil)},
+	} {
+		m, err := keymaker.NewMaker(keymaker.MakerConfig{Location: tc.loc})
+		if err != nil {
+			t.Errorf("NewMaker(%q): %v", tc.loc, err)
+			continue
+		}
+		if reflect.TypeOf(m) != reflect.TypeOf(tc.want) {
+			t.Errorf("NewMaker(%q) = %T, want %T", tc.loc, m, tc.want)
+		}
+	}
+	_, err := keymaker.NewMaker(keymaker.MakerConfig{Location: "gcpkms:projects/p/locations/l/keyRings/r", Algorithm: signer.RS384})
+	wantErr(t, "gcpkms RS384", err, "algorithm: Cloud KMS cannot make RS384")
+	_, err = keymaker.NewMaker(keymaker.MakerConfig{Location: "azurekv:https://tb.vault.azure.net/keys/k"})
+	wantErr(t, "azurekv key", err, "location:")
 }
