@@ -38,7 +38,9 @@ func newKeyVault(t *testing.T) *keyVault {
 		params: map[string]azkeys.CreateKeyParameters{}, deleted: map[string]bool{}}
 }
 
-func notFound() error { return &azcore.ResponseError{StatusCode: http.StatusNotFound, ErrorCode: "KeyNotFound"} }
+func notFound() error {
+	return &azcore.ResponseError{StatusCode: http.StatusNotFound, ErrorCode: "KeyNotFound"}
+}
 
 func (f *keyVault) jwk(name, version string) *azkeys.JSONWebKey {
 	kty := *f.params[name].Kty
