@@ -43,6 +43,12 @@ type URI struct {
 
 // ParseURI parses an RFC 7512 pkcs11: URI and reads its PIN.
 func ParseURI(raw string) (*URI, error) {
+	return parseURI(raw, true)
+}
+
+// parseURI parses a pkcs11: URI; with key, it must name a key (object=
+// and/or id=), without, it must not.
+func parseURI(raw string, key bool) (*URI, error) {
 	rest, ok := strings.CutPrefix(raw, "pkcs11:")
 	if !ok {
 		return nil, errors.New("not a pkcs11: URI")
@@ -100,8 +106,11 @@ func ParseURI(raw string) (*URI, error) {
 	case n > 1:
 		return nil, errors.New("pkcs11 URI: name the token one way only (token=, serial= or slot-id=)")
 	}
-	if u.Object == "" && len(u.ID) == 0 {
+	switch named := u.Object != "" || len(u.ID) > 0; {
+	case key && !named:
 		return nil, errors.New("pkcs11 URI: name the key with object= and/or id=")
+	case !key && named:
+		return nil, errors.New("pkcs11 location: names a token, not a key: drop object= and id=")
 	}
 	switch src, val := q.Get("pin-source"), q.Get("pin-value"); {
 	case src != "" && val != "":

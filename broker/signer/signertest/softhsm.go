@@ -24,12 +24,9 @@ var (
 	softhsmKeys = map[string]string{}
 )
 
-// SoftHSM returns a pkcs11: URI for the test key called name (KeyA or
-// KeyB), imported into a SoftHSM2 token of its own. All tokens live in one
-// temporary directory named by SOFTHSM2_CONF, set once per test process
-// (the module reads it when first loaded). Without softhsm2 installed the
-// test is skipped, except under CI, where it fails: CI must run it.
-func SoftHSM(tb testing.TB, name string) string {
+// softhsmSetup skips the test without softhsm2 (fails it under CI) and
+// points SOFTHSM2_CONF, once per test process, at a temporary directory.
+func softhsmSetup(tb testing.TB) {
 	tb.Helper()
 	if _, err := os.Stat(SoftHSMModule); err != nil {
 		if os.Getenv("CI") != "" {
@@ -54,18 +51,23 @@ func SoftHSM(tb testing.TB, name string) string {
 	if softhsmErr != nil {
 		tb.Fatalf("signertest: softhsm setup: %v", softhsmErr)
 	}
+}
+
+// SoftHSM returns a pkcs11: URI for the test key called name (KeyA or
+// KeyB), imported into a SoftHSM2 token of its own. All tokens live in one
+// temporary directory named by SOFTHSM2_CONF, set once per test process
+// (the module reads it when first loaded). Without softhsm2 installed the
+// test is skipped, except under CI, where it fails: CI must run it.
+func SoftHSM(tb testing.TB, name string) string {
+	tb.Helper()
+	softhsmSetup(tb)
 	softhsmMu.Lock()
 	defer softhsmMu.Unlock()
 	if uri, ok := softhsmKeys[name]; ok {
 		return uri
 	}
 	label := "tb-" + name
-	run := func(args ...string) {
-		out, err := exec.Command("softhsm2-util", args...).CombinedOutput()
-		if err != nil {
-			tb.Fatalf("signertest: softhsm2-util %v: %v\n%s", args[:2], err, out)
-		}
-	}
+	run := softhsmUtil(tb)
 	run("--init-token", "--free", "--label", label, "--pin", SoftHSMPin, "--so-pin", "5678")
 	pem := filepath.Join(filepath.Dir(os.Getenv("SOFTHSM2_CONF")), name+".pem")
 	if err := os.WriteFile(pem, PEM(tb, name+".pkcs8.pem"), 0o600); err != nil {
@@ -74,6 +76,43 @@ func SoftHSM(tb testing.TB, name string) string {
 	run("--import", pem, "--token", label, "--label", "mp-key", "--id", "01", "--pin", SoftHSMPin)
 	uri := fmt.Sprintf("pkcs11:token=%s;object=mp-key;id=%%01?module-path=%s&pin-value=%s", label, SoftHSMModule, SoftHSMPin)
 	softhsmKeys[name] = uri
+	return uri
+}
+
+// softhsmUtil returns a function that runs softhsm2-util and fails the
+// test when it fails.
+func softhsmUtil(tb testing.TB) func(args ...string) {
+	return func(args ...string) {
+		tb.Helper()
+		out, err := exec.Command("softhsm2-util", args...).CombinedOutput()
+		if err != nil {
+			tb.Fatalf("signertest: softhsm2-util %v: %v\n%s", args[:2], err, out)
+		}
+	}
+}
+
+var softhsmTokens = map[string]string{}
+
+// SoftHSMToken returns a pkcs11: location (a URI naming a token, not a key)
+// of an empty SoftHSM2 token labelled "tbt-"+name, made once per name and
+// test process, with its PIN read from a pin-source file: where a key maker
+// makes keys.
+func SoftHSMToken(tb testing.TB, name string) string {
+	tb.Helper()
+	softhsmSetup(tb)
+	softhsmMu.Lock()
+	defer softhsmMu.Unlock()
+	if uri, ok := softhsmTokens[name]; ok {
+		return uri
+	}
+	label := "tbt-" + name
+	softhsmUtil(tb)("--init-token", "--free", "--label", label, "--pin", SoftHSMPin, "--so-pin", "5678")
+	pin := filepath.Join(filepath.Dir(os.Getenv("SOFTHSM2_CONF")), label+".pin")
+	if err := os.WriteFile(pin, []byte(SoftHSMPin+"\n"), 0o600); err != nil {
+		tb.Fatal(err)
+	}
+	uri := fmt.Sprintf("pkcs11:token=%s?module-path=%s&pin-source=file:%s", label, SoftHSMModule, pin)
+	softhsmTokens[name] = uri
 	return uri
 }
 
