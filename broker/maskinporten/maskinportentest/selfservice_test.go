@@ -364,7 +364,10 @@ func TestSelfServiceRefusesBadSets(t *testing.T) {
 		{name: "empty_kid", mutate: func(t *testing.T, k []map[string]any) any { k[0]["kid"] = ""; return map[string]any{"keys": k} }, want: 400, field: "kid"},
 		{name: "private_d", mutate: func(t *testing.T, k []map[string]any) any { k[0]["d"] = "AQAB"; return map[string]any{"keys": k} }, want: 400, field: "d"},
 		{name: "private_qi", mutate: func(t *testing.T, k []map[string]any) any { k[0]["qi"] = "AQAB"; return map[string]any{"keys": k} }, want: 400, field: "qi"},
-		{name: "x5c", mutate: func(t *testing.T, k []map[string]any) any { k[0]["x5c"] = []string{"MII"}; return map[string]any{"keys": k} }, want: 400, field: "x5c"},
+		{name: "x5c", mutate: func(t *testing.T, k []map[string]any) any {
+			k[0]["x5c"] = []string{"MII"}
+			return map[string]any{"keys": k}
+		}, want: 400, field: "x5c"},
 		{name: "kid_twice", mutate: func(t *testing.T, k []map[string]any) any {
 			return map[string]any{"keys": []any{k[0], jwkOf(t, signertest.KeyB, "kid-new")}}
 		}, want: 400, field: "kid"},
