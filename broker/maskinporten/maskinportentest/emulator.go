@@ -3,7 +3,9 @@
 // for JWT bearer grants, strictly:
 //
 //   - the grant is a compact JWS with alg RS256, RS384 or RS512 and a kid
-//     registered on the client named by iss, and its signature verifies;
+//     registered on the client named by iss (usable, not expired: MP-121),
+//     or an x5c enterprise certificate of a client without registered
+//     keys, and its signature verifies;
 //   - it carries only documented claims; aud is the issuer, a single string;
 //   - iat is within 10 s of the emulator's clock, exp - iat is at most 120 s,
 //     and the grant has not expired;
@@ -13,6 +15,9 @@
 //     urn:altinn:systemuser with only known fields (MP-301, MP-302), and a
 //     system user is approved for the client, the org and the external
 //     reference, which defaults to the org number (MP-303).
+//
+// It also serves Digdir's self-service API for a client's keys
+// (selfservice.go), which replaces the keys the token endpoint accepts.
 //
 // It issues RS256-signed access tokens shaped like Maskinporten's system
 // user tokens, counts requests and tokens, and lets tests break it through
@@ -68,11 +73,19 @@ type Client struct {
 	// Scopes registered on the client.
 	Scopes []string
 	// Keys are the public keys registered on the client, each with a kid.
+	// They are usable at once and expire one year after AddClient. From
+	// then on the client's keys are its registration, which Digdir's
+	// self-service API replaces (see selfservice.go); Keys is not updated.
 	Keys []jwk.Key
 	// CertificateCAs, when not nil, lets the client authenticate with an
 	// enterprise certificate (x5c) issued under these CAs, whose subject
 	// serialNumber (or organizationIdentifier NTRNO-...) is Org.
 	CertificateCAs *x509.CertPool
+	// Supplier is the organisation number of a supplier that manages the
+	// client for Org; an admin token of that organisation with scope
+	// idporten:dcr.supplier may then manage it through the self-service
+	// API.
+	Supplier string
 }
 
 // Config configures an Emulator.
@@ -118,12 +131,17 @@ type Emulator struct {
 	assertions     []string
 	tokens         []string
 	record         bool
+	// regs are the clients' registered keys (selfservice.go), propagation
+	// the delay before a key registered through the API is usable.
+	regs        map[string]*registration
+	propagation time.Duration
 
 	hook      atomic.Pointer[func(http.ResponseWriter, *http.Request) bool]
 	faults    faultState
 	requests  atomic.Int64
 	issued    atomic.Int64
 	exchanges atomic.Int64
+	writes    atomic.Int64
 }
 
 type systemUserKey struct{ clientID, org, externalRef string }
@@ -139,6 +157,7 @@ func New(cfg Config) (*Emulator, error) {
 		clients:     map[string]*Client{},
 		systemUsers: map[systemUserKey]string{},
 		seenJTI:     map[string]time.Time{},
+		regs:        map[string]*registration{},
 	}
 	e.faults.release = make(chan struct{})
 	if e.now == nil {
@@ -207,10 +226,15 @@ func (e *Emulator) AddClient(c Client) error {
 			return errors.New("maskinportentest: client key without kid")
 		}
 	}
+	reg, err := initialRegistration(c.Keys, e.now())
+	if err != nil {
+		return err
+	}
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	cc := c
 	e.clients[c.ID] = &cc
+	e.regs[c.ID] = reg
 	return nil
 }
 
@@ -304,6 +328,9 @@ func (e *Emulator) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if r.URL.Path == "/token" && e.serveFault(w, r) {
+		return
+	}
+	if e.serveSelfService(w, r) {
 		return
 	}
 	if e.serveVendor(w, r) {
@@ -470,6 +497,9 @@ type grant struct {
 	externalRef string
 	systemUser  string
 	resource    []string
+	// certificate is true when the grant was signed with an enterprise
+	// certificate (x5c) rather than a registered key (kid).
+	certificate bool
 }
 
 // documentedClaims are the claims Digdir lists for grants.
@@ -510,21 +540,25 @@ func (e *Emulator) verify(assertion string) (*grant, *oauthError) {
 		return nil, fail(400, "invalid_grant", "MP-100", "Invalid assertion. Client authentication failed: unknown client")
 	}
 	var verifyKey any
-	if chain != nil && chain.Len() > 0 {
+	certificate := chain != nil && chain.Len() > 0
+	if certificate {
+		// A client with a registered key must name it with kid instead of
+		// sending x5c (felleslosninger/docs
+		// _docs/idporten/oidc/oidc_api_admin.md, "Bruk av asymmetrisk
+		// nøkkel"); Maskinporten's text is from
+		// felleslosninger/efm-integrasjonspunkt issue #1443.
+		if e.hasKeys(client.ID) {
+			return nil, fail(400, "invalid_grant", "", "Invalid JWT. The client requires pre-registered jwk and no key identifier (kid) provided")
+		}
 		leaf, oerr := checkCertificate(chain, client)
 		if oerr != nil {
 			return nil, oerr
 		}
 		verifyKey = leaf.PublicKey
 	} else {
-		var pub jwk.Key
-		for _, k := range client.Keys {
-			if k.KeyID() == kid {
-				pub = k
-			}
-		}
-		if pub == nil {
-			return nil, fail(400, "invalid_grant", "MP-124", "Invalid JWT signature: kid is not registered on the client")
+		pub, oerr := e.clientKey(client.ID, kid)
+		if oerr != nil {
+			return nil, oerr
 		}
 		verifyKey = pub
 	}
@@ -545,7 +579,7 @@ func (e *Emulator) verify(assertion string) (*grant, *oauthError) {
 		return nil, oerr
 	}
 
-	g := &grant{client: client}
+	g := &grant{client: client, certificate: certificate}
 	var scope string
 	if json.Unmarshal(claims["scope"], &scope) != nil || strings.TrimSpace(scope) == "" {
 		return nil, fail(400, "invalid_scope", "MP-200", "Invalid scope: scope is missing")
@@ -554,6 +588,9 @@ func (e *Emulator) verify(assertion string) (*grant, *oauthError) {
 	for _, s := range g.scopes {
 		if !contains(client.Scopes, s) {
 			return nil, fail(400, "invalid_scope", "MP-200", fmt.Sprintf("Invalid scope: %q is not registered on the client", s))
+		}
+		if oerr := checkAdminScope(s, certificate); oerr != nil {
+			return nil, oerr
 		}
 	}
 	if raw, ok := claims["resource"]; ok {
@@ -760,9 +797,16 @@ func (e *Emulator) mint(g *grant) (map[string]any, *oauthError) {
 	ttl, issuer := e.ttl, e.issuer
 	e.mu.Unlock()
 	now := e.now()
+	amr := "private_key_jwt"
+	if g.certificate {
+		// The client_amr of a token granted with an enterprise
+		// certificate, as in the example token of felleslosninger/docs
+		// _docs/idporten/oidc/oidc_api_admin.md.
+		amr = "virksomhetssertifikat"
+	}
 	claims := map[string]any{
 		"iss":        issuer,
-		"client_amr": "private_key_jwt",
+		"client_amr": amr,
 		"token_type": "Bearer",
 		"client_id":  g.client.ID,
 		"scope":      strings.Join(g.scopes, " "),

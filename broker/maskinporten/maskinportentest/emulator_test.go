@@ -157,7 +157,7 @@ func TestEmulatorRefuses(t *testing.T) {
 		{name: "unknown_client", mutate: func(f *fixture, c map[string]any) { c["iss"] = "nobody" }, code: "invalid_grant", mpCode: "MP-100"},
 		{name: "scope_not_registered", mutate: func(f *fixture, c map[string]any) { c["scope"] = scope + " other:scope" }, code: "invalid_scope", mpCode: "MP-200"},
 		{name: "no_scope", mutate: func(f *fixture, c map[string]any) { delete(c, "scope") }, code: "invalid_scope", mpCode: "MP-200"},
-		{name: "wrong_kid", kid: "kid-z", code: "invalid_grant", mpCode: "MP-124"},
+		{name: "wrong_kid", kid: "kid-z", code: "invalid_grant", mpCode: "Unknown key identifier (kid) for client"},
 		{name: "no_kid", kid: "-", code: "invalid_grant", mpCode: "MP-124"},
 		{name: "wrong_key", key: signertest.KeyB, code: "invalid_grant", mpCode: "MP-124"},
 		{name: "hs256", alg: jwa.HS256, code: "invalid_grant", mpCode: "MP-124"},

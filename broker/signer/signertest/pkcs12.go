@@ -1,6 +1,7 @@
 package signertest
 
 import (
+	"crypto"
 	"crypto/rand"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -9,6 +10,8 @@ import (
 	"time"
 
 	"software.sslmate.com/src/go-pkcs12"
+
+	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
 // EnterpriseCert makes an enterprise certificate ("virksomhetssertifikat")
@@ -46,4 +49,22 @@ func EnterpriseCert(tb testing.TB, org, password string) ([]byte, *x509.CertPool
 	pool := x509.NewCertPool()
 	pool.AddCert(ca)
 	return p12, pool
+}
+
+// EnterpriseKey makes an enterprise certificate for org as EnterpriseCert
+// does and returns it as a signer.Key (key A, RS256, with the chain, leaf
+// first, so that grants carry x5c), together with a pool holding the CA.
+func EnterpriseKey(tb testing.TB, org string) (*signer.Key, *x509.CertPool) {
+	tb.Helper()
+	p12, pool := EnterpriseCert(tb, org, "signertest")
+	priv, leaf, cas, err := pkcs12.DecodeChain(p12, "signertest")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k, err := signer.New("cert-"+org, signer.RS256, priv.(crypto.Signer), "memory")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	k.Chain = append([]*x509.Certificate{leaf}, cas...)
+	return k, pool
 }
