@@ -424,7 +424,7 @@ func TestRotationRefusesAtTheKeyLimit(t *testing.T) {
 	}
 }
 
-func TestRotationWaitsForPropagation(t *testing.T) {
+func TestRotationBacksOffWhileUnproven(t *testing.T) {
 	w := newWorld(t)
 	w.unproven.Store(4) // slower than the first retries
 	r := w.rotator(t, nil)

@@ -1,153 +1,244 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/lestrrat-go/jwx/v2/jwk"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
+	"github.com/tokenbroker/tokenbroker/broker/selfservice"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
-// TestKeyRotation: add key B, make it active, reload: new grants carry B's
-// kid, cached tokens survive reloads, and removing the active key is
-// refused.
-func TestKeyRotation(t *testing.T) {
+// rotationOrgs have an approved system user in TestServeRotatesKeys.
+var rotationOrgs = []string{"310904473", "314250052", "313775429"}
+
+// TestServeRotatesKeys: a broker serves callers in a loop while `keys
+// rotate` (another process's rotator, on the same state) rotates the
+// client's key through the emulator's self-service API, with each backend
+// that runs here. Maskinporten takes 3 s to accept the new key, and with
+// key files 20 s: longer than the broker takes to follow the state, so a
+// key made active before Maskinporten accepts it would sign refused
+// grants and fail calls. The broker
+// picks the new key up from the state without a restart, no call fails,
+// and no grant of a caller is signed with a key Maskinporten does not yet
+// accept. Everything but the token lifetime is the shipped default.
+func TestServeRotatesKeys(t *testing.T) {
 	t.Parallel()
+	backends := map[string]func(t *testing.T, dir string) string{
+		"file":   func(t *testing.T, dir string) string { return "file:keys/" },
+		"pkcs11": func(t *testing.T, dir string) string { return signertest.SoftHSMToken(t, "serve-rotation") },
+		"awskms": func(t *testing.T, dir string) string {
+			_, query, _ := strings.Cut(signertest.LocalKMS(t), "?")
+			return "awskms:?" + query
+		},
+	}
+	for name, location := range backends {
+		propagation := 3 * time.Second
+		if name == "file" {
+			propagation = 20 * time.Second
+		}
+		t.Run(name, func(t *testing.T) { serveRotation(t, location, propagation) })
+	}
+}
+
+func serveRotation(t *testing.T, location func(t *testing.T, dir string) string, propagation time.Duration) {
 	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
-	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
+	const adminID = "selfservice-admin"
+	p12, cas := signertest.EnterpriseCert(t, "991825827", "pw-123")
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{TokenTTL: 4 * time.Second})
 	emu.Record()
-	pubA := publicJWK(t, signertest.Key(t, signertest.KeyA, "key-a"))
-	pubB := publicJWK(t, signertest.Key(t, signertest.KeyB, "key-b"))
-	if err := emu.AddClient(maskinportentest.Client{ID: clientID, Org: "991825827", SystemID: "991825827_x",
-		Scopes: []string{demoScope}, Keys: []jwk.Key{pubA, pubB}}); err != nil {
+	emu.SetPropagationDelay(propagation)
+	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	if err != nil {
 		t.Fatal(err)
 	}
-	for _, org := range []string{"310904473", "314250052", "313775429"} {
+	for _, c := range []maskinportentest.Client{
+		{ID: clientID, Org: "991825827", SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}},
+		{ID: adminID, Org: "991825827", Scopes: []string{selfservice.ScopeRead, selfservice.ScopeWrite}, CertificateCAs: cas},
+	} {
+		if err := emu.AddClient(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, org := range rotationOrgs {
 		emu.ApproveSystemUser(clientID, org, "")
 	}
-	dir := t.TempDir()
-	for name, file := range map[string]string{"a.pem": "rsa-a.pkcs8.pem", "b.pem": "rsa-b.pkcs1.pem"} {
-		if err := os.WriteFile(filepath.Join(dir, name), signertest.PEM(t, file), 0o600); err != nil {
+	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
+	dir := filepath.Dir(path)
+	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
+	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
+	for _, d := range []string{"keys", "state"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
-	path := filepath.Join(dir, "tokenbroker.yaml")
-	writeKeys := func(keys string) {
-		t.Helper()
-		cfg := fmt.Sprintf(`listen: 127.0.0.1:0
-insecure: true
-http_listen: 127.0.0.1:0
-policy:
-  - {callers: [local:insecure], clients: ["*"], scopes: ["*"], customer_orgs: ["*"]}
-maskinporten: {environment: test, issuer: %q, token_url: %q}
+	cfg := readFile(t, path)
+	cfg = bytes.Replace(cfg, []byte("clients:\n"), []byte(fmt.Sprintf(`self_service:
+  client_id: %s
+  key:
+    signer: file:vs.p12
+    password_file: vs.pw
+  url: %s
+  state_dir: state
 clients:
-  - name: smartcloud
-    client_id: %s
-    scopes: [%s]
-    keys:
-%s`, emu.Issuer(), srv.URL+"/token", clientID, demoScope, keys)
-		if err := os.WriteFile(path, []byte(cfg), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	keyA := "      - {kid: key-a, signer: file:a.pem%s}\n"
-	keyB := "      - {kid: key-b, signer: file:b.pem%s}\n"
-	active := ", active: true"
-	writeKeys(fmt.Sprintf(keyA, active))
+`, adminID, srv.URL)), 1)
+	cfg = append(cfg, fmt.Sprintf("    rotation:\n      new_keys: %q\n", location(t, dir))...)
+	writeSecret(t, path, cfg)
 
-	reload := make(chan struct{})
-	addr, stderr, stop := startServe(t, path, serveHooks{reload: reload})
-	ctx := context.Background()
+	addr, stderr, stop := startServe(t, path, serveHooks{})
 	c := dial(t, addr)
-	get := func(org string) *tokenbrokerv1.GetTokenResponse {
-		t.Helper()
-		rctx, rcancel := context.WithTimeout(ctx, 10*time.Second)
-		defer rcancel()
-		resp, err := c.GetToken(rctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: org, Scopes: []string{demoScope}})
-		if err != nil {
-			t.Fatalf("GetToken(%s): %v", org, err)
-		}
-		return resp
-	}
-	doReload := func(want string) {
-		t.Helper()
-		before := strings.Count(stderr.String(), want)
-		reload <- struct{}{}
-		waitUntil(t, want, func() bool { return strings.Count(stderr.String(), want) > before })
+	var calls, failed atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				org := rotationOrgs[(i+n)%len(rotationOrgs)]
+				cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+				// Tokens live 4 s here, so callers ask for 1 s left.
+				_, err := c.GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: org, Scopes: []string{demoScope},
+					MinValidity: durationpb.New(time.Second)})
+				ccancel()
+				calls.Add(1)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
 	}
 
-	if r := get("310904473"); r.GetKeyId() != "key-a" {
-		t.Fatalf("first token signed with %q, want key-a", r.GetKeyId())
+	// Another process rotates: the broker's own code path.
+	var out, errOut syncBuffer
+	if err := run(context.Background(), []string{"keys", "rotate", "--config", path, "--client", "smartcloud"}, &out, &errOut); err != nil {
+		t.Fatalf("keys rotate: %v\n%s\n%s", err, out.String(), errOut.String())
 	}
-	// Add B, inactive: nothing changes, the cached token survives.
-	writeKeys(fmt.Sprintf(keyA, active) + fmt.Sprintf(keyB, ""))
-	doReload("config reloaded")
-	if r := get("310904473"); !r.GetCached() || r.GetKeyId() != "key-a" {
-		t.Errorf("after adding key B: cached %v kid %q, want the cached key-a token", r.GetCached(), r.GetKeyId())
+	m := regexp.MustCompile(`rotation at step retire \(next (\S+), old smartcloud-2026\)`).FindStringSubmatch(out.String())
+	if m == nil {
+		t.Fatalf("keys rotate said:\n%s\n%s", out.String(), errOut.String())
 	}
-	// Make B active: new grants carry B's kid.
-	writeKeys(fmt.Sprintf(keyA, "") + fmt.Sprintf(keyB, active))
-	doReload("active key changed")
-	for _, org := range []string{"310904473", "314250052"} {
-		if r := get(org); r.GetKeyId() != "key-b" || r.GetCached() {
-			t.Errorf("%s after making B active: kid %q cached %v, want a fresh key-b token", org, r.GetKeyId(), r.GetCached())
+	next := m[1]
+	var usable time.Time
+	for _, k := range emu.RegisteredKeys(clientID) {
+		if k.KID == next {
+			usable = k.UsableFrom
 		}
 	}
-	// The metrics follow the reloads: both keys, B the active one.
+	if usable.IsZero() {
+		t.Fatalf("%s is not registered", next)
+	}
+	// The broker follows the state (every 15 s by default): wait until its
+	// callers' grants carry the new kid, then let them run a while more.
+	deadline := time.Now().Add(90 * time.Second)
+	for !grantsWith(t, emu, next) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broker never signed with %s\n%s", next, stderr.String())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	cancel()
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d calls failed during the rotation, first: %v", failed.Load(), calls.Load(), firstErr.Load())
+	}
+	// No caller's grant signed with the new key before Maskinporten took it.
+	early := 0
+	for _, a := range emu.Assertions() {
+		kid, iat, systemUser := grantInfo(t, a)
+		if systemUser && kid == next && iat.Before(usable.Truncate(time.Second)) {
+			early++
+		}
+	}
+	if early != 0 {
+		t.Fatalf("%d grants of callers were signed with %s before Maskinporten accepted it", early, next)
+	}
+	t.Logf("%d calls, 0 failed; the broker switched to %s after the proof", calls.Load(), next)
+
+	// keys status shows the rotation.
+	var status syncBuffer
+	if err := run(context.Background(), []string{"keys", "status", "--config", path}, &status, &errOut); err != nil {
+		t.Fatalf("keys status: %v\n%s", err, status.String())
+	}
+	for _, want := range []string{"active         " + next, "next           " + next + " (rotation at step retire)",
+		"registered     smartcloud-2026", "registered     " + next + " (active)", "next due"} {
+		if !strings.Contains(status.String(), want) {
+			t.Errorf("keys status lacks %q:\n%s", want, status.String())
+		}
+	}
 	scrape := scrapeMetrics(t, stderr.String())
 	for _, want := range []string{
-		`tokenbroker_key_active{client="smartcloud",kid="key-a"} 0`,
-		`tokenbroker_key_active{client="smartcloud",kid="key-b"} 1`,
-		`tokenbroker_key_up{backend="file",client="smartcloud",kid="key-b"} 1`,
+		`tokenbroker_key_active{client="smartcloud",kid="` + next + `"} 1`,
+		`tokenbroker_key_rotation_failing{client="smartcloud"} 0`,
+		`tokenbroker_key_rotation_in_progress{client="smartcloud",step="retire"} 1`,
+		`tokenbroker_registered_key_expiry_seconds{client="smartcloud",kid="` + next + `"}`,
+		`tokenbroker_key_rotation_due_seconds{client="smartcloud"}`,
 	} {
 		if !strings.Contains(scrape, want) {
-			t.Errorf("metrics after making B active lack %s", want)
+			t.Errorf("metrics lack %s", want)
 		}
 	}
-	// Removing the active key B is refused; B keeps signing.
-	writeKeys(fmt.Sprintf(keyA, active))
-	doReload("reload failed")
-	if !strings.Contains(stderr.String(), `the active key \"key-b\" was removed`) {
-		t.Errorf("refusal does not say why:\n%s", stderr.String())
+	checkAlertMetrics(t, scrape, false)
+	if err := stop(); err != nil {
+		t.Fatal(err)
 	}
-	if r := get("313775429"); r.GetKeyId() != "key-b" {
-		t.Errorf("after a refused removal: kid %q, want key-b", r.GetKeyId())
+	for _, secret := range []string{"pw-123", "PRIVATE KEY"} {
+		if strings.Contains(stderr.String()+out.String()+status.String()+errOut.String(), secret) {
+			t.Errorf("%q reached the log or the output", secret)
+		}
 	}
-	// Removing the inactive key A is fine.
-	writeKeys(fmt.Sprintf(keyB, active))
-	doReload("config reloaded")
-	if scrape := scrapeMetrics(t, stderr.String()); strings.Contains(scrape, `kid="key-a"`) {
-		t.Error("the metrics still show key A after it was removed")
-	}
+	emu.CheckNoLeaks(t, "the broker's log", stderr.String())
+}
 
-	kids := map[string]int{}
+// grantsWith reports whether a recorded grant of a caller (one with
+// authorization_details) carries kid.
+func grantsWith(t *testing.T, emu *maskinportentest.Emulator, kid string) bool {
 	for _, a := range emu.Assertions() {
-		raw, err := base64.RawURLEncoding.DecodeString(strings.SplitN(a, ".", 2)[0])
+		if k, _, su := grantInfo(t, a); su && k == kid {
+			return true
+		}
+	}
+	return false
+}
+
+// grantInfo reads a grant's kid, iat and whether it asks for a system user.
+func grantInfo(t *testing.T, assertion string) (kid string, iat time.Time, systemUser bool) {
+	t.Helper()
+	parts := strings.Split(assertion, ".")
+	var hdr struct {
+		KID string `json:"kid"`
+	}
+	var claims struct {
+		IAT     int64           `json:"iat"`
+		Details json.RawMessage `json:"authorization_details"`
+	}
+	for i, v := range []any{&hdr, &claims} {
+		raw, err := base64.RawURLEncoding.DecodeString(parts[i])
 		if err != nil {
 			t.Fatal(err)
 		}
-		var hdr struct {
-			Kid string `json:"kid"`
-		}
-		if err := json.Unmarshal(raw, &hdr); err != nil {
+		if err := json.Unmarshal(raw, v); err != nil {
 			t.Fatal(err)
 		}
-		kids[hdr.Kid]++
 	}
-	if kids["key-a"] != 1 || kids["key-b"] != 3 {
-		t.Errorf("grants by kid = %v, want key-a 1, key-b 3", kids)
-	}
-	if err := stop(); err != nil {
-		t.Error(err)
-	}
+	return hdr.KID, time.Unix(claims.IAT, 0), len(claims.Details) > 0
 }

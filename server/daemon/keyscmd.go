@@ -57,14 +57,25 @@ func (r *Rotation) Status(ctx context.Context, client string) (rotation.Status, 
 }
 
 // Rotate runs one pass of client's rotation now, started even when none is
-// due: the broker's own code path. With dryRun it changes nothing and
-// reports what it would do.
+// due: the broker's own code path. While a replica holds the client's
+// lease (its own pass under way) it waits for it, until ctx ends. With
+// dryRun it changes nothing and reports what it would do.
 func (r *Rotation) Rotate(ctx context.Context, client string, dryRun bool) (rotation.Report, error) {
 	rot, ok := r.kr.rotators[client]
 	if !ok {
 		return rotation.Report{}, fmt.Errorf("client %q has no rotation section", client)
 	}
-	return rot.Pass(ctx, rotation.Options{Force: true, DryRun: dryRun})
+	for {
+		rep, err := rot.Pass(ctx, rotation.Options{Force: true, DryRun: dryRun})
+		if err != nil || rep.Outcome != rotation.OutcomeHeld {
+			return rep, err
+		}
+		select {
+		case <-ctx.Done():
+			return rep, fmt.Errorf("another replica kept the lease of client %s: %w", client, ctx.Err())
+		case <-time.After(500 * time.Millisecond):
+		}
+	}
 }
 
 // Grace is how long client's old key stays registered after a rotation.

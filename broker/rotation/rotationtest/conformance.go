@@ -385,8 +385,8 @@ func FullState() rotation.State {
 		LastError:    `register: self-service API answered 503 "unavailable"`,
 		LastAttempt:  at(6),
 		Registered: []rotation.RegisteredInfo{
-			{KID: "kid-old", Expires: at(7)},
-			{KID: "kid-next", Expires: at(8)},
+			{KID: "kid-old", Expires: at(7), Created: at(9)},
+			{KID: "kid-next", Expires: at(8), Created: at(10)},
 		},
 	}
 }
