@@ -20,6 +20,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/altinn"
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
+	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
 	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
 
@@ -55,6 +56,8 @@ var devCustomers = []struct{ org, externalRef string }{
 type devEnv struct {
 	Addr     string
 	Emulator *maskinportentest.Emulator
+	// ClientID is the dev client's client_id.
+	ClientID string
 }
 
 // runDev runs the broker against an in-process Maskinporten emulator with a
@@ -67,6 +70,8 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	listen := fs.String("listen", "127.0.0.1:50051", "gRPC listen address")
 	ttl := fs.Duration("token-ttl", 2*time.Minute, "lifetime of the emulator's tokens")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the whole run to this file (for performance work)")
+	propagation := fs.Duration("propagation-delay", 10*time.Second, "how long the emulator takes to accept a newly registered key")
+	rotate := fs.Duration("rotate-after", 0, "rotate the client's key once, this long after the start (0: only when due)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -127,11 +132,22 @@ func runDev(ctx context.Context, args []string, stdout, stderr io.Writer, ready 
 	for _, c := range devCustomers {
 		emu.ApproveSystemUser(clientID, c.org, c.externalRef)
 	}
+	emu.SetPropagationDelay(*propagation)
+	rot, err := newDevRotation(emu)
+	if err != nil {
+		return err
+	}
+	defer rot.close()
 	cfg := devConfig(*listen, base, clientID, key)
-	// The key lives in memory only: the ring opens it through this.
-	openKey := func(_ context.Context, spec signer.Spec) (*signer.Key, error) {
+	rot.configure(cfg, base)
+	// The first key and the business certificate live in memory only: the
+	// ring opens them through this. Keys the rotation makes are files.
+	openKey := func(ctx context.Context, spec signer.Spec) (*signer.Key, error) {
+		if k, ok := rot.open(spec); ok {
+			return k, nil
+		}
 		if spec.URI != devKeyURI {
-			return nil, fmt.Errorf("dev mode has no key %q", spec.URI)
+			return keys.Open(ctx, spec)
 		}
 		return signer.New(key.KeyID, key.Algorithm, rk, "memory")
 	}
@@ -146,11 +162,15 @@ ask a new customer to approve a system user (open the confirm URL it returns, ad
   grpcurl -plaintext -d '{"customer_org":"889640782","rights":["ske-krav-og-betalinger"]}' %s tokenbroker.v1.SystemUserService/CreateSystemUserRequest
 `, addr, base, devScope, addr, addr)
 		if ready != nil {
-			ready <- devEnv{Addr: addr, Emulator: emu}
+			ready <- devEnv{Addr: addr, Emulator: emu, ClientID: clientID}
 		}
 	}
 	return daemon.Run(ctx, cfg, daemon.Options{Stderr: stderr, Logger: log, OpenKey: openKey,
-		Hooks: daemon.Hooks{Ready: onReady, Built: built}})
+		Hooks: daemon.Hooks{Ready: onReady, Built: built, Rotation: func(r *daemon.Rotation) {
+			if *rotate > 0 {
+				go rotateAfter(ctx, r, *rotate, log)
+			}
+		}}})
 }
 
 // devKeyURI names dev mode's in-memory key in its config.

@@ -242,3 +242,78 @@ func grantInfo(t *testing.T, assertion string) (kid string, iat time.Time, syste
 	}
 	return hdr.KID, time.Unix(claims.IAT, 0), len(claims.Details) > 0
 }
+
+// TestDevRotatesKeys: dev mode rotates its key through the embedded
+// emulator's self-service API (--rotate-after), with the emulator's default
+// propagation delay of 10 s, while callers loop: no call fails, and no
+// caller's grant is signed with the new key before the emulator accepts it.
+func TestDevRotatesKeys(t *testing.T) {
+	t.Parallel()
+	stdout, stderr := &syncBuffer{}, &syncBuffer{}
+	env, stop := background(t, stderr, func(ctx context.Context, ready chan<- devEnv) error {
+		return runDev(ctx, []string{"--listen", "127.0.0.1:0", "--token-ttl", "5s", "--rotate-after", "2s"}, stdout, stderr, ready, nil)
+	})
+	env.Emulator.Record()
+	c := dial(t, env.Addr)
+	var calls, failed atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+				_, err := c.GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: devCustomers[(i+n)%3].org,
+					Scopes: []string{devScope}, MinValidity: durationpb.New(time.Second)})
+				ccancel()
+				calls.Add(1)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	m := regexp.MustCompile(`rotation done as far as the grace period.* active=(\S+)`)
+	deadline := time.Now().Add(90 * time.Second)
+	var next string
+	for next == "" {
+		if time.Now().After(deadline) {
+			t.Fatalf("no rotation in dev mode:\n%s", stderr.String())
+		}
+		if s := m.FindStringSubmatch(stderr.String()); s != nil {
+			next = s[1]
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	var usable time.Time
+	for _, k := range env.Emulator.RegisteredKeys(env.ClientID) {
+		if k.KID == next {
+			usable = k.UsableFrom
+		}
+	}
+	for !grantsWith(t, env.Emulator, next) {
+		if time.Now().After(deadline) {
+			t.Fatalf("dev mode never signed with %s", next)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	time.Sleep(time.Second)
+	cancel()
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d calls failed, first: %v", failed.Load(), calls.Load(), firstErr.Load())
+	}
+	for _, a := range env.Emulator.Assertions() {
+		if kid, iat, su := grantInfo(t, a); su && kid == next && iat.Before(usable.Truncate(time.Second)) {
+			t.Fatalf("a caller's grant was signed with %s at %v, before the emulator accepted it at %v", kid, iat, usable)
+		}
+	}
+	t.Logf("%d calls, 0 failed; dev mode switched to %s", calls.Load(), next)
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

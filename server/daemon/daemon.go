@@ -76,6 +76,9 @@ type Hooks struct {
 	TLSInterval time.Duration
 	TLSLooked   chan<- struct{}
 	SVIDUpdated chan<- tlsmaterial.CertInfo
+	// Rotation, when not nil, gets the running key rotation (when a client
+	// rotates), to rotate on demand as `keys rotate` does. Do not close it.
+	Rotation func(*Rotation)
 }
 
 // Run builds the whole broker from cfg (HTTP clients, hedgers and
@@ -121,6 +124,9 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		defer rt.rotation.close()
 		pass := m.ObserveRotation(rt.rotation.metrics)
 		rt.rotation.run(ctx, rt.applyRotation, pass)
+		if hooks.Rotation != nil {
+			hooks.Rotation(&Rotation{kr: rt.rotation})
+		}
 	}
 
 	var grpcOpts []grpc.ServerOption

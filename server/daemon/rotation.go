@@ -41,6 +41,9 @@ type keyRotation struct {
 
 	mu     sync.Mutex
 	states map[string]rotation.State
+	// apply makes the broker use a client's new state; nil until run
+	// (the keys commands have no broker).
+	apply func(ctx context.Context, client string, st rotation.State) error
 	// errs is the last error of each client's follower, logged once.
 	errs map[string]string
 }
@@ -56,8 +59,6 @@ type rotationEnv struct {
 	env     maskinporten.Environment
 	// open opens keys (keys.Open unless dev hands in its own).
 	open func(context.Context, signer.Spec) (*signer.Key, error)
-	// apply, when not nil, makes the broker use a client's new state.
-	apply func(ctx context.Context, client string, st rotation.State) error
 	// lookup reads the environment (cache.shared key secrets).
 	lookup func(string) (string, bool)
 }
@@ -156,7 +157,7 @@ func newKeyRotation(ctx context.Context, e rotationEnv) (_ *keyRotation, err err
 			Every: r.every(), Grace: r.grace(), RenewBefore: r.renewBefore(), ProveTimeout: time.Duration(r.ProveTimeout),
 			Maker: mk, Registry: registry, Store: kr.store, Open: e.open,
 			Prove:  prover(c, e),
-			Apply:  kr.applier(c.Name, e.apply),
+			Apply:  kr.applier(c.Name),
 			Logger: e.log.With(slog.String("component", "rotation")),
 			NewKID: func() string { return prefix + uuid.NewString() },
 		})
@@ -244,10 +245,13 @@ func readChain(path string) ([]*x509.Certificate, error) {
 	return chain, nil
 }
 
-// applier records a client's new state and hands it to apply.
-func (kr *keyRotation) applier(client string, apply func(context.Context, string, rotation.State) error) func(context.Context, rotation.State) error {
+// applier records a client's new state and hands it to kr.apply.
+func (kr *keyRotation) applier(client string) func(context.Context, rotation.State) error {
 	return func(ctx context.Context, st rotation.State) error {
 		kr.setState(client, st)
+		kr.mu.Lock()
+		apply := kr.apply
+		kr.mu.Unlock()
 		if apply == nil {
 			return nil
 		}
@@ -292,6 +296,9 @@ func (kr *keyRotation) load(ctx context.Context) error {
 // run starts, for each rotating client, its rotator's loop and a follower
 // of its state, until ctx ends. onPass, when not nil, counts passes.
 func (kr *keyRotation) run(ctx context.Context, apply func(context.Context, string, rotation.State) error, onPass func(client, outcome string)) {
+	kr.mu.Lock()
+	kr.apply = apply
+	kr.mu.Unlock()
 	for _, name := range kr.names {
 		r := kr.rotators[name]
 		go r.Run(ctx, kr.checkEvery, func(rep rotation.Report, err error) {
@@ -313,7 +320,7 @@ func (kr *keyRotation) run(ctx context.Context, apply func(context.Context, stri
 			func(ctx context.Context, st rotation.State) error {
 				kr.log.InfoContext(ctx, "rotation state changed; applying it", slog.String("client", name),
 					slog.String("active", st.Active))
-				return kr.applier(name, apply)(ctx, st)
+				return kr.applier(name)(ctx, st)
 			},
 			func(st rotation.State, err error) {
 				if err == nil {
