@@ -53,7 +53,7 @@ func TestGoClient(t *testing.T) {
 	if len(seen) != 3 || !strings.HasPrefix(seen[0], "Bearer ey") || seen[1] != seen[0] || seen[2] != seen[0] {
 		t.Errorf("Authorization headers %d, want 3 equal bearer tokens", len(seen))
 	}
-	if n := env.Emulator.Issued(); n != 1 {
+	if n := env.Emulator.IssuedTo(env.ClientID); n != 1 {
 		t.Errorf("%d tokens issued, want 1", n)
 	}
 	tok, err := ts.Token()

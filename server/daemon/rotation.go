@@ -138,7 +138,7 @@ func newKeyRotation(ctx context.Context, e rotationEnv) (_ *keyRotation, err err
 			continue
 		}
 		where := fmt.Sprintf("clients[%d].rotation", i)
-		maker, err := keymaker.NewMaker(keymaker.MakerConfig{Location: r.NewKeys, Algorithm: signer.Algorithm(r.Algorithm), Bits: r.Bits,
+		maker, err := keymaker.NewMaker(keymaker.MakerConfig{Location: r.NewKeys, Algorithm: signer.RS256, Bits: r.Bits,
 			BaseDir: e.baseDir, CallTimeout: signTimeout})
 		if err != nil {
 			return nil, fmt.Errorf("%s.new_keys: %w", where, err)
@@ -195,7 +195,11 @@ func prover(c ClientConfig, e rotationEnv) func(context.Context, *signer.Key) er
 // openAdminKey opens the self-service client's key with its certificate
 // chain, which its grants carry as x5c.
 func openAdminKey(ctx context.Context, ss *SelfServiceConfig, e rotationEnv) (*signer.Key, error) {
-	k, err := e.open(ctx, ss.Key.Spec(e.baseDir, time.Duration(e.cfg.Maskinporten.SignTimeout)))
+	spec := ss.Key.Spec(e.baseDir, time.Duration(e.cfg.Maskinporten.SignTimeout))
+	if spec.KeyID == "" {
+		spec.KeyID = "business-certificate" // grants carry x5c, never this
+	}
+	k, err := e.open(ctx, spec)
 	if err != nil {
 		return nil, fmt.Errorf("self_service.key: %w", err)
 	}

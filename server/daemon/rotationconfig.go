@@ -7,7 +7,6 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/rotation"
-	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
 )
 
@@ -59,10 +58,10 @@ type RotationConfig struct {
 	// NewKeys is where new keys are made: file:DIR/, a pkcs11: token,
 	// awskms:, ... (see README).
 	NewKeys string `yaml:"new_keys"`
-	// Algorithm (RS256 default, RS384, RS512) and Bits (2048 default,
-	// 3072, 4096) of new keys.
-	Algorithm string `yaml:"algorithm"`
-	Bits      int    `yaml:"bits"`
+	// Bits is the size of new RSA keys: 2048 (default), 3072 or 4096.
+	// New keys are RS256: Digdir's self-service API registers RS256 keys
+	// only (felleslosninger/docs oidc_api_admin.md, "Kun RS256").
+	Bits int `yaml:"bits"`
 	// KIDPrefix starts every new kid, before a random UUID (kids must be
 	// unique across all of Maskinporten).
 	KIDPrefix string `yaml:"kid_prefix"`
@@ -140,9 +139,6 @@ func (r *RotationConfig) check(where string, followEvery time.Duration) error {
 		return fmt.Errorf("%s.prove_timeout: at least 1m (Digdir: a new key reaches Maskinporten within minutes)", where)
 	case !kidPrefixRE.MatchString(r.KIDPrefix):
 		return fmt.Errorf("%s.kid_prefix: %q, want at most 40 of A-Z a-z 0-9 . _ -", where, r.KIDPrefix)
-	}
-	if _, err := signer.ParseAlgorithm(r.Algorithm); err != nil {
-		return fmt.Errorf("%s.algorithm: %w", where, err)
 	}
 	switch r.Bits {
 	case 0, 2048, 3072, 4096:

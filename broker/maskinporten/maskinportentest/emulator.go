@@ -140,6 +140,7 @@ type Emulator struct {
 	faults    faultState
 	requests  atomic.Int64
 	issued    atomic.Int64
+	issuedTo  map[string]int64 // guarded by mu
 	exchanges atomic.Int64
 	writes    atomic.Int64
 }
@@ -284,6 +285,14 @@ func (e *Emulator) Requests() int64 { return e.requests.Load() }
 
 // Issued returns how many access tokens the emulator issued.
 func (e *Emulator) Issued() int64 { return e.issued.Load() }
+
+// IssuedTo counts the access tokens issued to one client (the self-service
+// client's admin tokens are not its).
+func (e *Emulator) IssuedTo(clientID string) int64 {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.issuedTo[clientID]
+}
 
 // Record makes the emulator keep every assertion it receives and every
 // token it issues, for tests that must prove no credential leaks into logs.
@@ -842,6 +851,10 @@ func (e *Emulator) mint(g *grant) (map[string]any, *oauthError) {
 	}
 	e.issued.Add(1)
 	e.mu.Lock()
+	if e.issuedTo == nil {
+		e.issuedTo = map[string]int64{}
+	}
+	e.issuedTo[g.client.ID]++
 	if e.record {
 		e.tokens = append(e.tokens, string(signed))
 	}
