@@ -134,6 +134,10 @@ type fakeMaker struct {
 	keys      map[string]*rsa.PrivateKey
 	made      int
 	destroyed []string
+	// dieAfterMaking makes the next Make fail after it made the key, and
+	// calls die, as a process killed during Make would leave it.
+	dieAfterMaking bool
+	die            func()
 }
 
 func (m *fakeMaker) Make(_ context.Context, kid string) (signer.Spec, error) {
@@ -149,6 +153,13 @@ func (m *fakeMaker) Make(_ context.Context, kid string) (signer.Spec, error) {
 		}
 		m.keys[kid] = k
 		m.made++
+	}
+	if m.dieAfterMaking {
+		m.dieAfterMaking = false
+		if m.die != nil {
+			m.die()
+		}
+		return signer.Spec{}, errors.New("killed during Make")
 	}
 	return signer.Spec{URI: "mem:" + kid, KeyID: kid, Algorithm: signer.RS256}, nil
 }
@@ -535,5 +546,31 @@ func TestRotationDryRunChangesNothing(t *testing.T) {
 	st, _ := w.store.Load(ctx, "smartcloud")
 	if w.maker.made != 0 || w.reg.writes != 1 || st.Rotation != nil || st.LastAttempt != (time.Time{}) {
 		t.Fatalf("dry run changed something: made %d, writes %d, state %+v", w.maker.made, w.reg.writes, st)
+	}
+}
+
+// TestRotationCrashDuringMake: the next kid is saved before the key is
+// made, so a process that dies while making it leaves a kid the next pass
+// makes again, finding the key it made: one key, not two.
+func TestRotationCrashDuringMake(t *testing.T) {
+	w := newWorld(t)
+	w.maker.dieAfterMaking = true
+	// A killed process saves nothing more: its lease is gone.
+	w.maker.die = func() {
+		w.store.mu.Lock()
+		delete(w.store.holder, "smartcloud")
+		w.store.mu.Unlock()
+	}
+	r := w.rotator(t, nil)
+	ctx := context.Background()
+	if _, err := r.Pass(ctx, rotation.Options{Force: true}); err == nil {
+		t.Fatal("the pass did not fail")
+	}
+	rep, err := w.rotator(t, nil).Pass(ctx, rotation.Options{})
+	if err != nil || rep.Outcome != rotation.OutcomeWaiting {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	if w.maker.made != 1 {
+		t.Fatalf("%d keys made, want 1", w.maker.made)
 	}
 }

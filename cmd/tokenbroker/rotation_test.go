@@ -129,6 +129,7 @@ clients:
 
 	// Another process rotates: the broker's own code path.
 	var out, errOut syncBuffer
+	rotateStart := time.Now()
 	if err := run(context.Background(), []string{"keys", "rotate", "--config", path, "--client", "smartcloud"}, &out, &errOut); err != nil {
 		t.Fatalf("keys rotate: %v\n%s\n%s", err, out.String(), errOut.String())
 	}
@@ -137,6 +138,7 @@ clients:
 		t.Fatalf("keys rotate said:\n%s\n%s", out.String(), errOut.String())
 	}
 	next := m[1]
+	activated := time.Now()
 	var usable time.Time
 	for _, k := range emu.RegisteredKeys(clientID) {
 		if k.KID == next {
@@ -155,6 +157,7 @@ clients:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+	switched := time.Now()
 	time.Sleep(2 * time.Second)
 	cancel()
 	wg.Wait()
@@ -172,7 +175,9 @@ clients:
 	if early != 0 {
 		t.Fatalf("%d grants of callers were signed with %s before Maskinporten accepted it", early, next)
 	}
-	t.Logf("%d calls, 0 failed; the broker switched to %s after the proof", calls.Load(), next)
+	t.Logf("%d calls, 0 failed; keys rotate took %v (Maskinporten accepted the key after %v); the broker signed with it %v later",
+		calls.Load(), activated.Sub(rotateStart).Round(100*time.Millisecond), usable.Sub(rotateStart).Round(100*time.Millisecond),
+		switched.Sub(activated).Round(100*time.Millisecond))
 
 	// keys status shows the rotation.
 	var status syncBuffer

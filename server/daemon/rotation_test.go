@@ -5,10 +5,13 @@ import (
 	"encoding/pem"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/tokenbroker/tokenbroker/broker/rotation"
+	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/keys"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	"github.com/tokenbroker/tokenbroker/server/tlstest"
@@ -110,6 +113,59 @@ func TestOpenAdminKey(t *testing.T) {
 		err := open(tc.ss)
 		if (tc.want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.want)) {
 			t.Errorf("%+v: err = %v, want %q", tc.ss, err, tc.want)
+		}
+	}
+}
+
+// TestRingClientsFollowRotationState: after a rotation the ring holds the
+// key the rotation made, active, with its registered expiry, and no longer
+// the config's key once it is retired; a state naming an active key that
+// neither the config nor the rotation holds is refused.
+func TestRingClientsFollowRotationState(t *testing.T) {
+	cfg, err := Parse([]byte(rotationConfig(okSelfService, okRotation)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Date(2027, 11, 1, 0, 0, 0, 0, time.UTC)
+	made := rotation.ManagedKey{KID: "k-new", URI: "file:///keys/k-new.pem", Algorithm: signer.RS256}
+	during := rotation.State{Active: "k-new", Keys: []rotation.ManagedKey{made},
+		Registered: []rotation.RegisteredInfo{{KID: "smartcloud-2026", Expires: exp.AddDate(0, -3, 0)}, {KID: "k-new", Expires: exp}}}
+	after := during
+	after.Retired = []string{"smartcloud-2026"}
+	for _, tc := range []struct {
+		name  string
+		st    rotation.State
+		want  []string // kids, the active one first
+		errIs string
+	}{
+		{"no state", rotation.State{}, []string{"smartcloud-2026"}, ""},
+		{"during grace", during, []string{"k-new", "smartcloud-2026"}, ""},
+		{"after retire", after, []string{"k-new"}, ""},
+		{"unknown active", rotation.State{Active: "elsewhere"}, nil, `makes "elsewhere" active`},
+	} {
+		rcs, err := ringClients(cfg, "/etc/tb", map[string]rotation.State{"smartcloud": tc.st})
+		if tc.errIs != "" {
+			if err == nil || !strings.Contains(err.Error(), tc.errIs) {
+				t.Errorf("%s: err = %v, want %q", tc.name, err, tc.errIs)
+			}
+			continue
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", tc.name, err)
+		}
+		var got []string
+		for _, k := range rcs[0].Keys {
+			if k.Active {
+				got = append([]string{k.KeyID}, got...)
+			} else {
+				got = append(got, k.KeyID)
+			}
+			if k.KeyID == "k-new" && (!k.Expires.Equal(exp) || k.URI != made.URI) {
+				t.Errorf("%s: the rotation's key is %+v", tc.name, k)
+			}
+		}
+		if !slices.Equal(got, tc.want) {
+			t.Errorf("%s: ring keys %v, want %v (active first)", tc.name, got, tc.want)
 		}
 	}
 }
