@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/keyring"
+	"github.com/tokenbroker/tokenbroker/broker/rotation"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/server/daemon"
 )
@@ -149,6 +150,32 @@ func TestReadmeConfig(t *testing.T) {
 	}
 	if time.Duration(cfg.Maskinporten.SignProbeInterval) != keyring.DefaultProbeInterval || time.Duration(cfg.Maskinporten.SignTimeout) != signer.DefaultCallTimeout {
 		t.Errorf("README.md's sign_probe_interval %v and sign_timeout %v differ from the defaults", cfg.Maskinporten.SignProbeInterval, cfg.Maskinporten.SignTimeout)
+	}
+}
+
+// TestReadmeRotationConfig: the rotation example of README.md is a valid
+// config whose values are the defaults.
+func TestReadmeRotationConfig(t *testing.T) {
+	t.Parallel()
+	readme, err := os.ReadFile("../../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, section, ok := strings.Cut(string(readme), "\n## Key rotation")
+	_, block, ok2 := strings.Cut(section, "```yaml\n")
+	block, _, closed := strings.Cut(block, "```")
+	if !ok || !ok2 || !closed {
+		t.Fatal("README.md has no yaml block under \"Key rotation\"")
+	}
+	cfg, err := daemon.Parse([]byte("listen: 127.0.0.1:0\ninsecure: true\nmaskinporten: {environment: test}\n" + block))
+	if err != nil {
+		t.Fatalf("README.md's rotation example: %v", err)
+	}
+	ss, r := cfg.SelfService, cfg.Clients[0].Rotation
+	if time.Duration(r.Every) != rotation.DefaultEvery || time.Duration(r.Grace) != rotation.DefaultGrace ||
+		time.Duration(r.RenewBefore) != rotation.DefaultRenewBefore || time.Duration(r.ProveTimeout) != rotation.DefaultProveTimeout ||
+		time.Duration(ss.CheckEvery) != rotation.DefaultCheckEvery || time.Duration(ss.FollowEvery) != rotation.DefaultFollowEvery {
+		t.Errorf("README.md's rotation example differs from the defaults: %+v %+v", *ss, *r)
 	}
 }
 
