@@ -20,6 +20,7 @@ import (
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/selfservice"
+	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
 	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
@@ -321,4 +322,124 @@ func TestDevRotatesKeys(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestServeReplicasRotateOnce: three replicas share Redis (cache.shared)
+// and start with a key whose rotation is due. They race for it: exactly one
+// rotates (one registration written, one key made), and all three sign
+// with the new key, without a restart, while callers loop over them with 0
+// failed calls.
+func TestServeReplicasRotateOnce(t *testing.T) {
+	t.Parallel()
+	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
+	const adminID = "selfservice-admin"
+	rs := sharedcachetest.Start(t)
+	p12, cas := signertest.EnterpriseCert(t, "991825827", "pw-123")
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{TokenTTL: 4 * time.Second})
+	emu.Record()
+	emu.SetPropagationDelay(3 * time.Second)
+	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []maskinportentest.Client{
+		{ID: clientID, Org: "991825827", SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}},
+		{ID: adminID, Org: "991825827", Scopes: []string{selfservice.ScopeRead, selfservice.ScopeWrite}, CertificateCAs: cas},
+	} {
+		if err := emu.AddClient(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Registered 165 days ago (it expires in 200): with rotation every 90
+	// days, due now.
+	if err := emu.SetKeyExpiry(clientID, "smartcloud-2026", time.Now().Add(200*24*time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	for _, org := range rotationOrgs {
+		emu.ApproveSystemUser(clientID, org, "")
+	}
+	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
+	dir := filepath.Dir(path)
+	writeSecret(t, filepath.Join(dir, "cache-key"), []byte("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n"))
+	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
+	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
+	if err := os.Mkdir(filepath.Join(dir, "keys"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	cfg := readFile(t, path)
+	cfg = bytes.Replace(cfg, []byte("clients:\n"), []byte(fmt.Sprintf(`self_service:
+  client_id: %s
+  key:
+    signer: file:vs.p12
+    password_file: vs.pw
+  url: %s
+clients:
+`, adminID, srv.URL)), 1)
+	// One key directory for all: the volume replicas share for file keys.
+	cfg = append(cfg, "    rotation:\n      new_keys: file:keys/\n"...)
+	cfg = append(cfg, "cache:\n  shared:\n    redis:\n      addrs: ["+rs.Addr()+"]\n    keys:\n      - id: k1\n        file: cache-key\n"...)
+	writeSecret(t, path, cfg)
+
+	var addrs []string
+	var logs []*syncBuffer
+	for range 3 {
+		addr, log, _ := startServe(t, path, serveHooks{})
+		addrs, logs = append(addrs, addr), append(logs, log)
+	}
+	var calls, failed atomic.Int64
+	var firstErr atomic.Value
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	for i, addr := range addrs {
+		c := dial(t, addr)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for n := 0; ctx.Err() == nil; n++ {
+				cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+				_, err := c.GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: rotationOrgs[(i+n)%len(rotationOrgs)],
+					Scopes: []string{demoScope}, MinValidity: durationpb.New(time.Second)})
+				ccancel()
+				calls.Add(1)
+				if err != nil {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, err.Error())
+				}
+				time.Sleep(20 * time.Millisecond)
+			}
+		}()
+	}
+	// Every replica comes to sign with the one new key.
+	deadline := time.Now().Add(90 * time.Second)
+	var next string
+	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("not every replica uses a new key; registered %v", emu.RegisteredKeys(clientID))
+		}
+		if reg := emu.RegisteredKeys(clientID); len(reg) == 2 {
+			next = reg[1].KID
+		}
+		all := next != ""
+		for _, log := range logs {
+			all = all && strings.Contains(scrapeMetrics(t, log.String()), `tokenbroker_key_active{client="smartcloud",kid="`+next+`"} 1`)
+		}
+		if all {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	time.Sleep(2 * time.Second)
+	cancel()
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d calls failed, first: %v", failed.Load(), calls.Load(), firstErr.Load())
+	}
+	made, err := filepath.Glob(filepath.Join(dir, "keys", "*.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if w := emu.JWKSWrites(); w != 1 || len(made) != 1 {
+		t.Fatalf("%d registration writes and %d keys made by 3 replicas, want exactly one rotation", w, len(made))
+	}
+	t.Logf("3 replicas, 1 rotation (1 write, 1 key), %d calls, 0 failed", calls.Load())
 }
