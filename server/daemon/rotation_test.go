@@ -54,6 +54,8 @@ func TestRotationConfigChecks(t *testing.T) {
 		{okSelfService, okRotation + "      grace: 30s\n", "clients[0].rotation.grace: 30s, want at least 4 × self_service.follow_every (15s)"},
 		{okSelfService, okRotation + "      prove_timeout: 10s\n", "clients[0].rotation.prove_timeout: at least 1m"},
 		{okSelfService, okRotation + "      kid_prefix: \"a/b\"\n", "clients[0].rotation.kid_prefix:"},
+		{okSelfService, okRotation + "      kid_prefix: \"sc.2026-\"\n", "clients[0].rotation.kid_prefix:"},
+		{okSelfService, okRotation + "      kid_prefix: \"smartcloud-2026-\"\n", "clients[0].rotation.kid_prefix:"},
 		{okSelfService, okRotation + "      algorithm: RS512\n", `unknown key "algorithm"`},
 		{okSelfService, okRotation + "      bits: 1024\n", "clients[0].rotation.bits: 1024"},
 		{okSelfService, okRotation + "      every: 90 days\n", "is not a duration such as 30s or 90d"},
@@ -166,6 +168,20 @@ func TestRingClientsFollowRotationState(t *testing.T) {
 		}
 		if !slices.Equal(got, tc.want) {
 			t.Errorf("%s: ring keys %v, want %v (active first)", tc.name, got, tc.want)
+		}
+	}
+}
+
+// TestKIDPrefixMakesValidKIDs: every prefix the config takes, with a UUID
+// after it, is a kid every backend can name a key after.
+func TestKIDPrefixMakesValidKIDs(t *testing.T) {
+	for _, p := range []string{"", "a", "smartcloud-", "sc-2026-", "ABCDEFGHIJKL"} {
+		if !kidPrefixRE.MatchString(p) {
+			t.Errorf("prefix %q refused", p)
+			continue
+		}
+		if err := signer.CheckMadeKID(p + "0b6f7f4e-8f1c-4d0a-9d5e-2f1e6c3b7a90"); err != nil {
+			t.Errorf("prefix %q: %v", p, err)
 		}
 	}
 }

@@ -71,7 +71,9 @@ type RotationConfig struct {
 	DestroyOld *bool `yaml:"destroy_old"`
 }
 
-var kidPrefixRE = regexp.MustCompile(`^[A-Za-z0-9._-]{0,40}$`)
+// kidPrefixRE: a prefix plus a UUID (36) must stay a kid every backend can
+// name a key after (signer.CheckMadeKID: letters, digits and hyphens).
+var kidPrefixRE = regexp.MustCompile(`^([A-Za-z0-9][A-Za-z0-9-]{0,11})?$`)
 
 // defaultFollowEvery is self_service.follow_every's default.
 const defaultFollowEvery = rotation.DefaultFollowEvery
@@ -138,7 +140,7 @@ func (r *RotationConfig) check(where string, followEvery time.Duration) error {
 	case r.ProveTimeout != 0 && time.Duration(r.ProveTimeout) < time.Minute:
 		return fmt.Errorf("%s.prove_timeout: at least 1m (Digdir: a new key reaches Maskinporten within minutes)", where)
 	case !kidPrefixRE.MatchString(r.KIDPrefix):
-		return fmt.Errorf("%s.kid_prefix: %q, want at most 40 of A-Z a-z 0-9 . _ -", where, r.KIDPrefix)
+		return fmt.Errorf("%s.kid_prefix: %q, want at most 12 letters, digits and hyphens, starting with a letter or digit (kids name keys in every backend)", where, r.KIDPrefix)
 	}
 	switch r.Bits {
 	case 0, 2048, 3072, 4096:
