@@ -11,11 +11,12 @@ import (
 // healthReport is the JSON body of /healthz. It holds no org number and no
 // token.
 type healthReport struct {
-	Status  string                  `json:"status"`
-	Clients map[string]clientReport `json:"clients"`
-	Cache   cacheReport             `json:"cache"`
-	Keys    []KeyStatus             `json:"keys,omitempty"`
-	TLS     *tlsReport              `json:"tls,omitempty"`
+	Status   string                  `json:"status"`
+	Clients  map[string]clientReport `json:"clients"`
+	Cache    cacheReport             `json:"cache"`
+	Keys     []KeyStatus             `json:"keys,omitempty"`
+	TLS      *tlsReport              `json:"tls,omitempty"`
+	Rotation []RotationStatus        `json:"rotation,omitempty"`
 }
 
 // KeyStatus describes one configured signing key for /healthz.
@@ -126,6 +127,14 @@ func HTTPHandler(b HealthReporter, ready func() bool, metrics http.Handler, keys
 			rep.Keys = keys()
 			for _, k := range rep.Keys {
 				if k.ExpiresSoon || (k.Active && !k.Signing) {
+					rep.Status = "degraded"
+				}
+			}
+		}
+		if o.rotation != nil {
+			rep.Rotation = o.rotation()
+			for _, r := range rep.Rotation {
+				if r.Failing || r.StateError != "" {
 					rep.Status = "degraded"
 				}
 			}

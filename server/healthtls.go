@@ -10,7 +10,8 @@ import (
 type HealthOption func(*healthOptions)
 
 type healthOptions struct {
-	tls func() tlsmaterial.CertInfo
+	tls      func() tlsmaterial.CertInfo
+	rotation func() []RotationStatus
 }
 
 // WithTLS reports the server certificate that cert returns (the one in

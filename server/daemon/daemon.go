@@ -146,6 +146,9 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	}
 	tcpCfg := common
 	var healthOpts []server.HealthOption
+	if rt.rotation != nil {
+		healthOpts = append(healthOpts, server.WithRotation(rt.rotation.health))
+	}
 	if cfg.Insecure {
 		tcpCfg.Authenticate = server.Fixed(insecureID)
 		log.Warn("INSECURE: plaintext gRPC without caller authentication on a loopback address; every caller is "+insecureID.String(),

@@ -21,6 +21,7 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/rotation/redisstore"
 	"github.com/tokenbroker/tokenbroker/broker/selfservice"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
+	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/keymaker"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
@@ -374,6 +375,31 @@ func (kr *keyRotation) metrics() []metrics.Rotation {
 			m.Due = kr.rotators[name].Due(st, reg)
 		}
 		out = append(out, m)
+	}
+	return out
+}
+
+// health describes each rotating client for /healthz.
+func (kr *keyRotation) health() []server.RotationStatus {
+	var out []server.RotationStatus
+	for _, m := range kr.metrics() {
+		kr.mu.Lock()
+		st, stateErr := kr.states[m.Client], kr.errs[m.Client]
+		kr.mu.Unlock()
+		rs := server.RotationStatus{Client: m.Client, Step: m.Step, LastOutcome: st.LastOutcome, Failing: m.Failing,
+			Error: st.LastError, StateError: stateErr}
+		if st.Rotation != nil {
+			rs.Next = st.Rotation.Next
+		}
+		if !m.LastRotation.IsZero() {
+			t := m.LastRotation
+			rs.LastRotation = &t
+		}
+		if !m.Due.IsZero() {
+			t := m.Due
+			rs.Due = &t
+		}
+		out = append(out, rs)
 	}
 	return out
 }
