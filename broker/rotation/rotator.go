@@ -620,12 +620,20 @@ func (p *pass) activate(ctx context.Context) error {
 }
 
 // retire removes the old key from the registration, keeping every other
-// key (keys added by hand, a key of another rotation).
+// key (keys added by hand, a key of another rotation). It refuses while the
+// next key is not registered (the set was replaced by someone else).
 func (p *pass) retire(ctx context.Context) error {
 	f := p.st.Rotation
 	// The state may be older than the registration: read it again.
 	if err := p.readRegistration(ctx); err != nil {
 		return err
+	}
+	// Someone may have replaced the set since the next key was proven.
+	// Without it registered, the old key is the only one we hold that
+	// Maskinporten may still accept: keep it, and say so.
+	if !p.registered(f.Next) {
+		return fmt.Errorf("rotation: client %s: the active key %s is no longer registered (registered: %s); not removing %s, the old key: register %s again at Digdir",
+			p.r.cfg.Client, f.Next, strings.Join(kidsOf(p.reg), ", "), f.Old, f.Next)
 	}
 	if f.Old != f.Next && p.registered(f.Old) {
 		keep := slices.DeleteFunc(slices.Clone(p.reg), func(k Registered) bool { return k.KID == f.Old })
