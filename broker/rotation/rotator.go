@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -114,6 +115,11 @@ type Config struct {
 type Rotator struct {
 	cfg Config
 	log *slog.Logger
+
+	mu sync.Mutex
+	// seen is the last State a pass of this Rotator loaded, or saved at
+	// its end; a pass refuses a State that went back from it (Regressed).
+	seen State
 }
 
 // New checks cfg and returns a Rotator.
@@ -285,7 +291,24 @@ func (r *Rotator) Pass(ctx context.Context, opts Options) (Report, error) {
 		return Report{Outcome: OutcomeFailed}, fmt.Errorf("rotation: client %s: load state: %w", r.cfg.Client, err)
 	}
 	p := &pass{r: r, lease: lease, st: st}
-	rep, err := p.run(ctx, opts)
+	r.mu.Lock()
+	seen := r.seen
+	r.mu.Unlock()
+	var rep Report
+	if Regressed(seen, st) {
+		// Going on would start over from the config's key, which the
+		// registration may no longer hold, and forget the keys made.
+		rep, err = p.report(OutcomeFailed), fmt.Errorf("rotation: client %s: %w", r.cfg.Client, ErrRegressed)
+	} else {
+		rep, err = p.run(ctx, opts)
+		// What was loaded, and on success what was saved last; not
+		// what a failed pass may hold unsaved.
+		r.mu.Lock()
+		if r.seen = st; err == nil {
+			r.seen = p.st
+		}
+		r.mu.Unlock()
+	}
 	if err != nil && !errors.Is(err, ErrLeaseLost) && !errors.Is(err, errStopped) {
 		// Record the failure where status and metrics read it; the
 		// rotation under way stays at its step for the next pass.
