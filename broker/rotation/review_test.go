@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/tokenbroker/tokenbroker/broker/rotation"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
@@ -41,5 +42,37 @@ func TestRotationRetireKeepsOldWhenNextWasRemoved(t *testing.T) {
 	}
 	if len(w.maker.destroyed) != 0 {
 		t.Fatalf("destroyed %v", w.maker.destroyed)
+	}
+}
+
+// A renewal that does not move the active key's expiry (Digdir caps or
+// ignores it) must not be reported as done pass after pass until the key
+// expires: the key is rotated instead, which registers a fresh one.
+func TestRotationRotatesWhenRenewalDoesNotRenew(t *testing.T) {
+	w := newWorld(t)
+	r := w.rotator(t, nil)
+	ctx := context.Background()
+	if _, err := r.Pass(ctx, rotation.Options{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	w.advance(rotation.DefaultGrace)
+	rep, err := r.Pass(ctx, rotation.Options{})
+	if err != nil || rep.Outcome != rotation.OutcomeRotated {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	active := rep.Active
+	// Ten days later the active key expires in 20 days, and posting it
+	// again does not change that.
+	w.advance(10 * 24 * time.Hour)
+	w.reg.mu.Lock()
+	w.reg.keys[0].Expires = w.clock().Add(20 * 24 * time.Hour)
+	w.reg.noRenew = true
+	w.reg.mu.Unlock()
+	rep, err = r.Pass(ctx, rotation.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Outcome != rotation.OutcomeWaiting || rep.Old != active {
+		t.Fatalf("%+v: the key in use expires in 20 days and is not rotated", rep)
 	}
 }

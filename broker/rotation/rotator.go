@@ -224,25 +224,32 @@ func (st State) managed(kid string) (ManagedKey, bool) {
 
 // Due returns when the next rotation of st is due: Every after the last
 // rotation, or after the active key was registered (a year before its
-// expiry when the registration gives no creation time). A key that is not
-// registered at all is due now.
+// expiry when the registration gives no creation time), and at the latest
+// RenewBefore before the active key expires (a renewal that did not move
+// its expiry is followed by a rotation, which registers a fresh key). A
+// key that is not registered at all is due now.
 func (r *Rotator) Due(st State, reg []Registered) time.Time {
-	if !st.LastRotation.IsZero() {
-		return st.LastRotation.Add(r.cfg.Every)
-	}
 	active := st.ActiveKID(r.cfg.ConfigActive)
-	for _, k := range reg {
-		if k.KID != active {
-			continue
-		}
-		switch {
-		case !k.Created.IsZero():
-			return k.Created.Add(r.cfg.Every)
-		case !k.Expires.IsZero():
-			return k.Expires.AddDate(-1, 0, 0).Add(r.cfg.Every)
+	i := slices.IndexFunc(reg, func(k Registered) bool { return k.KID == active })
+	var due time.Time
+	switch {
+	case !st.LastRotation.IsZero():
+		due = st.LastRotation.Add(r.cfg.Every)
+	case i < 0:
+		return r.cfg.Now()
+	case !reg[i].Created.IsZero():
+		due = reg[i].Created.Add(r.cfg.Every)
+	case !reg[i].Expires.IsZero():
+		due = reg[i].Expires.AddDate(-1, 0, 0).Add(r.cfg.Every)
+	default:
+		return r.cfg.Now()
+	}
+	if i >= 0 && !reg[i].Expires.IsZero() {
+		if last := reg[i].Expires.Add(-r.cfg.RenewBefore); last.Before(due) {
+			due = last
 		}
 	}
-	return r.cfg.Now()
+	return due
 }
 
 // Run rotates the client's keys as often as Every, renews registrations
