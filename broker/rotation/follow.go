@@ -2,6 +2,8 @@ package rotation
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"slices"
 	"time"
 )
@@ -14,12 +16,32 @@ func SameKeys(a, b State) bool {
 		slices.Equal(a.Retired, b.Retired)
 }
 
+// Regressed reports whether st goes back from last, which the rotator's
+// saves never do: st has no keys where last had some (the Store lost the
+// State: Redis restarted without persistence, evicted or flushed it, the
+// state file was deleted), or its last rotation is older than last's (an
+// older State put back). Applying such a State would switch the broker to
+// a key Maskinporten may no longer accept; the rotator and the followers
+// refuse it, and only a restart takes it.
+func Regressed(last, st State) bool {
+	return (holdsKeys(last) && !holdsKeys(st)) || st.LastRotation.Before(last.LastRotation)
+}
+
+// holdsKeys reports whether st says anything about the client's keys.
+func holdsKeys(st State) bool {
+	return st.Active != "" || len(st.Keys) > 0 || len(st.Retired) > 0 || st.Rotation != nil
+}
+
+// ErrRegressed is the error of a State that went back (see Regressed).
+var ErrRegressed = errors.New("rotation: the stored state went back (lost, or an older one put back); keeping the keys in use, a restart takes it")
+
 // Follow reads the client's state from store every every
 // (DefaultFollowEvery when zero) until ctx ends, and calls apply whenever
 // its keys differ from the last state applied; a failed apply is tried
 // again at the next read. This is how the replicas that do not rotate
 // pick up a new active key without a restart. last is the state the
-// broker started with. onRead, which may be nil, gets every state read
+// broker started with. A state that went back from the last one applied
+// (Regressed) is not applied: onRead gets ErrRegressed. onRead, which may be nil, gets every state read
 // and the error of the read or of its apply.
 func Follow(ctx context.Context, store Store, client string, every time.Duration, last State,
 	apply func(context.Context, State) error, onRead func(State, error)) {
@@ -35,6 +57,9 @@ func Follow(ctx context.Context, store Store, client string, every time.Duration
 		case <-t.C:
 		}
 		st, err := store.Load(ctx, client)
+		if err == nil && Regressed(last, st) {
+			err = fmt.Errorf("client %s: %w", client, ErrRegressed)
+		}
 		if err == nil && !SameKeys(st, last) {
 			if err = apply(ctx, st); err == nil {
 				last = st

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -114,6 +115,11 @@ type Config struct {
 type Rotator struct {
 	cfg Config
 	log *slog.Logger
+
+	mu sync.Mutex
+	// seen is the last State a pass of this Rotator loaded, or saved at
+	// its end; a pass refuses a State that went back from it (Regressed).
+	seen State
 }
 
 // New checks cfg and returns a Rotator.
@@ -218,25 +224,32 @@ func (st State) managed(kid string) (ManagedKey, bool) {
 
 // Due returns when the next rotation of st is due: Every after the last
 // rotation, or after the active key was registered (a year before its
-// expiry when the registration gives no creation time). A key that is not
-// registered at all is due now.
+// expiry when the registration gives no creation time), and at the latest
+// RenewBefore before the active key expires (a renewal that did not move
+// its expiry is followed by a rotation, which registers a fresh key). A
+// key that is not registered at all is due now.
 func (r *Rotator) Due(st State, reg []Registered) time.Time {
-	if !st.LastRotation.IsZero() {
-		return st.LastRotation.Add(r.cfg.Every)
-	}
 	active := st.ActiveKID(r.cfg.ConfigActive)
-	for _, k := range reg {
-		if k.KID != active {
-			continue
-		}
-		switch {
-		case !k.Created.IsZero():
-			return k.Created.Add(r.cfg.Every)
-		case !k.Expires.IsZero():
-			return k.Expires.AddDate(-1, 0, 0).Add(r.cfg.Every)
+	i := slices.IndexFunc(reg, func(k Registered) bool { return k.KID == active })
+	var due time.Time
+	switch {
+	case !st.LastRotation.IsZero():
+		due = st.LastRotation.Add(r.cfg.Every)
+	case i < 0:
+		return r.cfg.Now()
+	case !reg[i].Created.IsZero():
+		due = reg[i].Created.Add(r.cfg.Every)
+	case !reg[i].Expires.IsZero():
+		due = reg[i].Expires.AddDate(-1, 0, 0).Add(r.cfg.Every)
+	default:
+		return r.cfg.Now()
+	}
+	if i >= 0 && !reg[i].Expires.IsZero() {
+		if last := reg[i].Expires.Add(-r.cfg.RenewBefore); last.Before(due) {
+			due = last
 		}
 	}
-	return r.cfg.Now()
+	return due
 }
 
 // Run rotates the client's keys as often as Every, renews registrations
@@ -285,7 +298,24 @@ func (r *Rotator) Pass(ctx context.Context, opts Options) (Report, error) {
 		return Report{Outcome: OutcomeFailed}, fmt.Errorf("rotation: client %s: load state: %w", r.cfg.Client, err)
 	}
 	p := &pass{r: r, lease: lease, st: st}
-	rep, err := p.run(ctx, opts)
+	r.mu.Lock()
+	seen := r.seen
+	r.mu.Unlock()
+	var rep Report
+	if Regressed(seen, st) {
+		// Going on would start over from the config's key, which the
+		// registration may no longer hold, and forget the keys made.
+		rep, err = p.report(OutcomeFailed), fmt.Errorf("rotation: client %s: %w", r.cfg.Client, ErrRegressed)
+	} else {
+		rep, err = p.run(ctx, opts)
+		// What was loaded, and on success what was saved last; not
+		// what a failed pass may hold unsaved.
+		r.mu.Lock()
+		if r.seen = st; err == nil {
+			r.seen = p.st
+		}
+		r.mu.Unlock()
+	}
 	if err != nil && !errors.Is(err, ErrLeaseLost) && !errors.Is(err, errStopped) {
 		// Record the failure where status and metrics read it; the
 		// rotation under way stays at its step for the next pass.
@@ -620,12 +650,20 @@ func (p *pass) activate(ctx context.Context) error {
 }
 
 // retire removes the old key from the registration, keeping every other
-// key (keys added by hand, a key of another rotation).
+// key (keys added by hand, a key of another rotation). It refuses while the
+// next key is not registered (the set was replaced by someone else).
 func (p *pass) retire(ctx context.Context) error {
 	f := p.st.Rotation
 	// The state may be older than the registration: read it again.
 	if err := p.readRegistration(ctx); err != nil {
 		return err
+	}
+	// Someone may have replaced the set since the next key was proven.
+	// Without it registered, the old key is the only one we hold that
+	// Maskinporten may still accept: keep it, and say so.
+	if !p.registered(f.Next) {
+		return fmt.Errorf("rotation: client %s: the active key %s is no longer registered (registered: %s); not removing %s, the old key: register %s again at Digdir",
+			p.r.cfg.Client, f.Next, strings.Join(kidsOf(p.reg), ", "), f.Old, f.Next)
 	}
 	if f.Old != f.Next && p.registered(f.Old) {
 		keep := slices.DeleteFunc(slices.Clone(p.reg), func(k Registered) bool { return k.KID == f.Old })

@@ -83,6 +83,9 @@ type fakeRegistry struct {
 	now    func() time.Time
 	keys   []rotation.Registered
 	writes int
+	// noRenew keeps the expiry of a key posted again (a renewal that
+	// does not renew).
+	noRenew bool
 }
 
 func (f *fakeRegistry) Keys(context.Context, string) ([]rotation.Registered, error) {
@@ -107,11 +110,14 @@ func (f *fakeRegistry) SetKeys(_ context.Context, _ string, keys []json.RawMessa
 		if err := json.Unmarshal(raw, &k); err != nil || k.KID == "" || k.Use != "sig" || k.D != "" {
 			return nil, fmt.Errorf("fake registry: bad key %s", raw)
 		}
-		created := f.now()
+		created, expires := f.now(), f.now().AddDate(1, 0, 0)
 		if i := slices.IndexFunc(f.keys, func(r rotation.Registered) bool { return r.KID == k.KID }); i >= 0 {
 			created = f.keys[i].Created
+			if f.noRenew {
+				expires = f.keys[i].Expires
+			}
 		}
-		out = append(out, rotation.Registered{KID: k.KID, JWK: raw, Created: created, Expires: f.now().AddDate(1, 0, 0)})
+		out = append(out, rotation.Registered{KID: k.KID, JWK: raw, Created: created, Expires: expires})
 	}
 	f.keys = out
 	f.writes++

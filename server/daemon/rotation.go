@@ -21,9 +21,9 @@ import (
 	"github.com/tokenbroker/tokenbroker/broker/rotation/redisstore"
 	"github.com/tokenbroker/tokenbroker/broker/selfservice"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache"
-	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/broker/signer/keymaker"
+	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
 )
 
@@ -264,10 +264,19 @@ func (kr *keyRotation) applier(client string) func(context.Context, rotation.Sta
 	}
 }
 
+// setState records client's state as read or saved. A state that went
+// back from the one recorded (rotation.Regressed: the store lost it, or an
+// older one was put back) does not replace its keys, which a reload would
+// otherwise build the key ring from; only its outcome is taken, so that
+// the failing alert fires.
 func (kr *keyRotation) setState(client string, st rotation.State) {
 	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if last, ok := kr.states[client]; ok && rotation.Regressed(last, st) {
+		last.LastOutcome, last.LastError, last.LastAttempt = st.LastOutcome, st.LastError, st.LastAttempt
+		st = last
+	}
 	kr.states[client] = st
-	kr.mu.Unlock()
 }
 
 // snapshot returns the states known now, with client's replaced by st

@@ -185,3 +185,21 @@ func TestKIDPrefixMakesValidKIDs(t *testing.T) {
 		}
 	}
 }
+
+// A state the store lost (or an older one put back) must not reach the
+// states a reload builds the key ring from: the ring would go back to the
+// config's key, which the first rotation removed from the registration.
+func TestRotationStateThatWentBackKeepsTheKeys(t *testing.T) {
+	kr := &keyRotation{states: map[string]rotation.State{}}
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	kr.setState("c", rotation.State{Active: "k1", Keys: []rotation.ManagedKey{{KID: "k1", URI: "file:///k/k1.pem"}},
+		Retired: []string{"config-kid"}, LastRotation: now})
+	kr.setState("c", rotation.State{LastOutcome: rotation.OutcomeFailed, LastError: "gone", LastAttempt: now.Add(time.Hour)})
+	st := kr.snapshot()["c"]
+	if st.Active != "k1" || len(st.Keys) != 1 || len(st.Retired) != 1 {
+		t.Fatalf("the keys went back with the state: %+v", st)
+	}
+	if st.LastOutcome != rotation.OutcomeFailed || st.LastError != "gone" {
+		t.Fatalf("the failure is not shown: %+v", st)
+	}
+}
