@@ -308,6 +308,22 @@ func (r *Ring) Active(client string) *signer.Key {
 	return nil
 }
 
+// Key returns client's key kid as the ring holds it now, or nil when it
+// holds no such key.
+func (r *Ring) Key(client, kid string) *signer.Key {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.cur == nil || kid == "" {
+		return nil
+	}
+	for _, e := range r.cur.keys[client] {
+		if e.key.KeyID == kid {
+			return e.key
+		}
+	}
+	return nil
+}
+
 // Status lists every key, sorted by client and kid.
 func (r *Ring) Status() []Status {
 	r.mu.Lock()

@@ -100,8 +100,12 @@ type RetryPolicy struct {
 // Client gets tokens for one Maskinporten client. It is safe for concurrent
 // use.
 type Client struct {
-	clientID         string
-	key              atomic.Pointer[signer.Key]
+	clientID string
+	key      atomic.Pointer[signer.Key]
+	// fallback is the key that was active before the last switch, while
+	// it is still held (see SetFallbackKey); fallbacks counts its uses.
+	fallback         atomic.Pointer[signer.Key]
+	fallbacks        atomic.Int64
 	env              Environment
 	http             *http.Client
 	grantLifetime    time.Duration
@@ -229,6 +233,27 @@ func (c *Client) SetKey(k *signer.Key) error {
 	return nil
 }
 
+// Key returns the key that signs grants now.
+func (c *Client) Key() *signer.Key { return c.key.Load() }
+
+// SetFallbackKey makes k the key a fetch falls back to when Maskinporten
+// does not know the kid of the active key, nil for none. After a switch to
+// a new key, Maskinporten may not know it everywhere yet: Digdir says
+// configuration reaches Maskinporten in 0-2 minutes
+// (felleslosninger/docs _docs/idporten/oidc/oidc_api_admin.md), and an
+// answer from one of its nodes does not show that all know it. The broker
+// keeps the key it switched from here while that key is still registered
+// (a rotation's grace period), so that such a refusal costs one more grant
+// instead of a failed call.
+func (c *Client) SetFallbackKey(k *signer.Key) { c.fallback.Store(k) }
+
+// FallbackKey returns the key set by SetFallbackKey, or nil.
+func (c *Client) FallbackKey() *signer.Key { return c.fallback.Load() }
+
+// Fallbacks counts the tokens got with the fallback key after Maskinporten
+// did not know the active key's kid.
+func (c *Client) Fallbacks() int64 { return c.fallbacks.Load() }
+
 // Environment returns the environment the client talks to.
 func (c *Client) Environment() Environment { return c.env }
 
@@ -292,6 +317,44 @@ const (
 // *Error values.
 func (c *Client) Token(ctx context.Context, r Request) (*Token, error) {
 	ctx = hedge.OneHedge(ctx) // one hedge per fetch, not per retry
+	tok, err := c.token(ctx, r)
+	if err == nil || !UnknownKID(err) {
+		return tok, err
+	}
+	// Maskinporten does not know the active key (yet): one more fetch with
+	// the key in use before it, while the broker still holds it.
+	fb, active := c.fallback.Load(), c.key.Load()
+	if fb == nil || active == nil || fb.KeyID == active.KeyID || ctx.Err() != nil {
+		return nil, err
+	}
+	tok, ferr := c.token(context.WithValue(ctx, signingKey{}, fb), r)
+	if ferr != nil {
+		if UnknownKID(ferr) {
+			return nil, err
+		}
+		return nil, ferr // Maskinporten's answer to the request itself
+	}
+	c.fallbacks.Add(1)
+	return tok, nil
+}
+
+// signingKey is the context key of a key that signs instead of the active
+// one (the fallback).
+type signingKey struct{}
+
+// UnknownKID reports whether err is Maskinporten's refusal of a grant whose
+// kid it does not know for the client: "Invalid assertion. Client
+// authentication failed. Unknown key identifier (kid) for client." (the
+// text Maskinporten answers, as seen by ks-no/fiks-maskinporten-client-dotnet
+// PR #186).
+func UnknownKID(err error) bool {
+	var me *Error
+	return errors.As(err, &me) && strings.Contains(strings.ToLower(me.Description), "unknown key identifier")
+}
+
+// token is Token's retry loop, with the key the context names or the
+// active one.
+func (c *Client) token(ctx context.Context, r Request) (*Token, error) {
 	for attempt := 1; ; attempt++ {
 		tok, err := c.try(ctx, r)
 		if err == nil {
@@ -444,7 +507,11 @@ func (c *Client) attempt(ctx context.Context, r Request, hedged bool) (tok *Toke
 	if err != nil {
 		return nil, err
 	}
-	assertion, err := c.Sign(claims)
+	key, _ := ctx.Value(signingKey{}).(*signer.Key)
+	if key == nil {
+		key = c.key.Load()
+	}
+	assertion, err := c.signWith(key, claims)
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,8 @@ import (
 	"github.com/google/uuid"
 	"github.com/lestrrat-go/jwx/v2/cert"
 	"github.com/lestrrat-go/jwx/v2/jws"
+
+	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
 
 // Names Maskinporten and Altinn use in grants and tokens.
@@ -115,12 +117,14 @@ func (e *SignError) Unwrap() error { return e.Err }
 
 // Sign serialises and signs claims with the client's key: a compact JWS whose
 // header carries alg and kid. The result is a credential: never log it.
-func (c *Client) Sign(cl *Claims) (string, error) {
+func (c *Client) Sign(cl *Claims) (string, error) { return c.signWith(c.key.Load(), cl) }
+
+// signWith is Sign with key.
+func (c *Client) signWith(key *signer.Key, cl *Claims) (string, error) {
 	payload, err := json.Marshal(cl)
 	if err != nil {
 		return "", fmt.Errorf("grant: %w", err)
 	}
-	key := c.key.Load()
 	hdr := jws.NewHeaders()
 	if len(key.Chain) > 0 {
 		// An enterprise certificate: x5c, the chain as base64 DER strings,

@@ -159,8 +159,29 @@ func (rt *running) components(tp any, a *audit.Log, sc server.Config, servers in
 	}
 }
 
-// setKey makes k the key client signs grants with.
-func (rt *running) setKey(client string, k *signer.Key) { _ = rt.clients[client].SetKey(k) }
+// setKey makes k the key client signs grants with, and the key it signed
+// with before a switch the fallback for as long as the ring holds it (a
+// rotation's grace period, or until a reload drops it): Maskinporten may
+// not know a new key everywhere at once.
+func (rt *running) setKey(client string, k *signer.Key) {
+	mp := rt.clients[client]
+	if mp == nil {
+		return
+	}
+	fallback := ""
+	if prev := mp.Key(); prev != nil && prev.KeyID != k.KeyID {
+		fallback = prev.KeyID
+	} else if fb := mp.FallbackKey(); fb != nil {
+		fallback = fb.KeyID
+	}
+	_ = mp.SetKey(k)
+	if fallback == k.KeyID {
+		fallback = ""
+	}
+	// The ring reopens its keys at every change: take its current handle,
+	// nil once it no longer holds the key.
+	mp.SetFallbackKey(rt.ring.Key(client, fallback))
+}
 
 // ringClients is the key ring's view of the config's clients, with, for
 // clients that rotate, what their rotation state adds: the keys the
@@ -208,6 +229,15 @@ func ringClients(cfg *Config, baseDir string, states map[string]rotation.State) 
 		out = append(out, rc)
 	}
 	return out, nil
+}
+
+// fallbacks counts, per client, the tokens got with the fallback key.
+func (rt *running) fallbacks() map[string]int64 {
+	out := map[string]int64{}
+	for name, c := range rt.clients {
+		out[name] = c.Fallbacks()
+	}
+	return out
 }
 
 // keyStatus lists the keys for /healthz.

@@ -120,6 +120,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	defer b.Close()
 	m.ObserveBroker(b)
 	m.ObserveKeys(rt.metricKeys)
+	m.ObserveFallbacks(rt.fallbacks)
 	if rt.rotation != nil {
 		defer rt.rotation.close()
 		pass := m.ObserveRotation(rt.rotation.metrics)

@@ -3,6 +3,8 @@ package daemon
 import (
 	"context"
 	"encoding/pem"
+	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -201,5 +203,56 @@ func TestRotationStateThatWentBackKeepsTheKeys(t *testing.T) {
 	}
 	if st.LastOutcome != rotation.OutcomeFailed || st.LastError != "gone" {
 		t.Fatalf("the failure is not shown: %+v", st)
+	}
+}
+
+// TestSwitchKeepsTheOldKeyAsFallback: after the active key changes, the
+// Maskinporten client falls back to the key it switched from for as long
+// as the ring holds it, and to nothing once a reload drops it.
+func TestSwitchKeepsTheOldKeyAsFallback(t *testing.T) {
+	dir := t.TempDir()
+	for name, file := range map[string]string{"a.pem": "rsa-a.pkcs8.pem", "b.pem": "rsa-b.pkcs8.pem"} {
+		if err := os.WriteFile(filepath.Join(dir, name), signertest.PEM(t, file), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	config := func(keys string) *Config {
+		cfg, err := Parse([]byte(strings.Replace(baseConfig, "    key:\n      kid: smartcloud-2026\n      signer: file:mp-key.pem\n", keys, 1)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	both := "    keys:\n      - {kid: old, signer: file:a.pem, active: %v}\n      - {kid: new, signer: file:b.pem, active: %v}\n"
+	ctx := context.Background()
+	rt, err := buildBroker(ctx, config(fmt.Sprintf(both, true, false)), dir, slog.New(slog.DiscardHandler), telemetry{}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rt.ring.Close()
+	defer rt.broker.Close()
+	rt.ring.Notify(rt.setKey, nil)
+	mp := rt.clients["smartcloud"]
+	if mp.FallbackKey() != nil {
+		t.Fatal("a fallback before any switch")
+	}
+	if err := rt.reload(ctx, config(fmt.Sprintf(both, false, true)), dir); err != nil {
+		t.Fatal(err)
+	}
+	if mp.Key().KeyID != "new" || mp.FallbackKey() == nil || mp.FallbackKey().KeyID != "old" {
+		t.Fatalf("after the switch: key %v, fallback %v", mp.Key().KeyID, mp.FallbackKey())
+	}
+	// A reload that keeps both keeps the fallback, with the ring's new handle.
+	if err := rt.reload(ctx, config(fmt.Sprintf(both, false, true)), dir); err != nil {
+		t.Fatal(err)
+	}
+	if fb := mp.FallbackKey(); fb == nil || fb != rt.ring.Key("smartcloud", "old") {
+		t.Fatalf("after a reload: fallback %v, want the ring's handle of old", fb)
+	}
+	if err := rt.reload(ctx, config("    keys:\n      - {kid: new, signer: file:b.pem, active: true}\n"), dir); err != nil {
+		t.Fatal(err)
+	}
+	if mp.FallbackKey() != nil {
+		t.Fatalf("the old key was dropped but is still the fallback")
 	}
 }

@@ -242,3 +242,9 @@ func TestObserveRotation(t *testing.T) {
 		t.Error("a key without expiry or a client without a rotation under way was exported")
 	}
 }
+
+func TestObserveFallbacks(t *testing.T) {
+	m := metrics.New()
+	m.ObserveFallbacks(func() map[string]int64 { return map[string]int64{"smartcloud": 3, "other": 0} })
+	expect(t, scrape(t, m), `tokenbroker_key_fallbacks_total{client="smartcloud"} 3`, `tokenbroker_key_fallbacks_total{client="other"} 0`)
+}

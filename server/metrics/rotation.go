@@ -83,3 +83,23 @@ func (c rotationCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 	}
 }
+
+var descFallbacks = prometheus.NewDesc("tokenbroker_key_fallbacks_total",
+	"Tokens got with the key in use before the last switch, after Maskinporten did not know the active key's kid (yet).",
+	[]string{"client"}, nil)
+
+// ObserveFallbacks exports the count of fallbacks to the previous key per
+// client that counts returns, read at each scrape.
+func (m *Metrics) ObserveFallbacks(counts func() map[string]int64) {
+	m.reg.MustRegister(fallbackCollector(counts))
+}
+
+type fallbackCollector func() map[string]int64
+
+func (c fallbackCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descFallbacks }
+
+func (c fallbackCollector) Collect(ch chan<- prometheus.Metric) {
+	for client, n := range c() {
+		ch <- prometheus.MustNewConstMetric(descFallbacks, prometheus.CounterValue, float64(n), client)
+	}
+}
