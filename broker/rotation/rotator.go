@@ -34,7 +34,7 @@ const (
 	// DefaultProveBackoff is the first wait between two proofs; it doubles
 	// up to MaxProveBackoff.
 	DefaultProveBackoff = 2 * time.Second
-	MaxProveBackoff     = 30 * time.Second
+	MaxProveBackoff     = 10 * time.Second
 	// DefaultLeaseTTL is how long a rotator holds a client's lease without
 	// saving; every save renews it.
 	DefaultLeaseTTL = 2 * time.Minute

@@ -452,7 +452,7 @@ func TestRotationBacksOffWhileUnproven(t *testing.T) {
 	if w.proofs.Load() != 5 {
 		t.Fatalf("%d proofs, want 5", w.proofs.Load())
 	}
-	want := []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 16 * time.Second}
+	want := []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second, 10 * time.Second}
 	if !slices.Equal(w.slept, want) {
 		t.Fatalf("waits %v, want %v", w.slept, want)
 	}
