@@ -40,10 +40,10 @@ var rotationOrgs = []string{"310904473", "314250052", "313775429"}
 // accept. Everything but the token lifetime is the shipped default.
 func TestServeRotatesKeys(t *testing.T) {
 	t.Parallel()
-	backends := map[string]func(t *testing.T, dir string) string{
-		"file":   func(t *testing.T, dir string) string { return "file:keys/" },
-		"pkcs11": func(t *testing.T, dir string) string { return signertest.SoftHSMToken(t, "serve-rotation") },
-		"awskms": func(t *testing.T, dir string) string {
+	backends := map[string]func(t *testing.T) string{
+		"file":   func(t *testing.T) string { return "file:keys/" }, // the config's dir
+		"pkcs11": func(t *testing.T) string { return signertest.SoftHSMToken(t, "serve-rotation") },
+		"awskms": func(t *testing.T) string {
 			_, query, _ := strings.Cut(signertest.LocalKMS(t), "?")
 			return "awskms:?" + query
 		},
@@ -57,76 +57,12 @@ func TestServeRotatesKeys(t *testing.T) {
 	}
 }
 
-func serveRotation(t *testing.T, location func(t *testing.T, dir string) string, propagation time.Duration) {
-	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
-	const adminID = "selfservice-admin"
-	p12, cas := signertest.EnterpriseCert(t, "991825827", "pw-123")
-	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{TokenTTL: 4 * time.Second})
-	emu.Record()
-	emu.SetPropagationDelay(propagation)
-	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []maskinportentest.Client{
-		{ID: clientID, Org: "991825827", SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}},
-		{ID: adminID, Org: "991825827", Scopes: []string{selfservice.ScopeRead, selfservice.ScopeWrite}, CertificateCAs: cas},
-	} {
-		if err := emu.AddClient(c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	for _, org := range rotationOrgs {
-		emu.ApproveSystemUser(clientID, org, "")
-	}
-	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
-	dir := filepath.Dir(path)
-	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
-	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
-	for _, d := range []string{"keys", "state"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := readFile(t, path)
-	cfg = bytes.Replace(cfg, []byte("clients:\n"), []byte(fmt.Sprintf(`self_service:
-  client_id: %s
-  key:
-    signer: file:vs.p12
-    password_file: vs.pw
-  url: %s
-  state_dir: state
-clients:
-`, adminID, srv.URL)), 1)
-	cfg = append(cfg, fmt.Sprintf("    rotation:\n      new_keys: %q\n", location(t, dir))...)
-	writeSecret(t, path, cfg)
-
+func serveRotation(t *testing.T, location func(t *testing.T) string, propagation time.Duration) {
+	rs := newRotationSetup(t, propagation, "  state_dir: state\n", location(t), "")
+	emu, path := rs.emu, rs.path
+	const clientID = rotationClientID
 	addr, stderr, stop := startServe(t, path, serveHooks{})
-	c := dial(t, addr)
-	var calls, failed atomic.Int64
-	var firstErr atomic.Value
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for i := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
-				org := rotationOrgs[(i+n)%len(rotationOrgs)]
-				cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-				// Tokens live 4 s here, so callers ask for 1 s left.
-				_, err := c.GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: org, Scopes: []string{demoScope},
-					MinValidity: durationpb.New(time.Second)})
-				ccancel()
-				calls.Add(1)
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
-	}
+	cl := loopCallers(t, addr)
 
 	// Another process rotates: the broker's own code path.
 	var out, errOut syncBuffer
@@ -160,11 +96,7 @@ clients:
 	}
 	switched := time.Now()
 	time.Sleep(2 * time.Second)
-	cancel()
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d calls failed during the rotation, first: %v", failed.Load(), calls.Load(), firstErr.Load())
-	}
+	cl.stop(t)
 	// No caller's grant signed with the new key before Maskinporten took it.
 	early := 0
 	for _, a := range emu.Assertions() {
@@ -177,7 +109,7 @@ clients:
 		t.Fatalf("%d grants of callers were signed with %s before Maskinporten accepted it", early, next)
 	}
 	t.Logf("%d calls, 0 failed; keys rotate took %v (Maskinporten accepted the key after %v); the broker signed with it %v later",
-		calls.Load(), activated.Sub(rotateStart).Round(100*time.Millisecond), usable.Sub(rotateStart).Round(100*time.Millisecond),
+		cl.calls.Load(), activated.Sub(rotateStart).Round(100*time.Millisecond), usable.Sub(rotateStart).Round(100*time.Millisecond),
 		switched.Sub(activated).Round(100*time.Millisecond))
 
 	// keys status shows the rotation.
@@ -260,29 +192,7 @@ func TestDevRotatesKeys(t *testing.T) {
 		return runDev(ctx, []string{"--listen", "127.0.0.1:0", "--token-ttl", "5s", "--rotate-after", "2s"}, stdout, stderr, ready, nil)
 	})
 	env.Emulator.Record()
-	c := dial(t, env.Addr)
-	var calls, failed atomic.Int64
-	var firstErr atomic.Value
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for i := range 4 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
-				cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-				_, err := c.GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: devCustomers[(i+n)%3].org,
-					Scopes: []string{devScope}, MinValidity: durationpb.New(time.Second)})
-				ccancel()
-				calls.Add(1)
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
-	}
+	cl := loopCallers(t, env.Addr)
 	m := regexp.MustCompile(`rotation done as far as the grace period.* active=(\S+)`)
 	deadline := time.Now().Add(90 * time.Second)
 	var next string
@@ -308,17 +218,13 @@ func TestDevRotatesKeys(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	time.Sleep(time.Second)
-	cancel()
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d calls failed, first: %v", failed.Load(), calls.Load(), firstErr.Load())
-	}
+	cl.stop(t)
 	for _, a := range env.Emulator.Assertions() {
 		if kid, iat, su := grantInfo(t, a); su && kid == next && iat.Before(usable.Truncate(time.Second)) {
 			t.Fatalf("a caller's grant was signed with %s at %v, before the emulator accepted it at %v", kid, iat, usable)
 		}
 	}
-	t.Logf("%d calls, 0 failed; dev mode switched to %s", calls.Load(), next)
+	t.Logf("%d calls, 0 failed; dev mode switched to %s", cl.calls.Load(), next)
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
@@ -331,54 +237,18 @@ func TestDevRotatesKeys(t *testing.T) {
 // failed calls.
 func TestServeReplicasRotateOnce(t *testing.T) {
 	t.Parallel()
-	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
-	const adminID = "selfservice-admin"
-	rs := sharedcachetest.Start(t)
-	p12, cas := signertest.EnterpriseCert(t, "991825827", "pw-123")
-	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{TokenTTL: 4 * time.Second})
-	emu.Record()
-	emu.SetPropagationDelay(3 * time.Second)
-	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []maskinportentest.Client{
-		{ID: clientID, Org: "991825827", SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}},
-		{ID: adminID, Org: "991825827", Scopes: []string{selfservice.ScopeRead, selfservice.ScopeWrite}, CertificateCAs: cas},
-	} {
-		if err := emu.AddClient(c); err != nil {
-			t.Fatal(err)
-		}
-	}
+	redis := sharedcachetest.Start(t)
+	// One key directory for all: the volume replicas share for file keys.
+	rs := newRotationSetup(t, 3*time.Second, "", "file:keys/",
+		"cache:\n  shared:\n    redis:\n      addrs: ["+redis.Addr()+"]\n    keys:\n      - id: k1\n        file: cache-key\n")
+	emu, path, dir := rs.emu, rs.path, rs.dir
+	const clientID = rotationClientID
+	writeSecret(t, filepath.Join(dir, "cache-key"), []byte("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n"))
 	// Registered 165 days ago (it expires in 200): with rotation every 90
 	// days, due now.
 	if err := emu.SetKeyExpiry(clientID, "smartcloud-2026", time.Now().Add(200*24*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	for _, org := range rotationOrgs {
-		emu.ApproveSystemUser(clientID, org, "")
-	}
-	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
-	dir := filepath.Dir(path)
-	writeSecret(t, filepath.Join(dir, "cache-key"), []byte("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n"))
-	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
-	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
-	if err := os.Mkdir(filepath.Join(dir, "keys"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cfg := readFile(t, path)
-	cfg = bytes.Replace(cfg, []byte("clients:\n"), []byte(fmt.Sprintf(`self_service:
-  client_id: %s
-  key:
-    signer: file:vs.p12
-    password_file: vs.pw
-  url: %s
-clients:
-`, adminID, srv.URL)), 1)
-	// One key directory for all: the volume replicas share for file keys.
-	cfg = append(cfg, "    rotation:\n      new_keys: file:keys/\n"...)
-	cfg = append(cfg, "cache:\n  shared:\n    redis:\n      addrs: ["+rs.Addr()+"]\n    keys:\n      - id: k1\n        file: cache-key\n"...)
-	writeSecret(t, path, cfg)
 
 	var addrs []string
 	var logs []*syncBuffer
@@ -386,29 +256,7 @@ clients:
 		addr, log, _ := startServe(t, path, serveHooks{})
 		addrs, logs = append(addrs, addr), append(logs, log)
 	}
-	var calls, failed atomic.Int64
-	var firstErr atomic.Value
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	for i, addr := range addrs {
-		c := dial(t, addr)
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for n := 0; ctx.Err() == nil; n++ {
-				cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
-				_, err := c.GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: rotationOrgs[(i+n)%len(rotationOrgs)],
-					Scopes: []string{demoScope}, MinValidity: durationpb.New(time.Second)})
-				ccancel()
-				calls.Add(1)
-				if err != nil {
-					failed.Add(1)
-					firstErr.CompareAndSwap(nil, err.Error())
-				}
-				time.Sleep(20 * time.Millisecond)
-			}
-		}()
-	}
+	cl := loopCallers(t, addrs...)
 	// Every replica comes to sign with the one new key.
 	deadline := time.Now().Add(90 * time.Second)
 	var next string
@@ -429,11 +277,7 @@ clients:
 		time.Sleep(200 * time.Millisecond)
 	}
 	time.Sleep(2 * time.Second)
-	cancel()
-	wg.Wait()
-	if failed.Load() != 0 {
-		t.Fatalf("%d of %d calls failed, first: %v", failed.Load(), calls.Load(), firstErr.Load())
-	}
+	cl.stop(t)
 	made, err := filepath.Glob(filepath.Join(dir, "keys", "*.pem"))
 	if err != nil {
 		t.Fatal(err)
@@ -441,5 +285,113 @@ clients:
 	if w := emu.JWKSWrites(); w != 1 || len(made) != 1 {
 		t.Fatalf("%d registration writes and %d keys made by 3 replicas, want exactly one rotation", w, len(made))
 	}
-	t.Logf("3 replicas, 1 rotation (1 write, 1 key), %d calls, 0 failed", calls.Load())
+	t.Logf("3 replicas, 1 rotation (1 write, 1 key), %d calls, 0 failed", cl.calls.Load())
+}
+
+// rotationSetup is an emulator with a rotating client (its first key, key
+// A, registered now) and the organisation's self-service client, and a
+// config file for them: self_service with a business certificate, the
+// client's rotation making keys at newKeys, and extra appended at the end.
+type rotationSetup struct {
+	emu  *maskinportentest.Emulator
+	path string
+	dir  string
+}
+
+const (
+	rotationClientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
+	rotationAdminID  = "selfservice-admin"
+)
+
+func newRotationSetup(t *testing.T, propagation time.Duration, selfService, newKeys, extra string) *rotationSetup {
+	t.Helper()
+	p12, cas := signertest.EnterpriseCert(t, "991825827", "pw-123")
+	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{TokenTTL: 4 * time.Second})
+	emu.Record()
+	emu.SetPropagationDelay(propagation)
+	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []maskinportentest.Client{
+		{ID: rotationClientID, Org: "991825827", SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}},
+		{ID: rotationAdminID, Org: "991825827", Scopes: []string{selfservice.ScopeRead, selfservice.ScopeWrite}, CertificateCAs: cas},
+	} {
+		if err := emu.AddClient(c); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, org := range rotationOrgs {
+		emu.ApproveSystemUser(rotationClientID, org, "")
+	}
+	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
+	dir := filepath.Dir(path)
+	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
+	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
+	for _, d := range []string{"keys", "state"} {
+		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cfg := readFile(t, path)
+	cfg = bytes.Replace(cfg, []byte("clients:\n"), []byte(fmt.Sprintf(`self_service:
+  client_id: %s
+  key:
+    signer: file:vs.p12
+    password_file: vs.pw
+  url: %s
+%sclients:
+`, rotationAdminID, srv.URL, selfService)), 1)
+	cfg = append(cfg, fmt.Sprintf("    rotation:\n      new_keys: %q\n%s", newKeys, extra)...)
+	writeSecret(t, path, cfg)
+	return &rotationSetup{emu: emu, path: path, dir: dir}
+}
+
+// callers are 4 goroutines per broker address calling GetToken in a loop
+// over rotationOrgs, 20 ms apart, counting calls and failures.
+type callers struct {
+	calls, failed atomic.Int64
+	firstErr      atomic.Value
+	cancel        func()
+	wg            sync.WaitGroup
+}
+
+func loopCallers(t *testing.T, addrs ...string) *callers {
+	t.Helper()
+	cl := &callers{}
+	ctx, cancel := context.WithCancel(context.Background())
+	cl.cancel = cancel
+	for _, addr := range addrs {
+		c := dial(t, addr)
+		for i := range 4 {
+			cl.wg.Add(1)
+			go func() {
+				defer cl.wg.Done()
+				for n := 0; ctx.Err() == nil; n++ {
+					cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
+					// Tokens live a few seconds here, so callers ask for 1 s left.
+					_, err := c.GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: rotationOrgs[(i+n)%len(rotationOrgs)],
+						Scopes: []string{demoScope}, MinValidity: durationpb.New(time.Second)})
+					ccancel()
+					cl.calls.Add(1)
+					if err != nil {
+						cl.failed.Add(1)
+						cl.firstErr.CompareAndSwap(nil, err.Error())
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+			}()
+		}
+	}
+	return cl
+}
+
+// stop ends the loops and fails t if a call failed.
+func (cl *callers) stop(t *testing.T) {
+	t.Helper()
+	cl.cancel()
+	cl.wg.Wait()
+	if cl.failed.Load() != 0 {
+		t.Fatalf("%d of %d calls failed, first: %v", cl.failed.Load(), cl.calls.Load(), cl.firstErr.Load())
+	}
 }
