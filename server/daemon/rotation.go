@@ -295,12 +295,16 @@ func (kr *keyRotation) snapshot() map[string]rotation.State {
 }
 
 // load reads every rotating client's state, at start: a broker that
-// cannot read it does not know which key is active, and does not start.
+// cannot read it does not know which key is active, and does not start;
+// nor does one whose state was lost (see checkLost).
 func (kr *keyRotation) load(ctx context.Context) error {
 	for _, name := range kr.names {
 		st, err := kr.store.Load(ctx, name)
 		if err != nil {
 			return fmt.Errorf("rotation state of client %s: %w", name, err)
+		}
+		if err := kr.checkLost(ctx, name, st); err != nil {
+			return err
 		}
 		kr.setState(name, st)
 	}
