@@ -88,6 +88,9 @@ type Status struct {
 	LastAttempt  time.Time
 	// Due is when the next rotation is due.
 	Due time.Time
+	// StateLost, when the state is empty but the registration shows it
+	// was lost (ErrStateLost), says what happened and how to recover.
+	StateLost string
 }
 
 // Status reads the client's state and registration.
@@ -106,6 +109,9 @@ func (r *Rotator) Status(ctx context.Context) (Status, error) {
 		out.RegistryError = cut(err.Error())
 	}
 	out.Registered = p.st.Registered
+	if err := r.lostState(st, p.reg); err != nil {
+		out.StateLost = err.Error()
+	}
 	out.Due = r.Due(st, p.reg)
 	if p.reg == nil && len(st.Registered) > 0 && out.RegistryError != "" {
 		// Due from what the state last saw.

@@ -140,6 +140,9 @@ type State struct {
 	Rotation *InFlight `json:"rotation,omitempty"`
 	// LastRotation is when the last rotation made its key active.
 	LastRotation time.Time `json:"last_rotation,omitzero"`
+	// LastFinished is when the last rotation completed (its old key
+	// retired and destroyed); zero in a state saved before it was kept.
+	LastFinished time.Time `json:"last_finished,omitzero"`
 	// LastOutcome and LastError describe the last attempt.
 	LastOutcome string    `json:"last_outcome,omitempty"`
 	LastError   string    `json:"last_error,omitempty"`

@@ -409,6 +409,9 @@ func (p *pass) run(ctx context.Context, opts Options) (Report, error) {
 	if err := p.readRegistration(ctx); err != nil {
 		return p.report(OutcomeFailed), err
 	}
+	if err := p.r.lostState(p.st, p.reg); err != nil {
+		return p.report(OutcomeFailed), err
+	}
 	renewed, err := p.renew(ctx, now)
 	if err != nil {
 		return p.report(OutcomeFailed), err
@@ -702,6 +705,7 @@ func (p *pass) destroy(ctx context.Context) error {
 	}
 	p.st.Rotation = nil
 	p.st.LastOutcome, p.st.LastError, p.st.LastAttempt = OutcomeRotated, "", p.r.cfg.Now()
+	p.st.LastFinished = p.st.LastAttempt
 	return p.stepDone(ctx, StepDestroy)
 }
 
@@ -713,6 +717,9 @@ func (r *Rotator) dryRun(ctx context.Context, opts Options) (Report, error) {
 	}
 	p := &pass{r: r, st: st}
 	if err := p.readRegistration(ctx); err != nil {
+		return p.report(OutcomeFailed), err
+	}
+	if err := r.lostState(st, p.reg); err != nil {
 		return p.report(OutcomeFailed), err
 	}
 	rep := p.report(OutcomeDryRun)

@@ -88,7 +88,7 @@ func rotateAfter(ctx context.Context, rot *daemon.Rotation, wait time.Duration, 
 	case <-time.After(wait):
 	}
 	log.Info("dev: rotating the key now (--rotate-after)", slog.String("client", devClientName))
-	rep, err := rot.Rotate(ctx, devClientName, false)
+	rep, err := rot.Rotate(ctx, devClientName, daemon.RotateOptions{})
 	if err != nil {
 		log.Error("dev: rotation failed", slog.String("error", err.Error()))
 		return

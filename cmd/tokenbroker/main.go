@@ -52,7 +52,7 @@ const usage = `usage:
   tokenbroker keys status --config FILE
                                     every rotating client: registered keys and their expiry, active,
                                     next, last rotation, next due
-  tokenbroker keys rotate --config FILE --client NAME [--dry-run]
+  tokenbroker keys rotate --config FILE --client NAME [--dry-run] [--force]
                                     rotate a client's key now (the broker's own code path)
   tokenbroker signer serve --key URI --kid KID --listen unix:/path | host:port [--tls-cert F --tls-key F --client-ca F]
                                     run an external signer holding one key

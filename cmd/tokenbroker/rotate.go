@@ -18,13 +18,14 @@ import (
 // runKeys runs `keys status` and `keys rotate`.
 func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 || (args[0] != "status" && args[0] != "rotate") {
-		return errors.New("keys: want `keys status --config FILE` or `keys rotate --config FILE --client NAME [--dry-run]`")
+		return errors.New("keys: want `keys status --config FILE` or `keys rotate --config FILE --client NAME [--dry-run] [--force]`")
 	}
 	fs := flag.NewFlagSet("keys "+args[0], flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", "", "path of the YAML config file (required)")
 	client := fs.String("client", "", "client to rotate (rotate: required)")
 	dryRun := fs.Bool("dry-run", false, "rotate: say what would be done, change nothing")
+	force := fs.Bool("force", false, "rotate: start a new rotation even within the grace period after the last one")
 	timeout := fs.Duration("timeout", 20*time.Minute, "give up after this long")
 	if err := fs.Parse(args[1:]); err != nil {
 		return err
@@ -49,8 +50,10 @@ func runKeys(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if *client == "" {
 		return errors.New("keys rotate: --client is required")
 	}
-	rep, err := rot.Rotate(ctx, *client, *dryRun)
-	printReport(stdout, *client, rep, rot.Grace(cfg, *client))
+	rep, err := rot.Rotate(ctx, *client, daemon.RotateOptions{DryRun: *dryRun, Force: *force})
+	if rep.Outcome != "" { // no pass ran when it was refused before one
+		printReport(stdout, *client, rep, rot.Grace(cfg, *client))
+	}
 	if err != nil {
 		return fmt.Errorf("keys rotate: %w", err)
 	}
@@ -80,7 +83,12 @@ func keysStatus(ctx context.Context, rot *daemon.Rotation, stdout io.Writer) err
 		}
 		if st.LastError != "" {
 			fmt.Fprintf(tw, "  last error\t%s\n", st.LastError)
+		}
+		if st.LastError != "" || st.StateLost != "" {
 			failed = append(failed, name)
+		}
+		if st.StateLost != "" {
+			fmt.Fprintf(tw, "  state\tLOST: %s\n", st.StateLost)
 		}
 		if st.RegistryError != "" {
 			fmt.Fprintf(tw, "  registration\tcannot be read: %s (as last seen:)\n", st.RegistryError)
@@ -100,7 +108,7 @@ func keysStatus(ctx context.Context, rot *daemon.Rotation, stdout io.Writer) err
 		return err
 	}
 	if len(failed) > 0 {
-		return fmt.Errorf("keys status: the last rotation pass of %s failed", strings.Join(failed, ", "))
+		return fmt.Errorf("keys status: the rotation of %s failed or lost its state", strings.Join(failed, ", "))
 	}
 	return nil
 }

@@ -186,8 +186,10 @@ func (rt *running) setKey(client string, k *signer.Key) {
 // ringClients is the key ring's view of the config's clients, with, for
 // clients that rotate, what their rotation state adds: the keys the
 // rotator made, the kid it made active, and no retired key. A key's expiry
-// is the one its registration gave when the state knows it.
-func ringClients(cfg *Config, baseDir string, states map[string]rotation.State) ([]keyring.Client, error) {
+// is the one its registration gave when the state knows it. A key of the
+// state that owns refuses (one not in the client's rotation.new_keys) is
+// an error: the state may have been written by someone else.
+func ringClients(cfg *Config, baseDir string, states map[string]rotation.State, owns func(client string, spec signer.Spec) error) ([]keyring.Client, error) {
 	timeout := time.Duration(cfg.Maskinporten.SignTimeout)
 	var out []keyring.Client
 	for i, c := range cfg.Clients {
@@ -218,10 +220,11 @@ func ringClients(cfg *Config, baseDir string, states map[string]rotation.State) 
 			if slices.ContainsFunc(rc.Keys, func(k keyring.Key) bool { return k.KeyID == mk.KID }) {
 				return nil, fmt.Errorf("clients[%d] (%s): key %q is both in the config and made by the rotation", i, c.Name, mk.KID)
 			}
-			rc.Keys = append(rc.Keys, keyring.Key{
-				Spec:   signer.Spec{URI: mk.URI, KeyID: mk.KID, Algorithm: mk.Algorithm, BaseDir: baseDir, CallTimeout: timeout},
-				Active: mk.KID == active, Expires: expiry(mk.KID, time.Time{}),
-			})
+			spec := signer.Spec{URI: mk.URI, KeyID: mk.KID, Algorithm: mk.Algorithm, BaseDir: baseDir, CallTimeout: timeout}
+			if err := owns(c.Name, spec); err != nil {
+				return nil, fmt.Errorf("clients[%d] (%s): %w", i, c.Name, err)
+			}
+			rc.Keys = append(rc.Keys, keyring.Key{Spec: spec, Active: mk.KID == active, Expires: expiry(mk.KID, time.Time{})})
 		}
 		if !slices.ContainsFunc(rc.Keys, func(k keyring.Key) bool { return k.Active }) {
 			return nil, fmt.Errorf("clients[%d] (%s): the rotation state makes %q active, which is neither in the config nor made by the rotation", i, c.Name, active)
@@ -352,7 +355,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			return nil, err
 		}
 	}
-	rcs, err := ringClients(cfg, baseDir, kr.snapshot())
+	rcs, err := ringClients(cfg, baseDir, kr.snapshot(), kr.owns)
 	if err != nil {
 		return nil, err
 	}
@@ -432,7 +435,7 @@ func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) erro
 	if err := sameRotation(rt.cfg, cfg); err != nil {
 		return err
 	}
-	rcs, err := ringClients(cfg, baseDir, rt.rotation.snapshot())
+	rcs, err := ringClients(cfg, baseDir, rt.rotation.snapshot(), rt.rotation.owns)
 	if err != nil {
 		return err
 	}
@@ -450,7 +453,7 @@ func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) erro
 func (rt *running) applyRotation(ctx context.Context, _ string, _ rotation.State) error {
 	rt.keysMu.Lock()
 	defer rt.keysMu.Unlock()
-	rcs, err := ringClients(rt.cfg, rt.baseDir, rt.rotation.snapshot())
+	rcs, err := ringClients(rt.cfg, rt.baseDir, rt.rotation.snapshot(), rt.rotation.owns)
 	if err != nil {
 		return err
 	}

@@ -126,7 +126,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 		pass := m.ObserveRotation(rt.rotation.metrics)
 		rt.rotation.run(ctx, rt.applyRotation, pass)
 		if hooks.Rotation != nil {
-			hooks.Rotation(&Rotation{kr: rt.rotation})
+			hooks.Rotation(&Rotation{kr: rt.rotation, cfg: rt.cfg})
 		}
 	}
 

@@ -16,7 +16,8 @@ import (
 // rotators the broker runs, on the same state, without a broker. A running
 // broker picks up what they change by following the state.
 type Rotation struct {
-	kr *keyRotation
+	kr  *keyRotation
+	cfg *Config
 }
 
 // OpenRotation builds the rotation of cfg's clients. It fails when no
@@ -38,7 +39,7 @@ func OpenRotation(ctx context.Context, cfg *Config, baseDir string, log *slog.Lo
 	if kr == nil {
 		return nil, errors.New("no client has a rotation section")
 	}
-	return &Rotation{kr: kr}, nil
+	return &Rotation{kr: kr, cfg: cfg}, nil
 }
 
 // Close closes what the rotation holds (the self-service key, Redis).
@@ -56,17 +57,42 @@ func (r *Rotation) Status(ctx context.Context, client string) (rotation.Status, 
 	return rot.Status(ctx)
 }
 
+// RotateOptions change a Rotate.
+type RotateOptions struct {
+	// DryRun changes nothing and reports what a pass would do.
+	DryRun bool
+	// Force starts a new rotation even within the grace period after the
+	// last one (see ErrRecentRotation).
+	Force bool
+}
+
+// ErrRecentRotation is returned by Rotate, without Force, when no rotation
+// is under way and the last one became active or completed less than the
+// client's grace period ago: a broker that finished a rotation a moment
+// ago makes another one rarely what the operator meant (typically `keys
+// rotate` run again after the grace period to finish a rotation the broker
+// had already finished).
+var ErrRecentRotation = errors.New("the last rotation is recent")
+
 // Rotate runs one pass of client's rotation now, started even when none is
-// due: the broker's own code path. While a replica holds the client's
-// lease (its own pass under way) it waits for it, until ctx ends. With
-// dryRun it changes nothing and reports what it would do.
-func (r *Rotation) Rotate(ctx context.Context, client string, dryRun bool) (rotation.Report, error) {
+// due: the broker's own code path. A rotation under way is continued;
+// without opts.Force a new one is not started within the grace period
+// after the last one (ErrRecentRotation, saying when it was). While a
+// replica holds the client's lease (its own pass under way) it waits for
+// it, until ctx ends. With opts.DryRun it changes nothing and reports what
+// it would do.
+func (r *Rotation) Rotate(ctx context.Context, client string, opts RotateOptions) (rotation.Report, error) {
 	rot, ok := r.kr.rotators[client]
 	if !ok {
 		return rotation.Report{}, fmt.Errorf("client %q has no rotation section", client)
 	}
+	if !opts.Force {
+		if err := r.recent(ctx, client, time.Now()); err != nil {
+			return rotation.Report{}, err
+		}
+	}
 	for {
-		rep, err := rot.Pass(ctx, rotation.Options{Force: true, DryRun: dryRun})
+		rep, err := rot.Pass(ctx, rotation.Options{Force: true, DryRun: opts.DryRun})
 		if err != nil || rep.Outcome != rotation.OutcomeHeld {
 			return rep, err
 		}
@@ -76,6 +102,26 @@ func (r *Rotation) Rotate(ctx context.Context, client string, dryRun bool) (rota
 		case <-time.After(500 * time.Millisecond):
 		}
 	}
+}
+
+// recent fails with ErrRecentRotation when client has no rotation under
+// way and its last one became active or completed within its grace period
+// before now.
+func (r *Rotation) recent(ctx context.Context, client string, now time.Time) error {
+	st, err := r.kr.store.Load(ctx, client)
+	if err != nil {
+		return fmt.Errorf("rotation state of client %s: %w", client, err)
+	}
+	last, what := st.LastRotation, "became active"
+	if st.LastFinished.After(last) {
+		last, what = st.LastFinished, "completed"
+	}
+	grace := r.Grace(r.cfg, client)
+	if st.Rotation != nil || last.IsZero() || !now.Before(last.Add(grace)) {
+		return nil
+	}
+	return fmt.Errorf("%w: the last rotation of client %s %s at %s (%s ago, within the grace period of %s), with %s active; not starting another: run with --force to rotate again now",
+		ErrRecentRotation, client, what, last.UTC().Format(time.RFC3339), now.Sub(last).Round(time.Second), grace, st.ActiveKID(""))
 }
 
 // Grace is how long client's old key stays registered after a rotation.

@@ -35,6 +35,7 @@ type keyRotation struct {
 	store       rotation.Store
 	names       []string
 	rotators    map[string]*rotation.Rotator
+	makers      map[string]keymaker.Maker // each client's, for owns
 	checkEvery  time.Duration
 	followEvery time.Duration
 	log         *slog.Logger
@@ -69,7 +70,7 @@ type rotationEnv struct {
 func newKeyRotation(ctx context.Context, e rotationEnv) (_ *keyRotation, err error) {
 	cfg := e.cfg
 	ss := cfg.SelfService
-	kr := &keyRotation{rotators: map[string]*rotation.Rotator{}, states: map[string]rotation.State{}, errs: map[string]string{},
+	kr := &keyRotation{rotators: map[string]*rotation.Rotator{}, makers: map[string]keymaker.Maker{}, states: map[string]rotation.State{}, errs: map[string]string{},
 		log: e.log, close: func() {}}
 	for _, c := range cfg.Clients {
 		if c.Rotation != nil {
@@ -144,6 +145,7 @@ func newKeyRotation(ctx context.Context, e rotationEnv) (_ *keyRotation, err err
 		if err != nil {
 			return nil, fmt.Errorf("%s.new_keys: %w", where, err)
 		}
+		kr.makers[c.Name] = maker
 		var mk rotation.Maker = maker
 		if !r.destroyOld() {
 			mk = keepOld{maker}
@@ -156,7 +158,7 @@ func newKeyRotation(ctx context.Context, e rotationEnv) (_ *keyRotation, err err
 		rot, err := rotation.New(rotation.Config{
 			Client: c.Name, ClientID: c.ClientID, ConfigKeys: kids, ConfigActive: c.ActiveKey().KID,
 			Every: r.every(), Grace: r.grace(), RenewBefore: r.renewBefore(), ProveTimeout: time.Duration(r.ProveTimeout),
-			Maker: mk, Registry: registry, Store: kr.store, Open: e.open,
+			Maker: mk, Registry: registry, Store: kr.store, Open: kr.ownedOpen(c.Name, e.open),
 			Prove:  prover(c, e),
 			Apply:  kr.applier(c.Name),
 			Logger: e.log.With(slog.String("component", "rotation")),
@@ -295,12 +297,16 @@ func (kr *keyRotation) snapshot() map[string]rotation.State {
 }
 
 // load reads every rotating client's state, at start: a broker that
-// cannot read it does not know which key is active, and does not start.
+// cannot read it does not know which key is active, and does not start;
+// nor does one whose state was lost (see checkLost).
 func (kr *keyRotation) load(ctx context.Context) error {
 	for _, name := range kr.names {
 		st, err := kr.store.Load(ctx, name)
 		if err != nil {
 			return fmt.Errorf("rotation state of client %s: %w", name, err)
+		}
+		if err := kr.checkLost(ctx, name, st); err != nil {
+			return err
 		}
 		kr.setState(name, st)
 	}

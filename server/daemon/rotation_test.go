@@ -147,7 +147,7 @@ func TestRingClientsFollowRotationState(t *testing.T) {
 		{"after retire", after, []string{"k-new"}, ""},
 		{"unknown active", rotation.State{Active: "elsewhere"}, nil, `makes "elsewhere" active`},
 	} {
-		rcs, err := ringClients(cfg, "/etc/tb", map[string]rotation.State{"smartcloud": tc.st})
+		rcs, err := ringClients(cfg, "/etc/tb", map[string]rotation.State{"smartcloud": tc.st}, func(string, signer.Spec) error { return nil })
 		if tc.errIs != "" {
 			if err == nil || !strings.Contains(err.Error(), tc.errIs) {
 				t.Errorf("%s: err = %v, want %q", tc.name, err, tc.errIs)

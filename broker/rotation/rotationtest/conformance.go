@@ -381,6 +381,7 @@ func FullState() rotation.State {
 			Started: at(3), Activated: at(4),
 		},
 		LastRotation: at(5),
+		LastFinished: at(11),
 		LastOutcome:  "failed",
 		LastError:    `register: self-service API answered 503 "unavailable"`,
 		LastAttempt:  at(6),

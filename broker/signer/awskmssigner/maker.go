@@ -193,22 +193,37 @@ func checkMade(md *types.KeyMetadata, kid string) error {
 	return nil
 }
 
-// Destroy disables the key behind the spec's alias, which must be
-// alias/tokenbroker/<kid> in the maker's region and endpoint, schedules its
-// deletion in DeletionWindowDays (reversible until then) and deletes the
-// alias. A key already pending deletion is left so; an alias already gone
-// is not an error.
-func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+// Owns reports, with nil, whether spec names a key this maker makes:
+// alias/tokenbroker/<kid> (kid being the spec's KeyID) in the maker's
+// region and endpoint. Otherwise the error says why, without repeating a
+// URI of another scheme.
+func (m *Maker) Owns(spec signer.Spec) error {
 	kid := spec.KeyID
 	if err := signer.CheckMadeKID(kid); err != nil {
 		return err
+	}
+	if !strings.HasPrefix(spec.URI, "awskms:") {
+		return errors.New("awskms: not an awskms: key (the keys are made in the region of rotation.new_keys)")
 	}
 	u, err := ParseURI(spec.URI)
 	if err != nil {
 		return err
 	}
 	if u.KeyID != AliasPrefix+kid || u.Region != m.loc.Region || u.Endpoint != m.loc.Endpoint {
-		return fmt.Errorf("awskms: %s is not a key this maker makes for kid %q; refusing to destroy it", spec.URI, kid)
+		return fmt.Errorf("awskms: %s is not a key this maker makes for kid %q", spec.URI, kid)
+	}
+	return nil
+}
+
+// Destroy disables the key behind the spec's alias, which must be
+// alias/tokenbroker/<kid> in the maker's region and endpoint (Owns),
+// schedules its deletion in DeletionWindowDays (reversible until then) and
+// deletes the alias. A key already pending deletion is left so; an alias
+// already gone is not an error.
+func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+	kid := spec.KeyID
+	if err := m.Owns(spec); err != nil {
+		return fmt.Errorf("%w; refusing to destroy it", err)
 	}
 	md, err := m.describe(ctx, kid)
 	if err != nil || md == nil {

@@ -164,23 +164,37 @@ func (m *Maker) Make(ctx context.Context, kid string) (signer.Spec, error) {
 	return m.spec(made.Key.KID, name, kid)
 }
 
-// Destroy deletes the key the spec names, which must be tokenbroker-<kid>
-// in the maker's vault, with all its versions. With soft-delete on (the
-// default of every vault) the key stays recoverable for the vault's
-// retention period and is not purged. A key already gone is not an error.
-func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+// Owns reports, with nil, whether spec names a key this maker makes:
+// tokenbroker-<kid> (kid being the spec's KeyID) in its vault. Otherwise
+// the error says why, without repeating a URI of another scheme.
+func (m *Maker) Owns(spec signer.Spec) error {
 	kid := spec.KeyID
 	if err := signer.CheckMadeKID(kid); err != nil {
 		return err
+	}
+	if !strings.HasPrefix(spec.URI, "azurekv:") {
+		return errors.New("azurekv: not an azurekv: key (the keys are made in the vault of rotation.new_keys)")
 	}
 	u, err := ParseURI(spec.URI)
 	if err != nil {
 		return err
 	}
-	name := KeyPrefix + kid
-	if u.VaultURL != m.vault || u.Name != name {
-		return fmt.Errorf("azurekv: %s is not a key this maker makes for kid %q; refusing to delete it", spec.URI, kid)
+	if u.VaultURL != m.vault || u.Name != KeyPrefix+kid {
+		return fmt.Errorf("azurekv: %s is not a key this maker makes for kid %q", spec.URI, kid)
 	}
+	return nil
+}
+
+// Destroy deletes the key the spec names, which must be tokenbroker-<kid>
+// in the maker's vault (Owns), with all its versions. With soft-delete on (the
+// default of every vault) the key stays recoverable for the vault's
+// retention period and is not purged. A key already gone is not an error.
+func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+	kid := spec.KeyID
+	if err := m.Owns(spec); err != nil {
+		return fmt.Errorf("%w; refusing to delete it", err)
+	}
+	name := KeyPrefix + kid
 	api, err := m.connect()
 	if err != nil {
 		return err

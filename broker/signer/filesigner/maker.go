@@ -12,6 +12,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 )
@@ -166,12 +167,16 @@ func (m *Maker) removeTemps(kid string) {
 
 func tempPrefix(kid string) string { return "." + kid + ".pem.tmp-" }
 
-// Destroy removes the key file spec names, which must be <kid>.pem (kid
-// being the spec's KeyID) in the maker's directory; any other path is
-// refused. A file that is already gone is not an error.
-func (m *Maker) Destroy(_ context.Context, spec signer.Spec) error {
+// Owns reports, with nil, whether spec names a key this maker makes: the
+// file <kid>.pem (kid being the spec's KeyID) in its directory. Otherwise
+// the error says why, without repeating a URI of another scheme (which may
+// carry a PIN).
+func (m *Maker) Owns(spec signer.Spec) error {
 	if err := signer.CheckMadeKID(spec.KeyID); err != nil {
 		return err
+	}
+	if !strings.HasPrefix(spec.URI, "file:") {
+		return fmt.Errorf("not a file: key (the keys are made as files in %s)", m.dir)
 	}
 	p, err := ParseURI(spec.URI)
 	if err != nil {
@@ -182,8 +187,19 @@ func (m *Maker) Destroy(_ context.Context, spec signer.Spec) error {
 		return err
 	}
 	if want := m.path(spec.KeyID); path != want {
-		return fmt.Errorf("key file %s: not %s, the file this maker made for kid %q; refusing to remove it", path, want, spec.KeyID)
+		return fmt.Errorf("key file %s: not %s, the file this maker makes for kid %q", path, want, spec.KeyID)
 	}
+	return nil
+}
+
+// Destroy removes the key file spec names, which must be <kid>.pem (kid
+// being the spec's KeyID) in the maker's directory (Owns); any other path
+// is refused. A file that is already gone is not an error.
+func (m *Maker) Destroy(_ context.Context, spec signer.Spec) error {
+	if err := m.Owns(spec); err != nil {
+		return fmt.Errorf("%w; refusing to remove it", err)
+	}
+	path := m.path(spec.KeyID)
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("key file: %w", err)
 	}

@@ -188,24 +188,41 @@ func (m *Maker) Make(ctx context.Context, kid string) (signer.Spec, error) {
 	}
 }
 
-// Destroy schedules the destruction of the key version the spec names,
-// which must be version 1 of tokenbroker-<kid> in the maker's key ring.
-// Cloud KMS destroys it after the crypto key's destroy_scheduled_duration
-// (30 days unless set otherwise; RestoreCryptoKeyVersion undoes it until
-// then) and never deletes the crypto key itself. A version already
-// destroyed, scheduled for destruction, or not found is not an error.
-func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+// Owns reports, with nil, whether spec names a key this maker makes:
+// version 1 of tokenbroker-<kid> (kid being the spec's KeyID) in its key
+// ring. Otherwise the error says why, without repeating a URI of another
+// scheme.
+func (m *Maker) Owns(spec signer.Spec) error {
 	kid := spec.KeyID
 	if err := signer.CheckMadeKID(kid); err != nil {
 		return err
+	}
+	if !strings.HasPrefix(spec.URI, "gcpkms:") {
+		return errors.New("gcpkms: not a gcpkms: key (the keys are made in the key ring of rotation.new_keys)")
 	}
 	name, err := ParseURI(spec.URI)
 	if err != nil {
 		return err
 	}
 	if name != m.version(kid) {
-		return fmt.Errorf("gcpkms: %s is not the key version this maker makes for kid %q; refusing to destroy it", name, kid)
+		return fmt.Errorf("gcpkms: %s is not the key version this maker makes for kid %q", name, kid)
 	}
+	return nil
+}
+
+// Destroy schedules the destruction of the key version the spec names,
+// which must be version 1 of tokenbroker-<kid> in the maker's key ring
+// (Owns).
+// Cloud KMS destroys it after the crypto key's destroy_scheduled_duration
+// (30 days unless set otherwise; RestoreCryptoKeyVersion undoes it until
+// then) and never deletes the crypto key itself. A version already
+// destroyed, scheduled for destruction, or not found is not an error.
+func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+	kid := spec.KeyID
+	if err := m.Owns(spec); err != nil {
+		return fmt.Errorf("%w; refusing to destroy it", err)
+	}
+	name := m.version(kid)
 	api, closeAPI, err := m.connect(ctx)
 	if err != nil {
 		return err

@@ -44,6 +44,13 @@ type Maker interface {
 	// backend allows; a key that is already gone is not an error. It
 	// refuses a key this maker would not have made.
 	Destroy(ctx context.Context, spec signer.Spec) error
+	// Owns reports, with nil, whether spec names a key this maker makes
+	// (one Destroy would take), and otherwise why not, without a PIN. It
+	// calls no backend: a key stored in the rotation state is checked
+	// with it before it is opened, so that whoever can write the state
+	// cannot make the broker open a key elsewhere (a pkcs11: URI with
+	// another module-path loads that module).
+	Owns(spec signer.Spec) error
 }
 
 var _ rotation.Maker = Maker(nil)

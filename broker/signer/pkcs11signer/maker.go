@@ -132,14 +132,18 @@ func checkFound(c *crypto11.Context, k crypto11.Signer, kid string) error {
 	return nil
 }
 
-// Destroy deletes the private and public objects of the key pair spec
-// names, which must be on the maker's token with object= the spec's kid
-// (and id=, when given, the kid too). A pair already gone is not an error;
-// a private key whose public half is gone is reported, not deleted.
-func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+// Owns reports, with nil, whether spec names a key pair this maker makes:
+// one with the maker's module-path, on its token (token=, serial= or
+// slot-id= alike), with object= the spec's kid (and id=, when given, the
+// kid too). It loads no module. Otherwise the error says why, without the
+// URI's query (which may hold a PIN).
+func (m *Maker) Owns(spec signer.Spec) error {
 	kid := spec.KeyID
 	if err := signer.CheckMadeKID(kid); err != nil {
 		return err
+	}
+	if !strings.HasPrefix(spec.URI, "pkcs11:") {
+		return errors.New("pkcs11: not a pkcs11: key (the keys are made on the token of rotation.new_keys)")
 	}
 	u, err := parseURI(spec.URI, true)
 	if err != nil {
@@ -148,7 +152,20 @@ func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
 	sameToken := u.ModulePath == m.loc.ModulePath && u.Token == m.loc.Token && u.Serial == m.loc.Serial &&
 		(u.Slot == nil) == (m.loc.Slot == nil) && (u.Slot == nil || *u.Slot == *m.loc.Slot)
 	if !sameToken || u.Object != kid || (len(u.ID) > 0 && string(u.ID) != kid) {
-		return fmt.Errorf("pkcs11: %s is not a key pair this maker makes for kid %q; refusing to delete it", redact(spec.URI), kid)
+		return fmt.Errorf("pkcs11: %s is not a key pair this maker makes for kid %q (module %s, token %q)",
+			redact(spec.URI), kid, m.loc.ModulePath, m.loc.Token+m.loc.Serial)
+	}
+	return nil
+}
+
+// Destroy deletes the private and public objects of the key pair spec
+// names, which must be one this maker makes (Owns). A pair already gone is
+// not an error; a private key whose public half is gone is reported, not
+// deleted.
+func (m *Maker) Destroy(ctx context.Context, spec signer.Spec) error {
+	kid := spec.KeyID
+	if err := m.Owns(spec); err != nil {
+		return fmt.Errorf("%w; refusing to delete it", err)
 	}
 	if err := ctx.Err(); err != nil {
 		return err
