@@ -88,6 +88,13 @@ type Status struct {
 	LastAttempt  time.Time
 	// Due is when the next rotation is due.
 	Due time.Time
+	// Blocking are the live replicas that, at the last pass of the retire
+	// step, still signed with another key (the old key stays registered).
+	Blocking []Blocker
+	// Replicas are the live acks now, by replica id, when the Store keeps
+	// acks (Acker); AcksError says why they could not be read.
+	Replicas  map[string]Ack
+	AcksError string
 }
 
 // Status reads the client's state and registration.
@@ -97,7 +104,13 @@ func (r *Rotator) Status(ctx context.Context) (Status, error) {
 		return Status{}, err
 	}
 	out := Status{Client: r.cfg.Client, ClientID: r.cfg.ClientID, Active: st.ActiveKID(r.cfg.ConfigActive),
-		LastRotation: st.LastRotation, LastOutcome: st.LastOutcome, LastError: st.LastError, LastAttempt: st.LastAttempt}
+		LastRotation: st.LastRotation, LastOutcome: st.LastOutcome, LastError: st.LastError, LastAttempt: st.LastAttempt,
+		Blocking: st.Blocking}
+	if acker, ok := r.cfg.Store.(Acker); ok {
+		if out.Replicas, err = acker.Acks(ctx, r.cfg.Client); err != nil {
+			out.AcksError = cut(err.Error())
+		}
+	}
 	if st.Rotation != nil {
 		out.Next, out.Step = st.Rotation.Next, st.Rotation.Step
 	}
