@@ -123,7 +123,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	if rt.rotation != nil {
 		defer rt.rotation.close()
 		pass := m.ObserveRotation(rt.rotation.metrics)
-		rt.rotation.run(ctx, rt.applyRotation, pass)
+		rt.rotation.run(ctx, rt.applyRotation, rt.signsWith, pass)
 		if hooks.Rotation != nil {
 			hooks.Rotation(&Rotation{kr: rt.rotation})
 		}
