@@ -155,7 +155,9 @@ clients:
 	}
 	waitFor(t, 90*time.Second, func() bool {
 		return slices.Equal(kidsOf(emu.RegisteredKeys(clientID)), []string{next})
-	}, func() string { return fmt.Sprintf("registered %v after the stuck replica stopped", kidsOf(emu.RegisteredKeys(clientID))) })
+	}, func() string {
+		return fmt.Sprintf("registered %v after the stuck replica stopped", kidsOf(emu.RegisteredKeys(clientID)))
+	})
 	waitFor(t, 30*time.Second, func() bool {
 		health = getHealthz(t, goodLog.String())
 		return !strings.Contains(health, `"blocking"`) && strings.Contains(health, `"last_outcome":"rotated"`)
