@@ -17,9 +17,15 @@ type RotationStatus struct {
 	LastOutcome string `json:"last_outcome,omitempty"`
 	Failing     bool   `json:"failing"`
 	Error       string `json:"error,omitempty"`
-	// StateError is set while this replica cannot read or apply the
-	// rotation state (it keeps the keys in use).
+	// StateError is set while this replica cannot read, apply or
+	// acknowledge the rotation state (it keeps the keys in use).
 	StateError string `json:"state_error,omitempty"`
+	// Replica is this replica's id in the acks; Blocking, the live
+	// replicas that still signed with another key than the active one at
+	// the last pass, which keeps the old key registered ("<replica> signs
+	// with <kid>").
+	Replica  string   `json:"replica,omitempty"`
+	Blocking []string `json:"blocking,omitempty"`
 }
 
 // WithRotation reports each rotating client's key rotation that rot returns

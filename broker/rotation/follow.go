@@ -91,6 +91,13 @@ type Status struct {
 	// StateLost, when the state is empty but the registration shows it
 	// was lost (ErrStateLost), says what happened and how to recover.
 	StateLost string
+	// Blocking are the live replicas that, at the last pass of the retire
+	// step, still signed with another key (the old key stays registered).
+	Blocking []Blocker
+	// Replicas are the live acks now, by replica id, when the Store keeps
+	// acks (Acker); AcksError says why they could not be read.
+	Replicas  map[string]Ack
+	AcksError string
 }
 
 // Status reads the client's state and registration.
@@ -100,7 +107,13 @@ func (r *Rotator) Status(ctx context.Context) (Status, error) {
 		return Status{}, err
 	}
 	out := Status{Client: r.cfg.Client, ClientID: r.cfg.ClientID, Active: st.ActiveKID(r.cfg.ConfigActive),
-		LastRotation: st.LastRotation, LastOutcome: st.LastOutcome, LastError: st.LastError, LastAttempt: st.LastAttempt}
+		LastRotation: st.LastRotation, LastOutcome: st.LastOutcome, LastError: st.LastError, LastAttempt: st.LastAttempt,
+		Blocking: st.Blocking}
+	if acker, ok := r.cfg.Store.(Acker); ok {
+		if out.Replicas, err = acker.Acks(ctx, r.cfg.Client); err != nil {
+			out.AcksError = cut(err.Error())
+		}
+	}
 	if st.Rotation != nil {
 		out.Next, out.Step = st.Rotation.Next, st.Rotation.Step
 	}

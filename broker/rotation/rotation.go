@@ -149,6 +149,10 @@ type State struct {
 	LastAttempt time.Time `json:"last_attempt,omitzero"`
 	// Registered is the registration as last read, for status and metrics.
 	Registered []RegisteredInfo `json:"registered,omitempty"`
+	// Blocking are the live replicas that, at the last pass of the retire
+	// step, still signed with another key than the active one: the old key
+	// stays registered while there are any (see Acker).
+	Blocking []Blocker `json:"blocking,omitempty"`
 }
 
 // RegisteredInfo is what State keeps of a registered key.

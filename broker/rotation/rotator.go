@@ -80,6 +80,11 @@ type Config struct {
 	Every, Grace, RenewBefore  time.Duration
 	ProveTimeout, ProveBackoff time.Duration
 	LeaseTTL                   time.Duration
+	// FollowEvery is how often the replicas read the state and ack the key
+	// they sign with (DefaultFollowEvery when zero). While a live replica
+	// acks another key than the active one, the retire step waits and
+	// looks again after AckTTL(FollowEvery).
+	FollowEvery time.Duration
 
 	// Maker makes the next key, Registry is the client's registration,
 	// Store keeps the state.
@@ -143,6 +148,7 @@ func New(cfg Config) (*Rotator, error) {
 	def(&cfg.ProveTimeout, DefaultProveTimeout)
 	def(&cfg.ProveBackoff, DefaultProveBackoff)
 	def(&cfg.LeaseTTL, DefaultLeaseTTL)
+	def(&cfg.FollowEvery, DefaultFollowEvery)
 	if cfg.Every >= 365*24*time.Hour-cfg.RenewBefore {
 		return nil, fmt.Errorf("rotation: every %s is not inside the year a key is accepted (less %s to renew)", cfg.Every, cfg.RenewBefore)
 	}
@@ -198,8 +204,12 @@ type Report struct {
 	// run, Planned the kids it would register.
 	Registered, Planned []string
 	// Due is when the next rotation is due; WaitUntil, while the old key
-	// waits out the grace period, when it will be removed.
+	// waits out the grace period, when it will be removed, and while a
+	// replica still signs with it, when the next pass looks again.
 	Due, WaitUntil time.Time
+	// Blocking are the live replicas that still sign with another key
+	// than the active one, which kept the old key registered.
+	Blocking []Blocker
 	// Actions, for a dry run, says what would be done, in order.
 	Actions []string
 }
@@ -373,7 +383,7 @@ func (p *pass) kids() slog.Attr {
 }
 
 func (p *pass) report(outcome string) Report {
-	rep := Report{Outcome: outcome, Active: p.st.ActiveKID(p.r.cfg.ConfigActive), Due: p.r.Due(p.st, p.reg)}
+	rep := Report{Outcome: outcome, Active: p.st.ActiveKID(p.r.cfg.ConfigActive), Due: p.r.Due(p.st, p.reg), Blocking: p.st.Blocking}
 	for _, k := range p.reg {
 		rep.Registered = append(rep.Registered, k.KID)
 	}
@@ -454,6 +464,13 @@ func (p *pass) run(ctx context.Context, opts Options) (Report, error) {
 					return p.report(OutcomeFailed), err
 				}
 				return p.report(OutcomeWaiting), nil
+			}
+			blocked, berr := p.blocking(ctx)
+			if berr != nil {
+				return p.report(OutcomeFailed), berr
+			}
+			if len(blocked) > 0 {
+				return p.waitForReplicas(ctx, blocked)
 			}
 			err = p.retire(ctx)
 		case StepDestroy:
@@ -652,6 +669,38 @@ func (p *pass) activate(ctx context.Context) error {
 	return nil
 }
 
+// blocking returns the live replicas that still sign with another key
+// than the next (now active) one, when the Store keeps acks.
+func (p *pass) blocking(ctx context.Context) ([]Blocker, error) {
+	acker, ok := p.r.cfg.Store.(Acker)
+	if !ok {
+		return nil, nil
+	}
+	acks, err := acker.Acks(ctx, p.r.cfg.Client)
+	if err != nil {
+		return nil, fmt.Errorf("rotation: client %s: read the replicas' acks before removing key %s: %w",
+			p.r.cfg.Client, p.st.Rotation.Old, err)
+	}
+	return Blocking(acks, p.st.Rotation.Next), nil
+}
+
+// waitForReplicas keeps the old key registered while blocked replicas
+// still sign with another key: it records them in the state and reports
+// OutcomeWaiting, with the next look after AckTTL(FollowEvery).
+func (p *pass) waitForReplicas(ctx context.Context, blocked []Blocker) (Report, error) {
+	f, now := p.st.Rotation, p.r.cfg.Now()
+	msg := blockMessage(blocked, f.Old, f.Next)
+	p.st.Blocking = blocked
+	p.st.LastOutcome, p.st.LastError, p.st.LastAttempt = OutcomeWaiting, cut(msg), now
+	if err := p.save(ctx); err != nil {
+		return p.report(OutcomeFailed), err
+	}
+	p.r.log.WarnContext(ctx, "old key kept: a replica still signs with another key", p.kids(), slog.String("reason", msg))
+	rep := p.report(OutcomeWaiting)
+	rep.WaitUntil = now.Add(AckTTL(p.r.cfg.FollowEvery))
+	return rep, nil
+}
+
 // retire removes the old key from the registration, keeping every other
 // key (keys added by hand, a key of another rotation). It refuses while the
 // next key is not registered (the set was replaced by someone else).
@@ -679,6 +728,7 @@ func (p *pass) retire(ctx context.Context) error {
 	if !slices.Contains(p.st.Retired, f.Old) {
 		p.st.Retired = append(p.st.Retired, f.Old)
 	}
+	p.st.Blocking = nil
 	f.Step = StepDestroy
 	if err := p.save(ctx); err != nil {
 		return err

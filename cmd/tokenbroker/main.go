@@ -105,6 +105,9 @@ type serveHooks struct {
 	looked chan<- struct{}
 	// built, when not nil, receives what serve assembled.
 	built func(daemon.Components)
+	// applyRotation, when not nil, fails the apply of a new rotation
+	// state when it returns an error (daemon.Hooks.ApplyRotation).
+	applyRotation func(client string, active string) error
 	// tlsInterval replaces tls.reload_interval when not zero; tlsLooked,
 	// when not nil, receives after every look at the TLS files, and
 	// svidUpdated after every update of the SPIFFE Workload API.
@@ -116,7 +119,7 @@ type serveHooks struct {
 // daemon returns the hooks as daemon.Run takes them.
 func (h serveHooks) daemon() daemon.Hooks {
 	d := daemon.Hooks{Reload: h.reload, ProbeInterval: h.probeInterval, Looked: h.looked, Built: h.built,
-		TLSInterval: h.tlsInterval, TLSLooked: h.tlsLooked, SVIDUpdated: h.svidUpdated}
+		TLSInterval: h.tlsInterval, TLSLooked: h.tlsLooked, SVIDUpdated: h.svidUpdated, ApplyRotation: h.applyRotation}
 	if h.ready != nil {
 		d.Ready = func(addr string) { h.ready <- addr }
 	}

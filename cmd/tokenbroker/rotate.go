@@ -6,7 +6,9 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"maps"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -81,14 +83,27 @@ func keysStatus(ctx context.Context, rot *daemon.Rotation, stdout io.Writer) err
 		if st.LastOutcome != "" {
 			fmt.Fprintf(tw, "  last pass\t%s at %s\n", st.LastOutcome, when(st.LastAttempt, now))
 		}
-		if st.LastError != "" {
+		if st.LastError != "" && len(st.Blocking) > 0 && st.LastOutcome == rotation.OutcomeWaiting {
+			fmt.Fprintf(tw, "  waiting\t%s\n", st.LastError)
+		} else if st.LastError != "" {
 			fmt.Fprintf(tw, "  last error\t%s\n", st.LastError)
 		}
-		if st.LastError != "" || st.StateLost != "" {
+		// A rotation waiting for a replica is no failure (its own alert covers it).
+		if (st.LastError != "" && st.LastOutcome != rotation.OutcomeWaiting) || st.StateLost != "" {
 			failed = append(failed, name)
 		}
 		if st.StateLost != "" {
 			fmt.Fprintf(tw, "  state\tLOST: %s\n", st.StateLost)
+		}
+		for _, b := range st.Blocking {
+			fmt.Fprintf(tw, "  blocking\t%s\tstill signs with %s (ack expires %s)\n", b.Replica, b.KID, when(b.Expires, now))
+		}
+		for _, r := range slices.Sorted(maps.Keys(st.Replicas)) {
+			a := st.Replicas[r]
+			fmt.Fprintf(tw, "  replica\t%s\tsigns with %s (acked %s)\n", r, a.KID, when(a.At, now))
+		}
+		if st.AcksError != "" {
+			fmt.Fprintf(tw, "  replicas\tcannot be read: %s\n", st.AcksError)
 		}
 		if st.RegistryError != "" {
 			fmt.Fprintf(tw, "  registration\tcannot be read: %s (as last seen:)\n", st.RegistryError)
@@ -148,7 +163,12 @@ func printReport(w io.Writer, client string, rep rotation.Report, grace time.Dur
 	if rep.Next != "" {
 		fmt.Fprintf(w, "  rotation at step %s (next %s, old %s)\n", rep.Step, rep.Next, rep.Old)
 	}
-	if !rep.WaitUntil.IsZero() {
+	for _, b := range rep.Blocking {
+		fmt.Fprintf(w, "  replica %s still signs with %s: the old key stays registered until it signs with %s or stops\n", b.Replica, b.KID, rep.Next)
+	}
+	if len(rep.Blocking) > 0 {
+		fmt.Fprintf(w, "  the broker looks again at %s (or run this again)\n", rep.WaitUntil.UTC().Format(time.RFC3339))
+	} else if !rep.WaitUntil.IsZero() {
 		fmt.Fprintf(w, "  the old key %s stays registered for the grace period (%s), until %s; the broker removes it then (or run this again)\n",
 			rep.Old, grace, rep.WaitUntil.UTC().Format(time.RFC3339))
 	}

@@ -460,6 +460,15 @@ func (rt *running) applyRotation(ctx context.Context, _ string, _ rotation.State
 	return rt.ring.Replace(ctx, rcs)
 }
 
+// signsWith returns the kid the key ring signs client's grants with now;
+// "" when it has none.
+func (rt *running) signsWith(client string) string {
+	if k := rt.ring.Active(client); k != nil {
+		return k.KeyID
+	}
+	return ""
+}
+
 // sameRotation refuses a reload that changes self_service or a client's
 // rotation: the rotators were built from the config at start.
 func sameRotation(old, next *Config) error {

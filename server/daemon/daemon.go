@@ -30,6 +30,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/tokenbroker/tokenbroker/broker/audit"
+	"github.com/tokenbroker/tokenbroker/broker/rotation"
 	"github.com/tokenbroker/tokenbroker/broker/signer"
 	"github.com/tokenbroker/tokenbroker/server"
 	"github.com/tokenbroker/tokenbroker/server/metrics"
@@ -79,6 +80,10 @@ type Hooks struct {
 	// Rotation, when not nil, gets the running key rotation (when a client
 	// rotates), to rotate on demand as `keys rotate` does. Do not close it.
 	Rotation func(*Rotation)
+	// ApplyRotation, when not nil, is asked before a client's new rotation
+	// state (active is its active kid) is applied to the key ring; an
+	// error fails the apply, as a new key this replica cannot open does.
+	ApplyRotation func(client, active string) error
 }
 
 // Run builds the whole broker from cfg (HTTP clients, hedgers and
@@ -124,7 +129,16 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	if rt.rotation != nil {
 		defer rt.rotation.close()
 		pass := m.ObserveRotation(rt.rotation.metrics)
-		rt.rotation.run(ctx, rt.applyRotation, pass)
+		apply := rt.applyRotation
+		if hooks.ApplyRotation != nil {
+			apply = func(ctx context.Context, client string, st rotation.State) error {
+				if err := hooks.ApplyRotation(client, st.Active); err != nil {
+					return err
+				}
+				return rt.applyRotation(ctx, client, st)
+			}
+		}
+		rt.rotation.run(ctx, apply, rt.signsWith, pass)
 		if hooks.Rotation != nil {
 			hooks.Rotation(&Rotation{kr: rt.rotation, cfg: rt.cfg})
 		}

@@ -2,7 +2,9 @@ package daemon
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/x509"
+	"encoding/hex"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -48,6 +50,11 @@ type keyRotation struct {
 	apply func(ctx context.Context, client string, st rotation.State) error
 	// errs is the last error of each client's follower, logged once.
 	errs map[string]string
+	// replica is this process's id in the acks, and signsWith returns the
+	// kid its key ring signs a client's grants with; both set by run (the
+	// keys commands have no key ring and do not ack).
+	replica   string
+	signsWith func(client string) string
 }
 
 // rotationEnv is what newKeyRotation needs from whoever builds it: the
@@ -158,7 +165,8 @@ func newKeyRotation(ctx context.Context, e rotationEnv) (_ *keyRotation, err err
 		rot, err := rotation.New(rotation.Config{
 			Client: c.Name, ClientID: c.ClientID, ConfigKeys: kids, ConfigActive: c.ActiveKey().KID,
 			Every: r.every(), Grace: r.grace(), RenewBefore: r.renewBefore(), ProveTimeout: time.Duration(r.ProveTimeout),
-			Maker: mk, Registry: registry, Store: kr.store, Open: kr.ownedOpen(c.Name, e.open),
+			FollowEvery: kr.followEvery,
+			Maker:       mk, Registry: registry, Store: kr.store, Open: kr.ownedOpen(c.Name, e.open),
 			Prove:  prover(c, e),
 			Apply:  kr.applier(c.Name),
 			Logger: e.log.With(slog.String("component", "rotation")),
@@ -314,11 +322,22 @@ func (kr *keyRotation) load(ctx context.Context) error {
 }
 
 // run starts, for each rotating client, its rotator's loop and a follower
-// of its state, until ctx ends. onPass, when not nil, counts passes.
-func (kr *keyRotation) run(ctx context.Context, apply func(context.Context, string, rotation.State) error, onPass func(client, outcome string)) {
+// of its state, until ctx ends. The follower acks, at start and on every
+// read, the kid that signsWith says the key ring signs with (the old one
+// while a new state cannot be applied), so that the rotator keeps the old
+// key registered while this replica still uses it. onPass, when not nil,
+// counts passes.
+func (kr *keyRotation) run(ctx context.Context, apply func(context.Context, string, rotation.State) error,
+	signsWith func(client string) string, onPass func(client, outcome string)) {
 	kr.mu.Lock()
-	kr.apply = apply
+	kr.apply, kr.signsWith = apply, signsWith
+	if kr.replica == "" {
+		kr.replica = newReplicaID()
+	}
 	kr.mu.Unlock()
+	if _, ok := kr.store.(rotation.Acker); ok {
+		kr.log.InfoContext(ctx, "key rotation: this replica acknowledges the key it signs with", slog.String("replica", kr.replica))
+	}
 	for _, name := range kr.names {
 		r := kr.rotators[name]
 		go r.Run(ctx, kr.checkEvery, func(rep rotation.Report, err error) {
@@ -336,19 +355,58 @@ func (kr *keyRotation) run(ctx context.Context, apply func(context.Context, stri
 		kr.mu.Lock()
 		last := kr.states[name]
 		kr.mu.Unlock()
-		go rotation.Follow(ctx, kr.store, name, kr.followEvery, last,
-			func(ctx context.Context, st rotation.State) error {
-				kr.log.InfoContext(ctx, "rotation state changed; applying it", slog.String("client", name),
-					slog.String("active", st.Active))
-				return kr.applier(name)(ctx, st)
-			},
-			func(st rotation.State, err error) {
-				if err == nil {
-					kr.setState(name, st)
-				}
-				kr.noteFollowError(ctx, name, err)
-			})
+		go func() {
+			kr.noteFollowError(ctx, name, kr.ack(ctx, name))
+			rotation.Follow(ctx, kr.store, name, kr.followEvery, last,
+				func(ctx context.Context, st rotation.State) error {
+					kr.log.InfoContext(ctx, "rotation state changed; applying it", slog.String("client", name),
+						slog.String("active", st.Active))
+					return kr.applier(name)(ctx, st)
+				},
+				func(st rotation.State, err error) {
+					if err == nil {
+						kr.setState(name, st)
+					}
+					kr.noteFollowError(ctx, name, errors.Join(err, kr.ack(ctx, name)))
+				})
+		}()
 	}
+}
+
+// ack records in the store, when it keeps acks, the kid the key ring signs
+// client's grants with now, for rotation.AckTTL(followEvery).
+func (kr *keyRotation) ack(ctx context.Context, client string) error {
+	acker, ok := kr.store.(rotation.Acker)
+	kr.mu.Lock()
+	signsWith, replica := kr.signsWith, kr.replica
+	kr.mu.Unlock()
+	if !ok || signsWith == nil {
+		return nil
+	}
+	kid := signsWith(client)
+	if kid == "" {
+		return nil
+	}
+	if err := acker.Ack(ctx, client, replica, kid, rotation.AckTTL(kr.followEvery)); err != nil {
+		return fmt.Errorf("acknowledge key %s: %w", kid, err)
+	}
+	return nil
+}
+
+// newReplicaID names this process in the acks: the host name (a pod's
+// name) and a random suffix, so that two processes on one host, or a
+// restarted pod, are told apart. It is no secret.
+func newReplicaID() string {
+	host, err := os.Hostname()
+	if err != nil || rotation.CheckReplicaID(host) != nil {
+		host = "tokenbroker"
+	}
+	if len(host) > 64 {
+		host = host[:64]
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return host + "-" + hex.EncodeToString(b[:])
 }
 
 // noteFollowError logs a follower's error once, and its end.
@@ -363,7 +421,7 @@ func (kr *keyRotation) noteFollowError(ctx context.Context, client string, err e
 	kr.mu.Unlock()
 	switch {
 	case msg != "" && msg != prev:
-		kr.log.ErrorContext(ctx, "cannot read or apply the rotation state; keeping the keys in use", slog.String("client", client),
+		kr.log.ErrorContext(ctx, "cannot read, apply or acknowledge the rotation state; keeping the keys in use", slog.String("client", client),
 			slog.String("error", msg))
 	case msg == "" && prev != "":
 		kr.log.InfoContext(ctx, "rotation state read and applied again", slog.String("client", client))
@@ -375,9 +433,10 @@ func (kr *keyRotation) metrics() []metrics.Rotation {
 	var out []metrics.Rotation
 	for _, name := range kr.names {
 		kr.mu.Lock()
-		st := kr.states[name]
+		st, followErr := kr.states[name], kr.errs[name]
 		kr.mu.Unlock()
-		m := metrics.Rotation{Client: name, Failing: st.LastOutcome == rotation.OutcomeFailed, LastRotation: st.LastRotation}
+		m := metrics.Rotation{Client: name, Failing: st.LastOutcome == rotation.OutcomeFailed, LastRotation: st.LastRotation,
+			FollowFailing: followErr != ""}
 		var reg []rotation.Registered
 		for _, k := range st.Registered {
 			m.Registered = append(m.Registered, metrics.RegisteredKey{KeyID: k.KID, Expires: k.Expires})
@@ -399,10 +458,13 @@ func (kr *keyRotation) health() []server.RotationStatus {
 	var out []server.RotationStatus
 	for _, m := range kr.metrics() {
 		kr.mu.Lock()
-		st, stateErr := kr.states[m.Client], kr.errs[m.Client]
+		st, stateErr, replica := kr.states[m.Client], kr.errs[m.Client], kr.replica
 		kr.mu.Unlock()
 		rs := server.RotationStatus{Client: m.Client, Step: m.Step, LastOutcome: st.LastOutcome, Failing: m.Failing,
-			Error: st.LastError, StateError: stateErr}
+			Error: st.LastError, StateError: stateErr, Replica: replica}
+		for _, b := range st.Blocking {
+			rs.Blocking = append(rs.Blocking, fmt.Sprintf("%s signs with %s", b.Replica, b.KID))
+		}
 		if st.Rotation != nil {
 			rs.Next = st.Rotation.Next
 		}

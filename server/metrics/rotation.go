@@ -11,6 +11,10 @@ type Rotation struct {
 	Client string
 	// Failing is true while the last rotation pass failed.
 	Failing bool
+	// FollowFailing is true while this replica cannot read, apply or
+	// acknowledge the client's rotation state (it keeps the keys in use;
+	// the rotation keeps the old key registered while it is alive).
+	FollowFailing bool
 	// Due is when the next rotation is due; zero if unknown.
 	Due time.Time
 	// Step is the step of a rotation under way; "" when none is.
@@ -32,6 +36,9 @@ type RegisteredKey struct {
 var (
 	descRotFailing = prometheus.NewDesc("tokenbroker_key_rotation_failing",
 		"1 while the client's last key rotation pass failed (see keys status and the log), else 0.", []string{"client"}, nil)
+	descRotFollow = prometheus.NewDesc("tokenbroker_key_rotation_follow_failing",
+		"1 while this replica cannot read, apply or acknowledge the client's rotation state (it keeps signing with the keys in use), else 0.",
+		[]string{"client"}, nil)
 	descRotDue = prometheus.NewDesc("tokenbroker_key_rotation_due_seconds",
 		"Seconds until the client's next key rotation is due (negative when overdue).", []string{"client"}, nil)
 	descRotStep = prometheus.NewDesc("tokenbroker_key_rotation_in_progress",
@@ -59,7 +66,7 @@ func (m *Metrics) ObserveRotation(rot func() []Rotation) func(client, outcome st
 type rotationCollector func() []Rotation
 
 func (c rotationCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descRotFailing, descRotDue, descRotStep, descRotLast, descRegExpiry} {
+	for _, d := range []*prometheus.Desc{descRotFailing, descRotFollow, descRotDue, descRotStep, descRotLast, descRegExpiry} {
 		ch <- d
 	}
 }
@@ -67,6 +74,7 @@ func (c rotationCollector) Describe(ch chan<- *prometheus.Desc) {
 func (c rotationCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, r := range c() {
 		ch <- prometheus.MustNewConstMetric(descRotFailing, prometheus.GaugeValue, boolFloat(r.Failing), r.Client)
+		ch <- prometheus.MustNewConstMetric(descRotFollow, prometheus.GaugeValue, boolFloat(r.FollowFailing), r.Client)
 		if !r.Due.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descRotDue, prometheus.GaugeValue, time.Until(r.Due).Seconds(), r.Client)
 		}

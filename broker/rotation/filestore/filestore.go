@@ -2,13 +2,21 @@
 // next to the keys, for one broker replica, or for replicas that share a
 // directory on one host.
 //
-// In the directory, the client named c has two files, both mode 0600:
+// In the directory, the client named c has these files, all mode 0600:
 //
-//	<c>.rotation.json  its State, replaced whole on each Save (written to a
-//	                   temp file, synced, renamed over, and the directory
-//	                   synced), so that it is never half-written
-//	<c>.rotation.lock  the lease: flock(LOCK_EX|LOCK_NB) on it, held until
-//	                   Release or until the process exits
+//	<c>.rotation.json     its State, replaced whole on each Save (written to
+//	                      a temp file, synced, renamed over, and the
+//	                      directory synced), so that it is never
+//	                      half-written
+//	<c>.rotation.lock     the lease: flock(LOCK_EX|LOCK_NB) on it, held
+//	                      until Release or until the process exits
+//	<c>.rotation.ack-<r>.json  the ack of replica r (rotation.Acker): the
+//	                      kid it signs with, when it acked and when the ack
+//	                      expires by this host's clock; written whole like
+//	                      the State; Acks removes one expired for longer
+//	                      than its ttl
+//
+// where <r> is the replica id encoded like <c>, with "." encoded too.
 //
 // where <c> is the client name with every byte other than a-z, 0-9, "-",
 // "_" and a "." that is not the first percent-encoded (%XX, upper-case
@@ -54,6 +62,7 @@ const maxName = 200
 // use.
 type Store struct {
 	dir string
+	now func() time.Time // the clock of acks
 }
 
 var _ rotation.Store = (*Store)(nil)
@@ -82,7 +91,7 @@ func New(dir string) (*Store, error) {
 	if sys, ok := st.Sys().(*syscall.Stat_t); ok && int(sys.Uid) != os.Geteuid() && sys.Uid != 0 {
 		return nil, fmt.Errorf("filestore: directory %s is owned by uid %d, not by the broker's uid %d or root", abs, sys.Uid, os.Geteuid())
 	}
-	return &Store{dir: abs}, nil
+	return &Store{dir: abs, now: time.Now}, nil
 }
 
 // Dir is the Store's directory, absolute.

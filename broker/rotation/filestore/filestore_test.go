@@ -348,3 +348,55 @@ func TestSaveFailureLeavesNoTempFile(t *testing.T) {
 		}
 	}
 }
+
+// Each replica's ack is its own file, <c>.rotation.ack-<r>.json, mode
+// 0600, with "." of the replica id encoded; an ack expired for longer than
+// its ttl is removed when the acks are read, and a file holding another
+// replica's ack is refused.
+func TestAckFiles(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	s := newStore(t)
+	if err := s.Ack(ctx, "demo", "pod-a", "kid-new", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(ctx, "demo", "host.b", "kid-old", 20*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	a := filepath.Join(s.Dir(), "demo.rotation.ack-pod-a.json")
+	b := filepath.Join(s.Dir(), "demo.rotation.ack-host%2Eb.json")
+	for _, p := range []string{a, b} {
+		fi, err := os.Lstat(p)
+		if err != nil || fi.Mode() != 0o600 {
+			t.Fatalf("%s: %v, %v; want a file of mode 0600", p, fi, err)
+		}
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if _, err := s.Acks(ctx, "demo"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := os.Lstat(b); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the expired ack file of host.b is still there")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	entries, err := os.ReadDir(s.Dir())
+	if err != nil || len(entries) != 1 || entries[0].Name() != filepath.Base(a) {
+		t.Fatalf("directory holds %v (%v); want pod-a's ack only", entries, err)
+	}
+	// pod-a's ack put under pod-c's name is refused, not taken as pod-c's.
+	data, err := os.ReadFile(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(s.Dir(), "demo.rotation.ack-pod-c.json"), data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if acks, err := s.Acks(ctx, "demo"); err == nil {
+		t.Fatalf("Acks with a file renamed to another replica: %v, no error; want it refused", acks)
+	}
+}

@@ -3,8 +3,8 @@
 // rotates a client at a time, under a lease, and every replica reads the
 // State to pick up the new active key.
 //
-// The client named c has two keys, where h is the hex SHA-256 of c (a hash
-// tag, so that both keys are in one slot of a Cluster, and no client name
+// The client named c has three keys, where h is the hex SHA-256 of c (a hash
+// tag, so that all its keys are in one slot of a Cluster, and no client name
 // can reach another's keys):
 //
 //	<prefix>rotation:state:{h}  the State, as JSON with an HMAC-SHA256 under
@@ -12,6 +12,15 @@
 //	                            State; no ttl
 //	<prefix>rotation:lease:{h}  the lease: a random fencing value, set with
 //	                            NX and a ttl of the lease's ttl
+//	<prefix>rotation:acks:{h}   the replicas' acks (rotation.Acker): a hash,
+//	                            field = replica id, value = "<expires ms>
+//	                            <at ms> <kid>" by Redis's own clock (TIME),
+//	                            so replicas' clocks need not agree; Acks
+//	                            deletes expired fields, and the hash expires
+//	                            once no replica acks. Acks are not MACed:
+//	                            whoever may write to Redis can hold the
+//	                            retire step up (as by deleting the State),
+//	                            but not point the broker at a key
 //
 // A State whose MAC does not verify is an error, never a zero State: whoever
 // may write to Redis but does not hold the IntegrityKey cannot point the

@@ -455,3 +455,50 @@ func TestRedisDown(t *testing.T) {
 		})
 	}
 }
+
+// Acks live in one hash per client under the client's hash tag (one slot
+// of a Cluster), field = replica id, value = "<expires ms> <at ms> <kid>";
+// an expired field is deleted when the acks are read, and the hash itself
+// expires once nobody acks.
+func TestAckKeyAndValues(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	r := sharedcachetest.Start(t)
+	raw := r.Raw(t)
+	s := newStore(t, r.Client(t), nil)
+	const tag = "{2a97516c354b68848cdbd8f54a226a0a55b21ed138e207ad6c5cbb9c00aa5aea}" // sha256("demo")
+	key := s.AckKey("demo")
+	if key != "tokenbroker:rotation:acks:"+tag {
+		t.Fatalf("AckKey(demo) = %q", key)
+	}
+	if err := s.Ack(ctx, "demo", "pod-a", "kid-new", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Ack(ctx, "demo", "pod-b", "kid-old", 30*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := raw.Keys(ctx, "*").Result()
+	if err != nil || len(keys) != 1 || keys[0] != key {
+		t.Fatalf("Redis holds %q (%v); want only %q", keys, err, key)
+	}
+	if ttl := raw.PTTL(ctx, key).Val(); ttl <= 30*time.Millisecond || ttl > time.Minute {
+		t.Fatalf("ack hash ttl %v; want the longest ack's (1m)", ttl)
+	}
+	v, err := raw.HGet(ctx, key, "pod-a").Result()
+	if err != nil || !regexp.MustCompile(`^[0-9]{13} [0-9]{13} kid-new$`).MatchString(v) {
+		t.Fatalf("field pod-a = %q (%v); want \"<expires ms> <at ms> kid-new\"", v, err)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for raw.HExists(ctx, key, "pod-b").Val() {
+		if _, err := s.Acks(ctx, "demo"); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the expired ack of pod-b is still in Redis")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if n := raw.HLen(ctx, key).Val(); n != 1 {
+		t.Fatalf("ack hash has %d fields; want pod-a's only", n)
+	}
+}

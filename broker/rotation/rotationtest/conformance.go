@@ -60,10 +60,16 @@ const ttl = time.Minute
 //   - leases and States of different clients are independent;
 //   - client names are safe: the empty name is refused, and names with
 //     "/", "..", NUL, "{", "%", upper case, non-ASCII or great length are
-//     either refused or kept apart from every other name.
+//     either refused or kept apart from every other name;
+//   - when the Store is a rotation.Acker, it keeps the contract of
+//     AckerConformance.
 func StoreConformance(t *testing.T, h Harness) {
 	t.Helper()
 	ctx := context.Background()
+
+	if _, ok := h.New(t).(rotation.Acker); ok {
+		t.Run("acks", func(t *testing.T) { AckerConformance(t, h) })
+	}
 
 	t.Run("load_unknown", func(t *testing.T) {
 		s := h.New(t)
@@ -389,6 +395,7 @@ func FullState() rotation.State {
 			{KID: "kid-old", Expires: at(7), Created: at(9)},
 			{KID: "kid-next", Expires: at(8), Created: at(10)},
 		},
+		Blocking: []rotation.Blocker{{Replica: "pod-7f9c-a1b2c3", KID: "kid-old", Expires: at(11)}},
 	}
 }
 
