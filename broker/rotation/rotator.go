@@ -275,10 +275,15 @@ func (r *Rotator) Run(ctx context.Context, checkEvery time.Duration, onPass func
 		if onPass != nil {
 			onPass(rep, err)
 		}
+		// Come back when a wait ends (a grace period, a replica's ack), but
+		// a pass that failed comes back at the next check, not at once.
 		wait := checkEvery
 		if !rep.WaitUntil.IsZero() {
-			if d := rep.WaitUntil.Sub(r.cfg.Now()); d < wait {
+			switch d := rep.WaitUntil.Sub(r.cfg.Now()); {
+			case d > 0 && d < wait:
 				wait = max(d, time.Second)
+			case d <= 0 && err == nil:
+				wait = time.Second // the wait ended during the pass
 			}
 		}
 		if err := r.cfg.Sleep(ctx, wait); err != nil {

@@ -580,3 +580,38 @@ func TestRotationCrashDuringMake(t *testing.T) {
 		t.Fatalf("%d keys made, want 1", w.maker.made)
 	}
 }
+
+// TestRunDoesNotHammerAfterAFailedRetire: a retire pass that fails after
+// the grace period (here: the new key is gone from the registration) is
+// tried again at the next check, not every second.
+func TestRunDoesNotHammerAfterAFailedRetire(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	if _, err := w.rotator(t, nil).Pass(ctx, rotation.Options{Force: true}); err != nil {
+		t.Fatal(err)
+	}
+	w.advance(2 * rotation.DefaultGrace)
+	w.reg.mu.Lock()
+	w.reg.keys = w.reg.keys[:1] // someone removed the new key
+	w.reg.mu.Unlock()
+	var waits []time.Duration
+	passes := 0
+	r := w.rotator(t, func(c *rotation.Config) {
+		c.Sleep = func(_ context.Context, d time.Duration) error {
+			waits = append(waits, d)
+			if len(waits) == 2 {
+				return context.Canceled
+			}
+			return nil
+		}
+	})
+	r.Run(ctx, time.Minute, func(rep rotation.Report, err error) {
+		passes++
+		if err == nil {
+			t.Errorf("pass %d did not fail: %+v", passes, rep)
+		}
+	})
+	if !slices.Equal(waits, []time.Duration{time.Minute, time.Minute}) {
+		t.Fatalf("waits after failed retires %v, want the check interval", waits)
+	}
+}
