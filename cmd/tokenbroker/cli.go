@@ -262,6 +262,16 @@ func runCheck(args []string, stdout, stderr io.Writer) error {
 			fmt.Fprintf(stdout, "client %s: client_id %s, kid %s%s, %s backend, %s, %s\n",
 				c.Name, c.ClientID, key.KeyID, state, key.Backend, key.Algorithm, expiry)
 		}
+		if s := daemon.RotationSummary(c); s != "" {
+			fmt.Fprintln(stdout, s)
+		}
+	}
+	ss, err := daemon.CheckSelfService(cfg, baseDir)
+	if err != nil {
+		return err
+	}
+	if ss != "" {
+		fmt.Fprintln(stdout, ss)
 	}
 	fmt.Fprintln(stdout, "ok")
 	return nil

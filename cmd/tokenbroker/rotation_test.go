@@ -395,3 +395,28 @@ func (cl *callers) stop(t *testing.T) {
 		t.Fatalf("%d of %d calls failed, first: %v", cl.failed.Load(), cl.calls.Load(), cl.firstErr.Load())
 	}
 }
+
+// TestCheckCommandWithRotation: check opens the self-service client's key
+// with its certificate, warns when the certificate expires soon, and
+// describes each client's rotation.
+func TestCheckCommandWithRotation(t *testing.T) {
+	t.Parallel()
+	rs := newRotationSetup(t, 0, "  state_dir: state\n", "file:keys/", "")
+	var out bytes.Buffer
+	if err := run(context.Background(), []string{"check", "--config", rs.path}, &out, &out); err != nil {
+		t.Fatalf("check: %v\n%s", err, out.String())
+	}
+	for _, want := range []string{
+		"client smartcloud: rotation every 90d (grace 1h0m0s, renew 30d before expiry), new keys at file:keys/",
+		`self-service client selfservice-admin: business certificate "TEST VENDOR AS" (serialNumber 991825827)`,
+		"renew it, key rotation stops when it expires", // the test certificate lives a day
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("check output lacks %q:\n%s", want, out.String())
+		}
+	}
+	writeSecret(t, filepath.Join(rs.dir, "vs.pw"), []byte("wrong\n"))
+	if err := run(context.Background(), []string{"check", "--config", rs.path}, &out, &out); err == nil || !strings.Contains(err.Error(), "self_service.key") {
+		t.Errorf("check with a wrong PKCS#12 password: %v", err)
+	}
+}

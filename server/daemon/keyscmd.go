@@ -133,3 +133,46 @@ func (r *Rotation) Grace(cfg *Config, client string) time.Duration {
 	}
 	return 0
 }
+
+// CheckSelfService opens the self-service client's key with its
+// certificate chain, as the broker does at start, and describes it: the
+// certificate's subject and expiry (the business certificate expires too,
+// and rotation stops with it). It returns "" without a self_service
+// section.
+func CheckSelfService(cfg *Config, baseDir string) (string, error) {
+	ss := cfg.SelfService
+	if ss == nil {
+		return "", nil
+	}
+	k, err := openAdminKey(context.Background(), ss, rotationEnv{cfg: cfg, baseDir: baseDir, open: keys.Open})
+	if err != nil {
+		return "", err
+	}
+	defer k.Close()
+	leaf := k.Chain[0]
+	left := time.Until(leaf.NotAfter)
+	desc := fmt.Sprintf("self-service client %s: business certificate %q (serialNumber %s), expires %s (in %d days)",
+		ss.ClientID, leaf.Subject.CommonName, leaf.Subject.SerialNumber, leaf.NotAfter.UTC().Format(time.DateOnly), int(left.Hours()/24))
+	if left < 60*24*time.Hour {
+		desc += ": renew it, key rotation stops when it expires"
+	}
+	return desc, nil
+}
+
+// RotationSummary describes client c's rotation section for check, or ""
+// without one.
+func RotationSummary(c ClientConfig) string {
+	r := c.Rotation
+	if r == nil {
+		return ""
+	}
+	return fmt.Sprintf("client %s: rotation every %s (grace %s, renew %s before expiry), new keys at %s",
+		c.Name, days(r.every()), r.grace(), days(r.renewBefore()), r.NewKeys)
+}
+
+func days(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return fmt.Sprintf("%dd", d/(24*time.Hour))
+	}
+	return d.String()
+}
