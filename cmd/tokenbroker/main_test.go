@@ -244,7 +244,8 @@ func checkAlertMetrics(t *testing.T, scrape string, tls bool) {
 		if strings.HasPrefix(name, "tokenbroker_tls_") != tls || strings.HasPrefix(name, "tokenbroker_shared_cache_") {
 			continue // the shared cache's metrics: TestServeWithSharedCache
 		}
-		rotation := strings.HasPrefix(name, "tokenbroker_key_rotation_") || strings.HasPrefix(name, "tokenbroker_registered_key_")
+		rotation := strings.HasPrefix(name, "tokenbroker_key_rotation_") || strings.HasPrefix(name, "tokenbroker_registered_key_") ||
+			strings.HasPrefix(name, "tokenbroker_self_service_")
 		if rotation && !strings.Contains(scrape, "\n# TYPE tokenbroker_key_rotation_passes_total ") {
 			continue // the rotation's metrics, exported with a rotation section: TestServeRotatesKeys
 		}

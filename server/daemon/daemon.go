@@ -129,6 +129,7 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	if rt.rotation != nil {
 		defer rt.rotation.close()
 		pass := m.ObserveRotation(rt.rotation.metrics)
+		m.ObserveSelfServiceCertificate(func() time.Time { return rt.rotation.certExpiry })
 		apply := rt.applyRotation
 		if hooks.ApplyRotation != nil {
 			apply = func(ctx context.Context, client string, st rotation.State) error {

@@ -42,6 +42,9 @@ type keyRotation struct {
 	followEvery time.Duration
 	log         *slog.Logger
 	close       func()
+	// certExpiry is when the self-service client's business certificate
+	// expires: rotation stops with it.
+	certExpiry time.Time
 
 	mu     sync.Mutex
 	states map[string]rotation.State
@@ -127,6 +130,7 @@ func newKeyRotation(ctx context.Context, e rotationEnv) (_ *keyRotation, err err
 		return nil, err
 	}
 	closers = append(closers, func() { _ = admin.Close() })
+	kr.certExpiry = admin.Chain[0].NotAfter
 	adminMP, err := maskinporten.New(maskinporten.Config{ClientID: ss.ClientID, Key: admin, Environment: e.env, HTTPClient: e.http})
 	if err != nil {
 		return nil, fmt.Errorf("self_service: %w", err)

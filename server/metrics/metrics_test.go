@@ -248,3 +248,12 @@ func TestObserveFallbacks(t *testing.T) {
 	m.ObserveFallbacks(func() map[string]int64 { return map[string]int64{"smartcloud": 3, "other": 0} })
 	expect(t, scrape(t, m), `tokenbroker_key_fallbacks_total{client="smartcloud"} 3`, `tokenbroker_key_fallbacks_total{client="other"} 0`)
 }
+
+func TestObserveSelfServiceCertificate(t *testing.T) {
+	m := metrics.New()
+	m.ObserveSelfServiceCertificate(func() time.Time { return time.Now().Add(10 * 24 * time.Hour) })
+	out := scrape(t, m)
+	if !regexp.MustCompile(`\ntokenbroker_self_service_certificate_expiry_seconds 86[34]\d{3}(\.\d+)?\n`).MatchString(out) {
+		t.Errorf("no certificate expiry of 10 days in\n%s", out)
+	}
+}

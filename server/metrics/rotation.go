@@ -111,3 +111,22 @@ func (c fallbackCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descFallbacks, prometheus.CounterValue, float64(n), client)
 	}
 }
+
+var descSelfServiceCert = prometheus.NewDesc("tokenbroker_self_service_certificate_expiry_seconds",
+	"Seconds until the business certificate of the self-service client expires; key rotation stops with it.", nil, nil)
+
+// ObserveSelfServiceCertificate exports when the self-service client's
+// business certificate expires, as notAfter returns it.
+func (m *Metrics) ObserveSelfServiceCertificate(notAfter func() time.Time) {
+	m.reg.MustRegister(certCollector(notAfter))
+}
+
+type certCollector func() time.Time
+
+func (c certCollector) Describe(ch chan<- *prometheus.Desc) { ch <- descSelfServiceCert }
+
+func (c certCollector) Collect(ch chan<- prometheus.Metric) {
+	if t := c(); !t.IsZero() {
+		ch <- prometheus.MustNewConstMetric(descSelfServiceCert, prometheus.GaugeValue, time.Until(t).Seconds())
+	}
+}
