@@ -137,7 +137,8 @@ func (c *Client) Keys(ctx context.Context, clientID string) ([]rotation.Register
 // SetKeys replaces the keys registered on clientID with keys, the whole
 // set: one to rotation.MaxRegisteredKeys JWKs, each a JSON object. The
 // fields the API adds to its answers (exp, created, last_updated) are
-// stripped before posting. It returns the set as the API registered it.
+// stripped before posting, and a key without use is posted with use "sig"
+// (a key registered before the API required it). It returns the set as the API registered it.
 // More keys than the API keeps fail with ErrTooManyKeys before any request.
 func (c *Client) SetKeys(ctx context.Context, clientID string, keys []json.RawMessage) ([]rotation.Registered, error) {
 	if len(keys) == 0 {
@@ -231,7 +232,11 @@ func (c *Client) send(ctx context.Context, method, target, token string, payload
 // serverMembers are the members the API adds to each key in its answers.
 var serverMembers = []string{"exp", "created", "last_updated"}
 
-// ownMembers returns the JWK's members without the ones the API adds.
+// ownMembers returns the JWK's members without the ones the API adds. A
+// key without use gets use "sig": the API requires it since 2025-05-22, and
+// a key registered before then is read back without it, so that posting
+// back the set read (every write posts the whole set) would be refused.
+// Every key of a Maskinporten client signs grants; nothing else changes.
 func ownMembers(raw json.RawMessage) (map[string]json.RawMessage, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(raw, &m); err != nil || m == nil {
@@ -239,6 +244,9 @@ func ownMembers(raw json.RawMessage) (map[string]json.RawMessage, error) {
 	}
 	for _, name := range serverMembers {
 		delete(m, name)
+	}
+	if _, ok := m["use"]; !ok {
+		m["use"] = json.RawMessage(`"sig"`)
 	}
 	return m, nil
 }

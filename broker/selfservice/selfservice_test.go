@@ -457,3 +457,39 @@ func TestStaticTokenSource(t *testing.T) {
 		t.Errorf("bad token: %v, want ErrForbidden", err)
 	}
 }
+
+// TestSetKeysPostsBackAKeyRegisteredWithoutUse: a key registered before
+// the API required use "sig" (2025-05-22) is read back without it. Every
+// write (the rotation's register and retire steps, a renewal) posts the
+// keys it read back, and the API refuses a key without use: the key of
+// almost every client registered before then would make its rotation and
+// its renewal fail until it expires. A signing key read without use goes
+// back with use "sig".
+func TestSetKeysPostsBackAKeyRegisteredWithoutUse(t *testing.T) {
+	t.Parallel()
+	f := newFixture(t)
+	legacy := publicKey(t, signertest.KeyA, "kid-legacy")
+	if err := legacy.Remove(jwk.KeyUsageKey); err != nil {
+		t.Fatal(err)
+	}
+	const legacyID = "legacy-1"
+	if err := f.emu.AddClient(maskinportentest.Client{ID: legacyID, Org: vendorOrg, Scopes: []string{scope}, Keys: []jwk.Key{legacy}}); err != nil {
+		t.Fatal(err)
+	}
+	c, _ := f.client(t, adminID, f.admin)
+	ctx := context.Background()
+	current, err := c.Keys(ctx, legacyID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(current) != 1 || strings.Contains(string(current[0].JWK), `"use"`) {
+		t.Fatalf("registered %s: want the legacy key without use", current[0].JWK)
+	}
+	got, err := c.SetKeys(ctx, legacyID, []json.RawMessage{current[0].JWK, jwkJSON(t, signertest.KeyB, "kid-next")})
+	if err != nil {
+		t.Fatalf("posting back a key registered without use: %v", err)
+	}
+	if len(got) != 2 || got[0].KID != "kid-legacy" || !strings.Contains(string(got[0].JWK), `"use":"sig"`) {
+		t.Fatalf("SetKeys = %+v", got)
+	}
+}
