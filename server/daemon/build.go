@@ -355,7 +355,7 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 			return nil, err
 		}
 	}
-	rcs, err := ringClients(cfg, baseDir, kr.snapshot(), kr.owns)
+	rcs, err := ringClients(cfg, baseDir, kr.appliedSnapshot(), kr.owns)
 	if err != nil {
 		return nil, err
 	}
@@ -435,7 +435,7 @@ func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) erro
 	if err := sameRotation(rt.cfg, cfg); err != nil {
 		return err
 	}
-	rcs, err := ringClients(cfg, baseDir, rt.rotation.snapshot(), rt.rotation.owns)
+	rcs, err := ringClients(cfg, baseDir, rt.rotation.appliedSnapshot(), rt.rotation.owns)
 	if err != nil {
 		return err
 	}
@@ -449,15 +449,23 @@ func (rt *running) reload(ctx context.Context, cfg *Config, baseDir string) erro
 
 // applyRotation makes the key ring follow a client's new rotation state
 // (the rotation's keys, its active key, no retired key), with the config in
-// use for everything else.
-func (rt *running) applyRotation(ctx context.Context, _ string, _ rotation.State) error {
+// use for everything else and the other clients' keys as last applied: a
+// state of another client that this replica could not apply is not tried
+// again here.
+func (rt *running) applyRotation(ctx context.Context, client string, st rotation.State) error {
 	rt.keysMu.Lock()
 	defer rt.keysMu.Unlock()
-	rcs, err := ringClients(rt.cfg, rt.baseDir, rt.rotation.snapshot(), rt.rotation.owns)
+	states := rt.rotation.appliedSnapshot()
+	states[client] = st
+	rcs, err := ringClients(rt.cfg, rt.baseDir, states, rt.rotation.owns)
 	if err != nil {
 		return err
 	}
-	return rt.ring.Replace(ctx, rcs)
+	if err := rt.ring.Replace(ctx, rcs); err != nil {
+		return err
+	}
+	rt.rotation.setApplied(client, st)
+	return nil
 }
 
 // signsWith returns the kid the key ring signs client's grants with now;

@@ -48,6 +48,12 @@ type keyRotation struct {
 
 	mu     sync.Mutex
 	states map[string]rotation.State
+	// applied are the states the key ring was built from, by client: those
+	// of states this replica could apply. A state that cannot be applied
+	// (a new key this replica cannot open) is in states, for the status
+	// and the metrics, but not here, so that another client's change or a
+	// reload does not try it again and fail with it.
+	applied map[string]rotation.State
 	// apply makes the broker use a client's new state; nil until run
 	// (the keys commands have no broker).
 	apply func(ctx context.Context, client string, st rotation.State) error
@@ -264,10 +270,11 @@ func readChain(path string) ([]*x509.Certificate, error) {
 	return chain, nil
 }
 
-// applier records a client's new state and hands it to kr.apply.
+// applier records a client's new state and hands it to kr.apply (the
+// state as recorded: keys that went back are not taken).
 func (kr *keyRotation) applier(client string) func(context.Context, rotation.State) error {
 	return func(ctx context.Context, st rotation.State) error {
-		kr.setState(client, st)
+		st = kr.setState(client, st)
 		kr.mu.Lock()
 		apply := kr.apply
 		kr.mu.Unlock()
@@ -278,12 +285,12 @@ func (kr *keyRotation) applier(client string) func(context.Context, rotation.Sta
 	}
 }
 
-// setState records client's state as read or saved. A state that went
-// back from the one recorded (rotation.Regressed: the store lost it, or an
-// older one was put back) does not replace its keys, which a reload would
-// otherwise build the key ring from; only its outcome is taken, so that
-// the failing alert fires.
-func (kr *keyRotation) setState(client string, st rotation.State) {
+// setState records client's state as read or saved, and returns it as
+// recorded. A state that went back from the one recorded
+// (rotation.Regressed: the store lost it, or an older one was put back)
+// does not replace its keys; only its outcome is taken, so that the
+// failing alert fires.
+func (kr *keyRotation) setState(client string, st rotation.State) rotation.State {
 	kr.mu.Lock()
 	defer kr.mu.Unlock()
 	if last, ok := kr.states[client]; ok && rotation.Regressed(last, st) {
@@ -291,10 +298,10 @@ func (kr *keyRotation) setState(client string, st rotation.State) {
 		st = last
 	}
 	kr.states[client] = st
+	return st
 }
 
-// snapshot returns the states known now, with client's replaced by st
-// when client is not empty.
+// snapshot returns the states known now (as last read or saved).
 func (kr *keyRotation) snapshot() map[string]rotation.State {
 	out := map[string]rotation.State{}
 	if kr == nil {
@@ -306,6 +313,30 @@ func (kr *keyRotation) snapshot() map[string]rotation.State {
 		out[k] = v
 	}
 	return out
+}
+
+// appliedSnapshot returns the states the key ring was built from.
+func (kr *keyRotation) appliedSnapshot() map[string]rotation.State {
+	out := map[string]rotation.State{}
+	if kr == nil {
+		return out
+	}
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	for k, v := range kr.applied {
+		out[k] = v
+	}
+	return out
+}
+
+// setApplied records that the key ring now holds client's keys as st says.
+func (kr *keyRotation) setApplied(client string, st rotation.State) {
+	kr.mu.Lock()
+	defer kr.mu.Unlock()
+	if kr.applied == nil {
+		kr.applied = map[string]rotation.State{}
+	}
+	kr.applied[client] = st
 }
 
 // load reads every rotating client's state, at start: a broker that
@@ -321,6 +352,7 @@ func (kr *keyRotation) load(ctx context.Context) error {
 			return err
 		}
 		kr.setState(name, st)
+		kr.setApplied(name, st)
 	}
 	return nil
 }
