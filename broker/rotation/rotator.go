@@ -755,7 +755,7 @@ func (p *pass) destroy(ctx context.Context) error {
 		}
 		p.st.Keys = slices.DeleteFunc(p.st.Keys, func(k ManagedKey) bool { return k.KID == f.Old })
 	} else {
-		p.r.log.InfoContext(ctx, "old key came from the config: it is no longer registered or used; remove it from the config and its backend",
+		p.r.log.InfoContext(ctx, "old key came from the config: it is no longer registered and the broker no longer opens it; keep it in the config and its backend (the client needs its key:, and check opens it)",
 			slog.String("kid", f.Old))
 	}
 	p.st.Rotation = nil
