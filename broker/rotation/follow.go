@@ -19,12 +19,19 @@ func SameKeys(a, b State) bool {
 // Regressed reports whether st goes back from last, which the rotator's
 // saves never do: st has no keys where last had some (the Store lost the
 // State: Redis restarted without persistence, evicted or flushed it, the
-// state file was deleted), or its last rotation is older than last's (an
-// older State put back). Applying such a State would switch the broker to
-// a key Maskinporten may no longer accept; the rotator and the followers
-// refuse it, and only a restart takes it.
+// state file was deleted), or it is older than last (an older State put
+// back): a lower Seq, or, for states saved before Seq was kept, an older
+// last rotation. Applying such a State would switch the broker to a key
+// Maskinporten may no longer accept; the rotator and the followers refuse
+// it, and only a restart takes it.
 func Regressed(last, st State) bool {
-	return (holdsKeys(last) && !holdsKeys(st)) || st.LastRotation.Before(last.LastRotation)
+	if holdsKeys(last) && !holdsKeys(st) {
+		return true
+	}
+	if last.Seq > 0 || st.Seq > 0 {
+		return st.Seq < last.Seq
+	}
+	return st.LastRotation.Before(last.LastRotation)
 }
 
 // holdsKeys reports whether st says anything about the client's keys.

@@ -140,6 +140,16 @@ type State struct {
 	Rotation *InFlight `json:"rotation,omitempty"`
 	// LastRotation is when the last rotation made its key active.
 	LastRotation time.Time `json:"last_rotation,omitzero"`
+	// ActiveSince, before the first rotation, is the earliest the active
+	// key was seen registered (its creation, or a year before its expiry):
+	// Digdir gives a creation time per set, not per key, and every write
+	// of the set renews each key's expiry, so a later read would put the
+	// first rotation off each time.
+	ActiveSince time.Time `json:"active_since,omitzero"`
+	// Seq counts the saves of the state: each save adds one. Of two states
+	// of a client, the one with the lower Seq is older, whatever the
+	// clocks of the machines that saved them say.
+	Seq int64 `json:"seq,omitempty"`
 	// LastFinished is when the last rotation completed (its old key
 	// retired and destroyed); zero in a state saved before it was kept.
 	LastFinished time.Time `json:"last_finished,omitzero"`

@@ -247,12 +247,15 @@ func (r *Rotator) Due(st State, reg []Registered) time.Time {
 		due = st.LastRotation.Add(r.cfg.Every)
 	case i < 0:
 		return r.cfg.Now()
-	case !reg[i].Created.IsZero():
-		due = reg[i].Created.Add(r.cfg.Every)
-	case !reg[i].Expires.IsZero():
-		due = reg[i].Expires.AddDate(-1, 0, 0).Add(r.cfg.Every)
 	default:
-		return r.cfg.Now()
+		since := registeredSince(reg[i])
+		if !st.ActiveSince.IsZero() && (since.IsZero() || st.ActiveSince.Before(since)) {
+			since = st.ActiveSince
+		}
+		if since.IsZero() {
+			return r.cfg.Now()
+		}
+		due = since.Add(r.cfg.Every)
 	}
 	if i >= 0 && !reg[i].Expires.IsZero() {
 		if last := reg[i].Expires.Add(-r.cfg.RenewBefore); last.Before(due) {
@@ -335,7 +338,7 @@ func (r *Rotator) Pass(ctx context.Context, opts Options) (Report, error) {
 		// Record the failure where status and metrics read it; the
 		// rotation under way stays at its step for the next pass.
 		p.st.LastOutcome, p.st.LastError, p.st.LastAttempt = OutcomeFailed, cut(err.Error()), r.cfg.Now()
-		_ = lease.Save(context.WithoutCancel(ctx), p.st)
+		_ = p.save(context.WithoutCancel(ctx))
 		rep.Outcome = OutcomeFailed
 	}
 	return rep, err
@@ -360,6 +363,7 @@ type pass struct {
 }
 
 func (p *pass) save(ctx context.Context) error {
+	p.st.Seq++
 	if err := p.lease.Save(ctx, p.st); err != nil {
 		return fmt.Errorf("rotation: client %s: save state: %w", p.r.cfg.Client, err)
 	}
@@ -414,9 +418,26 @@ func (p *pass) readRegistration(ctx context.Context) error {
 func (p *pass) setRegistration(reg []Registered) {
 	p.reg = reg
 	p.st.Registered = p.st.Registered[:0]
+	active := p.st.ActiveKID(p.r.cfg.ConfigActive)
 	for _, k := range reg {
 		p.st.Registered = append(p.st.Registered, RegisteredInfo{KID: k.KID, Expires: k.Expires, Created: k.Created})
+		if since := registeredSince(k); k.KID == active && p.st.LastRotation.IsZero() && !since.IsZero() &&
+			(p.st.ActiveSince.IsZero() || since.Before(p.st.ActiveSince)) {
+			p.st.ActiveSince = since
+		}
 	}
+}
+
+// registeredSince is when k was registered: its creation, or a year before
+// its expiry; zero when the registration says neither.
+func registeredSince(k Registered) time.Time {
+	switch {
+	case !k.Created.IsZero():
+		return k.Created
+	case !k.Expires.IsZero():
+		return k.Expires.AddDate(-1, 0, 0)
+	}
+	return time.Time{}
 }
 
 func (p *pass) run(ctx context.Context, opts Options) (Report, error) {
@@ -658,6 +679,7 @@ func (p *pass) activate(ctx context.Context) error {
 	f := p.st.Rotation
 	now := p.r.cfg.Now()
 	p.st.Active, p.st.LastRotation, f.Activated = f.Next, now, now
+	p.st.ActiveSince = time.Time{} // LastRotation says it from now on
 	f.Step = StepRetire
 	if err := p.save(ctx); err != nil {
 		return err

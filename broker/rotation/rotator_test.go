@@ -615,3 +615,73 @@ func TestRunDoesNotHammerAfterAFailedRetire(t *testing.T) {
 		t.Fatalf("waits after failed retires %v, want the check interval", waits)
 	}
 }
+
+// TestFirstRotationNotPostponedByRenewal: Digdir gives a creation time per
+// set, not per key, and any write of the set renews every key's expiry;
+// the first rotation is still due Every after the config's key was first
+// seen registered, not after the last write.
+func TestFirstRotationNotPostponedByRenewal(t *testing.T) {
+	w := newWorld(t)
+	ctx := context.Background()
+	// As Digdir answers: no per-key creation time; registered 80 days ago.
+	w.reg.mu.Lock()
+	w.reg.keys[0].Created = time.Time{}
+	w.reg.keys[0].Expires = w.clock().Add(-80*24*time.Hour).AddDate(1, 0, 0)
+	w.reg.mu.Unlock()
+	r := w.rotator(t, nil)
+	if rep, err := r.Pass(ctx, rotation.Options{}); err != nil || rep.Outcome != rotation.OutcomeNotDue {
+		t.Fatalf("%+v %v", rep, err)
+	}
+	// Someone adds a key by hand: the write renews the config key too.
+	addByHandFake(t, w, "by-hand")
+	w.advance(11 * 24 * time.Hour) // 91 days after the config key was registered
+	rep, err := r.Pass(ctx, rotation.Options{})
+	if err != nil || rep.Outcome != rotation.OutcomeWaiting {
+		t.Fatalf("91 days after registration: %+v %v, want a rotation", rep, err)
+	}
+}
+
+// addByHandFake posts kid beside what the fake registry holds.
+func addByHandFake(t *testing.T, w *world, kid string) {
+	t.Helper()
+	ctx := context.Background()
+	reg, _ := w.reg.Keys(ctx, "cid")
+	k, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub, _ := rotation.PublicJWK(kid, signer.RS256, &k.PublicKey)
+	set := []json.RawMessage{pub}
+	for _, r := range reg {
+		set = append(set, r.JWK)
+	}
+	if _, err := w.reg.SetKeys(ctx, "cid", set); err != nil {
+		t.Fatal(err)
+	}
+	w.reg.mu.Lock()
+	for i := range w.reg.keys {
+		w.reg.keys[i].Created = time.Time{} // per set, as Digdir
+	}
+	w.reg.mu.Unlock()
+}
+
+// TestRegressedBySeqNotClock: of two states, the one saved later (a higher
+// Seq) is the newer, even when the machine that saved it has a clock
+// behind; a lower Seq went back.
+func TestRegressedBySeqNotClock(t *testing.T) {
+	now := time.Date(2026, 11, 1, 12, 0, 0, 0, time.UTC)
+	last := rotation.State{Active: "k1", Keys: []rotation.ManagedKey{{KID: "k1"}}, LastRotation: now, Seq: 10}
+	skewed := rotation.State{Active: "k2", Keys: []rotation.ManagedKey{{KID: "k2"}}, LastRotation: now.Add(-time.Hour), Seq: 11}
+	if rotation.Regressed(last, skewed) {
+		t.Error("a newer state saved on a machine whose clock is behind counts as going back")
+	}
+	older := last
+	older.Seq = 9
+	if !rotation.Regressed(last, older) {
+		t.Error("a state with a lower Seq does not count as going back")
+	}
+	// States saved before Seq was kept: by the last rotation.
+	if !rotation.Regressed(rotation.State{Active: "k1", LastRotation: now}, rotation.State{Active: "k0", LastRotation: now.Add(-time.Hour)}) {
+		t.Error("an older state without Seq does not count as going back")
+	}
+}

@@ -416,6 +416,13 @@ func buildBroker(ctx context.Context, cfg *Config, baseDir string, log *slog.Log
 	}
 	rt.broker = b
 	rt.clients = clients
+	// A broker that starts during a rotation's grace period falls back to
+	// the old key as one that switched to the new key does (setKey).
+	for name, st := range kr.appliedSnapshot() {
+		if f := st.Rotation; f != nil && f.Step == rotation.StepRetire && clients[name] != nil {
+			clients[name].SetFallbackKey(ring.Key(name, f.Old))
+		}
+	}
 	rt.closeShared = closeShared
 	return rt, nil
 }
@@ -456,6 +463,16 @@ func (rt *running) applyRotation(ctx context.Context, client string, st rotation
 	rt.keysMu.Lock()
 	defer rt.keysMu.Unlock()
 	states := rt.rotation.appliedSnapshot()
+	// The rotator applies its state as it saves it, and the follower again
+	// when it reads it, perhaps after a newer one: a state with the keys
+	// the ring holds already costs no reopening, and an older one is not
+	// applied over a newer one.
+	if cur, ok := states[client]; ok && (st.Seq < cur.Seq || rotation.SameKeys(st, cur)) {
+		if st.Seq > cur.Seq {
+			rt.rotation.setApplied(client, st)
+		}
+		return nil
+	}
 	states[client] = st
 	rcs, err := ringClients(rt.cfg, rt.baseDir, states, rt.rotation.owns)
 	if err != nil {

@@ -126,23 +126,12 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 	m.ObserveBroker(b)
 	m.ObserveKeys(rt.metricKeys)
 	m.ObserveFallbacks(rt.fallbacks)
+	var rotationPass func(client, outcome string)
 	if rt.rotation != nil {
 		defer rt.rotation.close()
 		pass := m.ObserveRotation(rt.rotation.metrics)
 		m.ObserveSelfServiceCertificate(func() time.Time { return rt.rotation.certExpiry })
-		apply := rt.applyRotation
-		if hooks.ApplyRotation != nil {
-			apply = func(ctx context.Context, client string, st rotation.State) error {
-				if err := hooks.ApplyRotation(client, st.Active); err != nil {
-					return err
-				}
-				return rt.applyRotation(ctx, client, st)
-			}
-		}
-		rt.rotation.run(ctx, apply, rt.signsWith, pass)
-		if hooks.Rotation != nil {
-			hooks.Rotation(&Rotation{kr: rt.rotation, cfg: rt.cfg})
-		}
+		rotationPass = pass
 	}
 
 	var grpcOpts []grpc.ServerOption
@@ -229,6 +218,11 @@ func Run(ctx context.Context, cfg *Config, o Options) error {
 			s.SetServing(ok)
 		}
 	})
+	// After Notify: a rotation's first pass may switch keys at once, and the
+	// Maskinporten clients must hear of it.
+	if rt.rotation != nil {
+		startRotation(ctx, rt, hooks, rotationPass)
+	}
 	probe := time.Duration(cfg.Maskinporten.SignProbeInterval)
 	if hooks.ProbeInterval > 0 {
 		probe = hooks.ProbeInterval
@@ -439,4 +433,22 @@ func newLogger(w io.Writer, level string) *slog.Logger {
 	var l slog.Level
 	_ = l.UnmarshalText([]byte(level))
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: l}))
+}
+
+// startRotation starts the rotation's loops: the rotators, and the
+// followers that apply the state to the key ring and ack it.
+func startRotation(ctx context.Context, rt *running, hooks Hooks, pass func(client, outcome string)) {
+	apply := rt.applyRotation
+	if hooks.ApplyRotation != nil {
+		apply = func(ctx context.Context, client string, st rotation.State) error {
+			if err := hooks.ApplyRotation(client, st.Active); err != nil {
+				return err
+			}
+			return rt.applyRotation(ctx, client, st)
+		}
+	}
+	rt.rotation.run(ctx, apply, rt.signsWith, pass)
+	if hooks.Rotation != nil {
+		hooks.Rotation(&Rotation{kr: rt.rotation, cfg: rt.cfg})
+	}
 }

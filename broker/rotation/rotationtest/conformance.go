@@ -387,6 +387,8 @@ func FullState() rotation.State {
 			Started: at(3), Activated: at(4),
 		},
 		LastRotation: at(5),
+		ActiveSince:  at(11),
+		Seq:          42,
 		LastFinished: at(11),
 		LastOutcome:  "failed",
 		LastError:    `register: self-service API answered 503 "unavailable"`,
