@@ -24,20 +24,13 @@ if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
 fi
 
-# spire-server and spire-agent for TestSPIRE, which then must run, not skip.
-# Built in the background (about 4 minutes on a cold machine): it needs only
-# the module proxy, so it overlaps with the tools and the checks below, and
-# the tests wait for it.
-step "SPIRE (scripts/spire.sh: spire-server, spire-agent), in the background"
-spire_log="$(mktemp)"
-scripts/spire.sh >"$spire_log" 2>&1 &
-spire_pid=$!
-trap 'kill "$spire_pid" 2>/dev/null || true' EXIT
-
 step "tools (buf, protoc-gen-go, protoc-gen-go-grpc, grpcurl, golangci-lint)"
 scripts/tools.sh
 export PATH="$PWD/.tmp/bin:$PATH"
 
+# spire-server and spire-agent for TestSPIRE, which then must run, not skip.
+step "SPIRE (scripts/spire.sh: spire-server, spire-agent)"
+scripts/spire.sh
 export TOKENBROKER_REQUIRE_SPIRE=1
 # The shared cache tests then must run, not skip.
 export TOKENBROKER_REQUIRE_REDIS=1
@@ -73,7 +66,7 @@ buf format -d --exit-code
 
 step "gen/ matches buf generate"
 tmp="$(mktemp -d)"
-trap 'rm -rf "$tmp"; kill "$spire_pid" 2>/dev/null || true' EXIT
+trap 'rm -rf "$tmp"' EXIT
 buf generate -o "$tmp"
 diff -r gen "$tmp/gen"
 
@@ -81,9 +74,5 @@ step "alerting rules (promtool $(promtool --version 2>&1 | awk 'NR==1 {print $3}
 promtool check rules deploy/prometheus/tokenbroker-rules.yaml
 promtool test rules deploy/prometheus/tokenbroker-rules.test.yaml
 
-step "go test -race (after the SPIRE build)"
-if ! wait "$spire_pid"; then
-  cat "$spire_log"; echo "scripts/spire.sh failed" >&2; exit 1
-fi
-rm -f "$spire_log"
+step "go test -race"
 go test -race -shuffle=on -count=1 ./...
