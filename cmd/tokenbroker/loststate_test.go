@@ -1,9 +1,7 @@
 package main
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -11,62 +9,25 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v2/jwk"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
 	"github.com/tokenbroker/tokenbroker/broker/rotation/filestore"
-	"github.com/tokenbroker/tokenbroker/broker/selfservice"
-	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 	tokenbrokerv1 "github.com/tokenbroker/tokenbroker/gen/tokenbroker/v1"
 )
 
 // rotatingConfig writes a config whose client smartcloud (config key
 // smartcloud-2026) rotates into file:keys/ with its state in state/,
-// against a new emulator with the self-service client; extra is appended
-// to the client's rotation section.
+// against a new emulator with the self-service client (newRotationSetup,
+// the emulator accepting a new key after 1 s); extra is appended to the
+// client's rotation section.
 func rotatingConfig(t *testing.T, extra string) (emu *maskinportentest.Emulator, path string) {
 	t.Helper()
-	const adminID = "selfservice-admin"
-	p12, cas := signertest.EnterpriseCert(t, "991825827", "pw-123")
-	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{})
-	emu.SetPropagationDelay(time.Second)
-	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []maskinportentest.Client{
-		{ID: rotatingClientID, Org: "991825827", SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}},
-		{ID: adminID, Org: "991825827", Scopes: []string{selfservice.ScopeRead, selfservice.ScopeWrite}, CertificateCAs: cas},
-	} {
-		if err := emu.AddClient(c); err != nil {
-			t.Fatal(err)
-		}
-	}
-	emu.ApproveSystemUser(rotatingClientID, rotationOrgs[0], "")
-	path = writeConfig(t, emu.Issuer(), srv.URL+"/token")
-	dir := filepath.Dir(path)
-	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
-	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
-	for _, d := range []string{"keys", "state"} {
-		if err := os.Mkdir(filepath.Join(dir, d), 0o700); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cfg := bytes.Replace(readFile(t, path), []byte("clients:\n"), []byte(fmt.Sprintf(`self_service:
-  client_id: %s
-  key:
-    signer: file:vs.p12
-    password_file: vs.pw
-  url: %s
-  state_dir: state
-clients:
-`, adminID, srv.URL)), 1)
-	cfg = append(cfg, "    rotation:\n      new_keys: file:keys/\n"+extra...)
-	writeSecret(t, path, cfg)
-	return emu, path
+	rs := newRotationSetup(t, time.Second, "  state_dir: state\n", "file:keys/", extra)
+	return rs.emu, rs.path
 }
 
-const rotatingClientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
+const rotatingClientID = rotationClientID
 
 // keysRotate runs `keys rotate` on the config at path for smartcloud.
 func keysRotate(path string, args ...string) (string, error) {
@@ -165,7 +126,9 @@ func TestServeRefusesALostRotationState(t *testing.T) {
 	addr, stderr, _ := startServe(t, path, serveHooks{})
 	cctx, ccancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer ccancel()
-	if _, err := dial(t, addr).GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: rotationOrgs[0], Scopes: []string{demoScope}}); err != nil {
+	// Tokens live 4 s here (newRotationSetup): ask for 1 s left.
+	if _, err := dial(t, addr).GetToken(cctx, &tokenbrokerv1.GetTokenRequest{CustomerOrg: rotationOrgs[0], Scopes: []string{demoScope},
+		MinValidity: durationpb.New(time.Second)}); err != nil {
 		t.Fatalf("after the recovery: %v\n%s", err, stderr.String())
 	}
 }

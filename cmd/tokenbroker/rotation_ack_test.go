@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"net/http"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -15,12 +14,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/lestrrat-go/jwx/v2/jwk"
-
 	"github.com/tokenbroker/tokenbroker/broker/maskinporten/maskinportentest"
-	"github.com/tokenbroker/tokenbroker/broker/selfservice"
 	"github.com/tokenbroker/tokenbroker/broker/sharedcache/sharedcachetest"
-	"github.com/tokenbroker/tokenbroker/broker/signer/signertest"
 )
 
 // TestServeReplicaThatCannotApplyKeepsTheOldKey: two replicas share Redis
@@ -32,50 +27,16 @@ import (
 // its ack expires, the rotation removes the old key.
 func TestServeReplicaThatCannotApplyKeepsTheOldKey(t *testing.T) {
 	t.Parallel()
-	const clientID = "7ee41fce-9f6e-4c32-8195-0fe2c1517f43"
-	const adminID = "selfservice-admin"
-	rs := sharedcachetest.Start(t)
-	p12, cas := signertest.EnterpriseCert(t, "991825827", "pw-123")
-	emu, srv := maskinportentest.NewServer(t, maskinportentest.Config{TokenTTL: 4 * time.Second})
-	emu.SetPropagationDelay(time.Second)
-	pub, err := signertest.Key(t, signertest.KeyA, "smartcloud-2026").PublicJWK()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, c := range []maskinportentest.Client{
-		{ID: clientID, Org: "991825827", SystemID: "991825827_x", Scopes: []string{demoScope}, Keys: []jwk.Key{pub}},
-		{ID: adminID, Org: "991825827", Scopes: []string{selfservice.ScopeRead, selfservice.ScopeWrite}, CertificateCAs: cas},
-	} {
-		if err := emu.AddClient(c); err != nil {
-			t.Fatal(err)
-		}
-	}
+	redis := sharedcachetest.Start(t)
+	rs := newRotationSetup(t, time.Second, "  follow_every: 1s\n  check_every: 10s\n", "file:keys/",
+		"      grace: 4s\ncache:\n  shared:\n    redis:\n      addrs: ["+redis.Addr()+"]\n    keys:\n      - id: k1\n        file: cache-key\n")
+	emu, path := rs.emu, rs.path
+	const clientID = rotationClientID
+	writeSecret(t, filepath.Join(rs.dir, "cache-key"), []byte("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n"))
 	// Registered 165 days ago: with rotation every 90 days, due now.
 	if err := emu.SetKeyExpiry(clientID, "smartcloud-2026", time.Now().Add(200*24*time.Hour)); err != nil {
 		t.Fatal(err)
 	}
-	path := writeConfig(t, emu.Issuer(), srv.URL+"/token")
-	dir := filepath.Dir(path)
-	writeSecret(t, filepath.Join(dir, "cache-key"), []byte("c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0LXNlY3JldA==\n"))
-	writeSecret(t, filepath.Join(dir, "vs.p12"), p12)
-	writeSecret(t, filepath.Join(dir, "vs.pw"), []byte("pw-123\n"))
-	if err := os.Mkdir(filepath.Join(dir, "keys"), 0o700); err != nil {
-		t.Fatal(err)
-	}
-	cfg := readFile(t, path)
-	cfg = bytes.Replace(cfg, []byte("clients:\n"), []byte(fmt.Sprintf(`self_service:
-  client_id: %s
-  key:
-    signer: file:vs.p12
-    password_file: vs.pw
-  url: %s
-  follow_every: 1s
-  check_every: 10s
-clients:
-`, adminID, srv.URL)), 1)
-	cfg = append(cfg, "    rotation:\n      new_keys: file:keys/\n      grace: 4s\n"...)
-	cfg = append(cfg, "cache:\n  shared:\n    redis:\n      addrs: ["+rs.Addr()+"]\n    keys:\n      - id: k1\n        file: cache-key\n"...)
-	writeSecret(t, path, cfg)
 
 	_, goodLog, _ := startServe(t, path, serveHooks{})
 	_, stuckLog, stopStuck := startServe(t, path, serveHooks{applyRotation: func(_, active string) error {
