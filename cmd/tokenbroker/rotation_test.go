@@ -136,15 +136,22 @@ func serveRotation(t *testing.T, location func(t *testing.T) string, propagation
 		}
 	}
 	checkAlertMetrics(t, scrape, false)
+	health := getHealthz(t, stderr.String())
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	for _, secret := range []string{"pw-123", "PRIVATE KEY"} {
-		if strings.Contains(stderr.String()+out.String()+status.String()+errOut.String(), secret) {
-			t.Errorf("%q reached the log or the output", secret)
+	// No grant or token (the callers', the proofs', the self-service
+	// client's admin tokens: the emulator recorded them all), password or
+	// private key in the log, the commands' output, /healthz or the metrics.
+	for where, text := range map[string]string{"the broker's log": stderr.String(), "keys rotate": out.String() + errOut.String(),
+		"keys status": status.String(), "/healthz": health, "the metrics": scrape} {
+		for _, secret := range []string{"pw-123", "PRIVATE KEY"} {
+			if strings.Contains(text, secret) {
+				t.Errorf("%q reached %s", secret, where)
+			}
 		}
+		emu.CheckNoLeaks(t, where, text)
 	}
-	emu.CheckNoLeaks(t, "the broker's log", stderr.String())
 }
 
 // grantsWith reports whether a recorded grant of a caller (one with
