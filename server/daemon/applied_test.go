@@ -54,16 +54,8 @@ func TestAStateThisReplicaCannotApplyHoldsUpNoOtherClient(t *testing.T) {
 	for _, name := range kr.names {
 		kr.setState(name, rotation.State{})
 	}
-	rcs, err := ringClients(cfg, dir, kr.snapshot(), kr.owns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring, err := keyring.Open(ctx, keyring.Config{}, rcs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ring.Close()
-	rt := &running{ring: ring, rotation: kr, cfg: cfg, baseDir: dir}
+	rt := runningWith(t, cfg, dir, kr)
+	ring := rt.ring
 	kr.apply = rt.applyRotation
 
 	made := func(kid string) rotation.State {
@@ -96,7 +88,7 @@ func TestAStateThisReplicaCannotApplyHoldsUpNoOtherClient(t *testing.T) {
 		t.Fatalf("smartcloud signs with %q, want its old key", got)
 	}
 	// A reload builds the ring from the same states (appliedSnapshot).
-	rcs, err = ringClients(cfg, dir, kr.appliedSnapshot(), kr.owns)
+	rcs, err := ringClients(cfg, dir, kr.appliedSnapshot(), kr.owns)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -134,16 +126,8 @@ func TestApplyRotationSkipsWhatTheRingHolds(t *testing.T) {
 		states: map[string]rotation.State{}, errs: map[string]string{}}
 	kr.setState("smartcloud", rotation.State{})
 	kr.setApplied("smartcloud", rotation.State{})
-	rcs, err := ringClients(cfg, dir, kr.snapshot(), kr.owns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ring, err := keyring.Open(ctx, keyring.Config{}, rcs)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ring.Close()
-	rt := &running{ring: ring, rotation: kr, cfg: cfg, baseDir: dir}
+	rt := runningWith(t, cfg, dir, kr)
+	ring := rt.ring
 	kid := uuid.NewString()
 	spec, err := maker.Make(ctx, kid)
 	if err != nil {
@@ -233,4 +217,20 @@ func TestStartDuringGraceFallsBackToTheOldKey(t *testing.T) {
 	if mp.Key().KeyID != kid || mp.FallbackKey() == nil || mp.FallbackKey().KeyID != "smartcloud-2026" {
 		t.Fatalf("signs with %s, falls back to %v; want %s and smartcloud-2026", mp.Key().KeyID, mp.FallbackKey(), kid)
 	}
+}
+
+// runningWith is the part of a running broker the rotation touches: a key
+// ring opened from kr's states, closed when the test ends.
+func runningWith(t *testing.T, cfg *Config, dir string, kr *keyRotation) *running {
+	t.Helper()
+	rcs, err := ringClients(cfg, dir, kr.snapshot(), kr.owns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ring, err := keyring.Open(context.Background(), keyring.Config{}, rcs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ring.Close() })
+	return &running{ring: ring, rotation: kr, cfg: cfg, baseDir: dir}
 }
